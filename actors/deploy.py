@@ -1,0 +1,61 @@
+"""The one place where Kairos's actor classes become Ray actors, with their options."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import ray
+
+from actors.gateway import GatewayActor
+from actors.ingest import IngestActor
+from actors.user_shard import UserShardActor
+from kairos.config import Settings
+
+NAMESPACE = "kairos"
+
+# Shards and ingest actors rebuild themselves after a crash, and every method they
+# expose is idempotent (batch ids dedupe retried appends), so Ray may retry calls.
+_RESTARTABLE = {"max_restarts": -1, "max_task_retries": -1}
+# Actors mostly wait on I/O; reserving a whole CPU each would stop five of them from
+# fitting on a 2-core machine. SPREAD places them over a cluster's nodes.
+_PLACEMENT = {"num_cpus": 0, "scheduling_strategy": "SPREAD"}
+
+UserShardRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT)(UserShardActor)
+IngestRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT)(IngestActor)
+GatewayRemote = ray.remote(max_restarts=-1, **_PLACEMENT)(GatewayActor)
+
+
+class Deployment(msgspec.Struct):
+    shards: list[Any]
+    ingest: list[Any]
+    gateways: list[Any]
+
+    def ensure_serving(self) -> None:
+        """(Re)start gateways; a gateway restarted by Ray comes back without a server."""
+        ray.get([g.start.remote() for g in self.gateways])
+
+    def shutdown(self) -> None:
+        ray.get([g.stop.remote() for g in self.gateways])
+        for handle in self.gateways + self.ingest + self.shards:
+            ray.kill(handle, no_restart=True)
+
+
+def deploy(settings: Settings) -> Deployment:
+    shards = [
+        UserShardRemote.options(name=f"kairos-shard-{i}", namespace=NAMESPACE).remote(i, settings)
+        for i in range(settings.shards)
+    ]
+    # Recovery (snapshot + log tail) happens here, before the gateway takes traffic.
+    ray.get([shard.ready.remote() for shard in shards])
+    ingest = [
+        IngestRemote.options(name=f"kairos-ingest-{i}", namespace=NAMESPACE).remote(settings, shards)
+        for i in range(settings.ingest_actors)
+    ]
+    gateways = [
+        GatewayRemote.options(name=f"kairos-gateway-{i}", namespace=NAMESPACE).remote(settings, ingest, shards)
+        for i in range(settings.gateway_processes)
+    ]
+    deployment = Deployment(shards, ingest, gateways)
+    deployment.ensure_serving()
+    return deployment

@@ -1,0 +1,62 @@
+"""`user_shard` actor: owns a set of partitions (see kairos.shard.UserShard)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from kairos.config import Settings
+from kairos.log import RedisPartitionLog
+from kairos.models import ShardBlob
+from kairos.shard import UserShard
+
+logger = logging.getLogger(__name__)
+
+
+class UserShardActor:
+    def __init__(self, shard_id: int, settings: Settings) -> None:
+        self._redis = aioredis.Redis.from_url(settings.redis_url)
+        self.core = UserShard(shard_id, settings, RedisPartitionLog(self._redis))
+
+    async def ready(self) -> list[int]:
+        await self.core.ready()
+        return self.core.partitions
+
+    async def append(self, blobs: list[ShardBlob]) -> None:
+        try:
+            await self.core.append(blobs)
+        finally:
+            if self.core.failed:
+                # State and log disagree: die so that Ray restarts us and we replay the log.
+                logger.error("shard %s exiting to recover from its log", self.core.shard_id)
+                os._exit(1)
+
+    async def get_profile(self, account: str, user: str) -> dict[str, Any] | None:
+        return await self.core.get_profile(account, user)
+
+    async def find_profiles(self, account: str, prop: str, value: Any, limit: int) -> list[dict[str, Any]]:
+        return await self.core.find_profiles(account, prop, value, limit)
+
+    async def count_events(self, *args: Any) -> int:
+        return await self.core.count_events(*args)
+
+    async def count_profiles(self, *args: Any) -> int:
+        return await self.core.count_profiles(*args)
+
+    async def export_events(self, *args: Any) -> tuple[list[dict[str, Any]], int | None]:
+        return await self.core.export_events(*args)
+
+    async def export_profiles(self, *args: Any) -> tuple[list[dict[str, Any]], int | None]:
+        return await self.core.export_profiles(*args)
+
+    async def snapshot_all(self) -> None:
+        await self.core.snapshot_all()
+
+    async def memory(self) -> dict[str, int]:
+        return await self.core.memory()
+
+    def pid(self) -> int:
+        return os.getpid()

@@ -1,0 +1,2 @@
+"""The HTTP gateway: an aiohttp app that decodes, validates and authenticates requests,
+then talks to the ingest and shard actors through a `Backend`."""

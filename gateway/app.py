@@ -1,0 +1,74 @@
+"""The aiohttp application: middlewares for errors and auth, and the API routes."""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.admission import Admission
+from gateway.backend import Backend, BackendUnavailable
+from gateway.clevertap import CleverTapApi
+from gateway.errors import ApiError, ct_error, json_response
+from kairos.accounts import Accounts
+from kairos.config import Settings
+
+logger = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ACCOUNT_HEADER = "X-CleverTap-Account-Id"
+PASSCODE_HEADER = "X-CleverTap-Passcode"
+
+
+def _error_middleware(max_body_bytes: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except ApiError as exc:
+            return ct_error(exc.status, exc.message)
+        except web.HTTPRequestEntityTooLarge:
+            return ct_error(413, f"request body is larger than {max_body_bytes} bytes")
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return ct_error(exc.status, exc.reason)
+        except BackendUnavailable as exc:
+            return ct_error(503, f"service unavailable, retry later: {exc}")
+        except Exception:
+            logger.exception("unhandled error on %s %s", request.method, request.path)
+            return ct_error(500, "internal server error")
+
+    return errors
+
+
+def _auth_middleware(accounts: Accounts) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/1/"):
+            account = request.headers.get(ACCOUNT_HEADER, "")
+            passcode = request.headers.get(PASSCODE_HEADER, "")
+            if not account or not passcode:
+                raise ApiError(401, f"{ACCOUNT_HEADER} and {PASSCODE_HEADER} headers are required")
+            if not await accounts.authenticate(account, passcode):
+                raise ApiError(401, "Invalid account id or passcode")
+            request["account"] = account
+        return await handler(request)
+
+    return auth
+
+
+async def _health(request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+def create_app(settings: Settings, backend: Backend, accounts: Accounts) -> web.Application:
+    admission = Admission(settings.max_inflight_uploads, settings.max_inflight_uploads_per_account)
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[_error_middleware(settings.max_body_bytes), _auth_middleware(accounts)],
+    )
+    app["admission"] = admission
+    app.add_routes([web.get("/healthz", _health)])
+    app.add_routes(CleverTapApi(backend, admission).routes())
+    return app

@@ -1,0 +1,219 @@
+"""CleverTap-compatible endpoints: upload, profile read, event and profile downloads
+with cursors, and counts."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import uuid
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from gateway.admission import Admission
+from gateway.backend import Backend
+from gateway.errors import ApiError, json_response
+from kairos.identity import IDENTIFIER_KINDS, user_key
+from kairos.models import LooseUploadBody, UploadBody, UploadResponse, record_list_encoder
+from kairos.timefmt import DateError, day_range_ms
+from kairos.upload import MAX_RECORDS, validate_upload
+
+_upload_decoder = msgspec.json.Decoder(UploadBody)
+_loose_decoder = msgspec.json.Decoder(LooseUploadBody)
+MAX_BATCH_SIZE = 5000
+DEFAULT_BATCH_SIZE = 10
+
+
+class ExportQuery(msgspec.Struct):
+    event_name: Any = None
+    from_: Any = msgspec.field(default=None, name="from")
+    to: Any = None
+    common_profile_properties: Any = None
+    event_properties: Any = None
+
+
+class ExportCursor(msgspec.Struct, array_like=True):
+    account: str
+    kind: str
+    event_name: str
+    from_ms: int
+    to_ms: int
+    batch_size: int
+    partition: int
+    position: int
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode(msgspec.msgpack.encode(self)).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str, account: str) -> "ExportCursor":
+        try:
+            raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+            cursor = msgspec.msgpack.decode(raw, type=cls)
+        except (binascii.Error, ValueError, msgspec.DecodeError):
+            raise ApiError(400, "cursor is not valid") from None
+        if cursor.account != account:
+            # Never let one account page through another's data with a borrowed cursor.
+            raise ApiError(400, "cursor is not valid")
+        return cursor
+
+
+class CleverTapApi:
+    def __init__(self, backend: Backend, admission: Admission) -> None:
+        self.backend = backend
+        self.admission = admission
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/1/upload", self.upload),
+            web.get("/1/profile.json", self.profile),
+            web.post("/1/events.json", self.events_download),
+            web.get("/1/events.json", self.events_download),
+            web.post("/1/profiles.json", self.profiles_download),
+            web.get("/1/profiles.json", self.profiles_download),
+            web.post("/1/counts/events.json", self.count_events),
+            web.post("/1/counts/profiles.json", self.count_profiles),
+        ]
+
+    # --- upload -----------------------------------------------------------------
+
+    async def upload(self, request: web.Request) -> web.Response:
+        account: str = request["account"]
+        with self.admission.admit(account):
+            body = await request.read()
+            records = _decode_upload(body)
+            accepted, rejected = validate_upload(records)
+            dry_run = request.query.get("dryRun", "") in ("1", "true")
+            if accepted and not dry_run:
+                await self.backend.ingest(account, uuid.uuid4().hex, record_list_encoder.encode(accepted))
+        status = "success" if not rejected else ("partial" if accepted else "fail")
+        return json_response(UploadResponse(status, len(accepted), rejected))
+
+    # --- profile read -----------------------------------------------------------
+
+    async def profile(self, request: web.Request) -> web.Response:
+        account: str = request["account"]
+        query = request.query
+        given = [k for k in (*IDENTIFIER_KINDS, "email") if k in query]
+        if len(given) != 1:
+            raise ApiError(400, "give exactly one of identity, objectId, FBID, GPID or email")
+        kind = given[0]
+        value = query[kind]
+        if not value:
+            raise ApiError(400, f"{kind} must not be empty")
+        if kind == "email":
+            found = await self._scatter("find_profiles", account, "Email", value, 1)
+            record = next((r for part in found for r in part), None)
+        else:
+            user = user_key(kind, value)
+            shard = self.backend.partition_map.shard_of(self.backend.partition_map.partition_of(account, user))
+            record = await self.backend.call_shard(shard, "get_profile", account, user)
+        if record is None:
+            raise ApiError(404, "Profile not found")
+        return json_response({"status": "success", "record": record})
+
+    # --- downloads --------------------------------------------------------------
+
+    async def events_download(self, request: web.Request) -> web.Response:
+        return await self._download(request, "events")
+
+    async def profiles_download(self, request: web.Request) -> web.Response:
+        return await self._download(request, "profiles")
+
+    async def _download(self, request: web.Request, kind: str) -> web.Response:
+        account: str = request["account"]
+        if "cursor" in request.query:
+            cursor = ExportCursor.decode(request.query["cursor"], account)
+            if cursor.kind != kind:
+                raise ApiError(400, f"cursor belongs to a {cursor.kind} download")
+            return await self._page(cursor)
+        if request.method != "POST":
+            raise ApiError(400, "start a download with POST and a query body, then GET with its cursor")
+        name, from_ms, to_ms = await _parse_query(request)
+        batch_size = _batch_size(request.query.get("batch_size"))
+        cursor = ExportCursor(account, kind, name, from_ms, to_ms, batch_size, 0, 0)
+        return json_response({"status": "success", "cursor": cursor.encode()})
+
+    async def _page(self, cursor: ExportCursor) -> web.Response:
+        method = "export_events" if cursor.kind == "events" else "export_profiles"
+        pmap = self.backend.partition_map
+        records: list[Any] = []
+        partition, position = cursor.partition, cursor.position
+        while partition < pmap.partitions and len(records) < cursor.batch_size:
+            page, next_position = await self.backend.call_shard(
+                pmap.shard_of(partition), method, cursor.account, cursor.event_name,
+                cursor.from_ms, cursor.to_ms, partition, position, cursor.batch_size - len(records),
+            )
+            records.extend(page)
+            if next_position is None:
+                partition, position = partition + 1, 0
+            else:
+                position = next_position
+        payload: dict[str, Any] = {"status": "success", "records": records}
+        if partition < pmap.partitions:
+            payload["next_cursor"] = msgspec.structs.replace(cursor, partition=partition, position=position).encode()
+        return json_response(payload)
+
+    # --- counts -----------------------------------------------------------------
+
+    async def count_events(self, request: web.Request) -> web.Response:
+        name, from_ms, to_ms = await _parse_query(request)
+        parts = await self._scatter("count_events", request["account"], name, from_ms, to_ms)
+        return json_response({"status": "success", "count": sum(parts)})
+
+    async def count_profiles(self, request: web.Request) -> web.Response:
+        name, from_ms, to_ms = await _parse_query(request)
+        parts = await self._scatter("count_profiles", request["account"], name, from_ms, to_ms)
+        return json_response({"status": "success", "count": sum(parts)})
+
+    async def _scatter(self, method: str, *args: Any) -> list[Any]:
+        shards = range(self.backend.partition_map.shards)
+        return list(await asyncio.gather(*(self.backend.call_shard(s, method, *args) for s in shards)))
+
+
+def _decode_upload(body: bytes) -> list[Any]:
+    try:
+        records: list[Any] = _upload_decoder.decode(body).d
+    except msgspec.ValidationError:
+        # Some element of `d` is not an object: decode loosely so each gets its own error.
+        try:
+            records = _loose_decoder.decode(body).d
+        except msgspec.ValidationError as exc:
+            raise ApiError(400, f"request body must be an object with a list 'd' of records: {exc}") from None
+        except msgspec.DecodeError as exc:
+            raise ApiError(400, f"malformed JSON: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    if not records:
+        raise ApiError(400, "'d' must hold at least one record")
+    if len(records) > MAX_RECORDS:
+        raise ApiError(400, f"'d' holds {len(records)} records; at most {MAX_RECORDS} are allowed per request")
+    return records
+
+
+async def _parse_query(request: web.Request) -> tuple[str, int, int]:
+    try:
+        query = msgspec.json.decode(await request.read(), type=ExportQuery)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"query body must be a JSON object: {exc}") from None
+    if query.common_profile_properties is not None or query.event_properties is not None:
+        # Property filters run on the segment engine, which is not here yet; refusing
+        # beats silently answering an unfiltered query.
+        raise ApiError(400, "property filters (common_profile_properties, event_properties) are not supported yet")
+    if not isinstance(query.event_name, str) or not query.event_name:
+        raise ApiError(400, "event_name is required")
+    try:
+        from_ms, to_ms = day_range_ms(query.from_, query.to)
+    except DateError as exc:
+        raise ApiError(400, str(exc)) from None
+    return query.event_name, from_ms, to_ms
+
+
+def _batch_size(text: str | None) -> int:
+    if text is None:
+        return DEFAULT_BATCH_SIZE
+    if not text.isdigit() or not 1 <= int(text) <= MAX_BATCH_SIZE:
+        raise ApiError(400, f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE}")
+    return int(text)

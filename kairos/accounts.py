@@ -1,0 +1,97 @@
+"""Accounts and their passcodes.
+
+A passcode is stored only as a salted scrypt hash. Checking scrypt costs ~50 ms by
+design, so a gateway remembers, for `auth_cache_s`, an HMAC of each passcode it has
+verified (keyed by a per-process secret) and compares against that in constant time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import secrets
+import time
+from typing import Callable
+
+import msgspec
+import redis.asyncio as aioredis
+
+from kairos import keys
+
+_SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
+_ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+
+
+class AccountError(ValueError):
+    pass
+
+
+class Credentials(msgspec.Struct, frozen=True):
+    account_id: str
+    name: str
+    passcode: str
+
+
+def _new_account_id() -> str:
+    # CleverTap's shape: XXX-XXX-XXXX.
+    chars = [secrets.choice(_ID_ALPHABET) for _ in range(10)]
+    return f"{''.join(chars[:3])}-{''.join(chars[3:6])}-{''.join(chars[6:])}"
+
+
+def hash_passcode(passcode: str, salt: bytes) -> bytes:
+    return hashlib.scrypt(passcode.encode(), salt=salt, maxmem=64 * 1024 * 1024, **_SCRYPT)
+
+
+class Accounts:
+    def __init__(self, client: aioredis.Redis, cache_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
+        self._redis = client
+        self._cache_s = cache_s
+        self._clock = clock
+        self._cache_key = secrets.token_bytes(32)
+        self._verified: dict[str, tuple[bytes, float]] = {}
+
+    async def create(self, name: str) -> Credentials:
+        if not name or len(name) > 200:
+            raise AccountError("account name must be 1-200 characters")
+        account_id = _new_account_id()
+        if not await self._redis.hsetnx(keys.ACCOUNT_NAMES, name, account_id):
+            raise AccountError(f"an account named {name!r} already exists")
+        passcode = await self._store_passcode(account_id, name)
+        return Credentials(account_id, name, passcode)
+
+    async def reset_passcode(self, name: str) -> Credentials:
+        """A new passcode for the named account (created if missing); the old one stops working."""
+        account_id = await self.find_by_name(name)
+        if account_id is None:
+            return await self.create(name)
+        passcode = await self._store_passcode(account_id, name)
+        return Credentials(account_id, name, passcode)
+
+    async def _store_passcode(self, account_id: str, name: str) -> str:
+        passcode = secrets.token_urlsafe(24)
+        salt = secrets.token_bytes(16)
+        digest = await asyncio.to_thread(hash_passcode, passcode, salt)
+        await self._redis.hset(keys.account(account_id), mapping={"name": name, "salt": salt, "hash": digest})
+        return passcode
+
+    async def find_by_name(self, name: str) -> str | None:
+        found = await self._redis.hget(keys.ACCOUNT_NAMES, name)
+        return found.decode() if found is not None else None
+
+    async def authenticate(self, account_id: str, passcode: str) -> bool:
+        if not account_id or not passcode or len(account_id) > 64 or len(passcode) > 256:
+            return False
+        presented = hmac.new(self._cache_key, passcode.encode(), hashlib.sha256).digest()
+        cached = self._verified.get(account_id)
+        if cached is not None and cached[1] > self._clock():
+            return hmac.compare_digest(cached[0], presented)
+        stored = await self._redis.hmget(keys.account(account_id), "salt", "hash")
+        salt, expected = stored
+        if salt is None or expected is None:
+            return False
+        actual = await asyncio.to_thread(hash_passcode, passcode, salt)
+        if not hmac.compare_digest(actual, expected):
+            return False
+        self._verified[account_id] = (presented, self._clock() + self._cache_s)
+        return True

@@ -1,0 +1,28 @@
+"""Every Redis key Kairos uses, in one place.
+
+All keys share the `kairos:` prefix so a Redis shared with other software can be
+inspected and cleaned safely.
+"""
+
+PREFIX = "kairos:"
+
+# Deployment metadata (e.g. the partition count, fixed at first start).
+META = PREFIX + "meta"
+
+
+def account(account_id: str) -> str:
+    """Hash with the account's name, passcode salt and hash."""
+    return f"{PREFIX}account:{account_id}"
+
+
+ACCOUNT_NAMES = PREFIX + "account-names"  # hash: name -> account id
+
+
+def partition_stream(partition: int) -> str:
+    """The partition's durable log: one entry per applied batch."""
+    return f"{PREFIX}p:{partition}:log"
+
+
+def partition_snapshot(partition: int) -> str:
+    """The partition's latest snapshot (msgpack) and the stream id it covers."""
+    return f"{PREFIX}p:{partition}:snap"

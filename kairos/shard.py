@@ -1,0 +1,239 @@
+"""The core of a `user_shard`: owns some partitions, makes batches durable, applies them.
+
+Writes use group commit: batches that arrive while a flush is in flight wait and go out
+together in the next MULTI/EXEC, so a busy shard makes one Redis round trip for many
+requests. A caller's `append` returns only after its batches are in the log *and*
+applied, so a read right after an acknowledged upload sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from kairos.config import Settings
+from kairos.log import PartitionLog
+from kairos.models import ShardBlob, log_batch_decoder
+from kairos.partitions import PartitionMap
+from kairos.store.partition import PartitionState
+
+logger = logging.getLogger(__name__)
+
+
+class WrongShard(LookupError):
+    """A batch or query reached a shard that does not own its partition."""
+
+
+class ShardFailed(RuntimeError):
+    """Applying a durable batch failed: in-memory state no longer matches the log."""
+
+
+class UserShard:
+    def __init__(
+        self,
+        shard_id: int,
+        settings: Settings,
+        log: PartitionLog,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.shard_id = shard_id
+        self.settings = settings
+        self.partition_map = PartitionMap(settings.partitions, settings.shards)
+        self.partitions = self.partition_map.partitions_of(shard_id)
+        self._log = log
+        self._clock = clock
+        self._states: dict[int, PartitionState] = {}
+        self._snapshot_at: dict[int, float] = {}
+        self._pending: list[tuple[list[ShardBlob], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+        self._recovery: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None
+        self._profile_cache: tuple[tuple[Any, ...], np.ndarray] | None = None
+        self.replayed_entries = 0
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def ready(self) -> None:
+        """Rebuild state from snapshots and log tails once; every entry point awaits it."""
+        if self._recovery is None:
+            self._recovery = asyncio.ensure_future(self._recover())
+        await asyncio.shield(self._recovery)
+        if self._failure is not None:
+            raise ShardFailed(f"shard {self.shard_id} failed: {self._failure!r}")
+
+    async def _recover(self) -> None:
+        window = self.settings.dedupe_window_records
+        for partition in self.partitions:
+            data = await self._log.load_snapshot(partition)
+            state = PartitionState.from_bytes(data, window) if data else PartitionState(partition, window)
+            tail = await self._log.read_after(partition, state.last_log_id)
+            for log_id, batch_id, payload in tail:
+                state.apply(batch_id, log_id, log_batch_decoder.decode(payload))
+            self.replayed_entries += len(tail)
+            self._states[partition] = state
+            self._snapshot_at[partition] = self._clock()
+
+    @property
+    def failed(self) -> bool:
+        return self._failure is not None
+
+    # --- writes ---------------------------------------------------------------
+
+    async def append(self, blobs: list[ShardBlob]) -> None:
+        await self.ready()
+        for blob in blobs:
+            if blob.partition not in self._states:
+                raise WrongShard(f"partition {blob.partition} is not owned by shard {self.shard_id}")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((blobs, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.ensure_future(self._flush_pending())
+        await future
+
+    async def _flush_pending(self) -> None:
+        while self._pending:
+            work, self._pending = self._pending, []
+            fresh: list[tuple[int, str, bytes]] = []
+            queued: set[str] = set()
+            for blobs, _ in work:
+                for blob in blobs:
+                    # A retried hop: already durable and applied, or twice in this flush.
+                    if blob.batch_id in queued or self._states[blob.partition].has_batch(blob.batch_id):
+                        continue
+                    queued.add(blob.batch_id)
+                    fresh.append((blob.partition, blob.batch_id, blob.payload))
+            try:
+                log_ids = await self._log.append(fresh) if fresh else []
+            except Exception as exc:  # the log refused: nobody in this flush is acknowledged
+                for _, future in work:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            try:
+                for (partition, batch_id, payload), log_id in zip(fresh, log_ids):
+                    self._states[partition].apply(batch_id, log_id, log_batch_decoder.decode(payload))
+            except Exception as exc:
+                # Durable but not applied: the only honest way on is a restart that replays.
+                self._failure = exc
+                logger.exception("shard %s failed to apply a durable batch", self.shard_id)
+                error = ShardFailed(f"shard {self.shard_id} failed: {exc!r}")
+                for _, future in work + self._pending:
+                    if not future.done():
+                        future.set_exception(error)
+                self._pending = []
+                return
+            for _, future in work:
+                if not future.done():
+                    future.set_result(None)
+            await self._snapshot_due()
+
+    async def _snapshot_due(self) -> None:
+        now = self._clock()
+        for partition, state in self._states.items():
+            due_by_size = state.records_since_snapshot >= self.settings.snapshot_every_records
+            due_by_time = now - self._snapshot_at[partition] >= self.settings.snapshot_interval_s
+            if due_by_size or (due_by_time and state.records_since_snapshot):
+                await self.snapshot(partition)
+
+    async def snapshot(self, partition: int) -> None:
+        state = self._states[partition]
+        data, covers = state.to_bytes(), state.last_log_id
+        state.records_since_snapshot = 0
+        self._snapshot_at[partition] = self._clock()
+        await self._log.save_snapshot(partition, data, covers)
+
+    async def snapshot_all(self) -> None:
+        await self.ready()
+        for partition in self.partitions:
+            await self.snapshot(partition)
+
+    # --- reads ----------------------------------------------------------------
+
+    def _state(self, partition: int) -> PartitionState:
+        state = self._states.get(partition)
+        if state is None:
+            raise WrongShard(f"partition {partition} is not owned by shard {self.shard_id}")
+        return state
+
+    async def get_profile(self, account: str, user: str) -> dict[str, Any] | None:
+        await self.ready()
+        store = self._state(self.partition_map.partition_of(account, user)).account(account)
+        index = store.find_user(user) if store else None
+        return store.profile_record(index) if store is not None and index is not None else None
+
+    async def find_profiles(self, account: str, prop: str, value: Any, limit: int = 10) -> list[dict[str, Any]]:
+        await self.ready()
+        found: list[dict[str, Any]] = []
+        for state in self._states.values():
+            store = state.account(account)
+            if store is not None:
+                found.extend(store.profile_record(u) for u in store.users_with_property(prop, value)[:limit])
+        return found[:limit]
+
+    async def count_events(self, account: str, name: str, from_ms: int, to_ms: int) -> int:
+        await self.ready()
+        stores = (s.account(account) for s in self._states.values())
+        return sum(store.count_events(name, from_ms, to_ms) for store in stores if store is not None)
+
+    async def export_events(
+        self, account: str, name: str, from_ms: int, to_ms: int, partition: int, start: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        """Up to `limit` matching events of one partition from row `start` on, and the row
+        to resume from (None when the partition is done)."""
+        await self.ready()
+        store = self._state(partition).account(account)
+        if store is None:
+            return [], None
+        taken: list[np.ndarray] = []
+        count = 0
+        for rows in store.match_events(name, from_ms, to_ms, start):
+            taken.append(rows[: limit - count])
+            count += taken[-1].size
+            if count >= limit:
+                break
+        if not taken:
+            return [], None
+        rows = np.concatenate(taken)
+        next_row = int(rows[-1]) + 1 if count >= limit else None
+        return store.event_records(rows), next_row
+
+    def _users_with_event(self, account: str, partition: int, name: str, from_ms: int, to_ms: int) -> np.ndarray:
+        store = self._state(partition).account(account)
+        if store is None:
+            return np.empty(0, np.int32)
+        # Paging a profile export rescans once per page; remember the last answer while
+        # the partition has not changed.
+        key = (account, partition, name, from_ms, to_ms, store.event_count)
+        if self._profile_cache is not None and self._profile_cache[0] == key:
+            return self._profile_cache[1]
+        users = store.users_with_event(name, from_ms, to_ms)
+        self._profile_cache = (key, users)
+        return users
+
+    async def count_profiles(self, account: str, name: str, from_ms: int, to_ms: int) -> int:
+        await self.ready()
+        return sum(int(self._users_with_event(account, p, name, from_ms, to_ms).size) for p in self.partitions)
+
+    async def export_profiles(
+        self, account: str, name: str, from_ms: int, to_ms: int, partition: int, start: int, limit: int
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        await self.ready()
+        users = self._users_with_event(account, partition, name, from_ms, to_ms)
+        page = users[start : start + limit]
+        store = self._state(partition).account(account)
+        records = [store.profile_record(int(u)) for u in page] if store is not None else []
+        return records, start + limit if start + limit < users.size else None
+
+    async def memory(self) -> dict[str, int]:
+        await self.ready()
+        totals: dict[str, int] = {}
+        for state in self._states.values():
+            for key, value in state.memory().items():
+                totals[key] = totals.get(key, 0) + value
+        totals["log_bytes"] = sum([await self._log.stream_bytes(p) for p in self.partitions])
+        totals["replayed_entries"] = self.replayed_entries
+        return totals

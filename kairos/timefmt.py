@@ -1,0 +1,34 @@
+"""CleverTap's date formats: YYYYMMDD query bounds and YYYYMMDDHHMMSS timestamps (UTC)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+
+class DateError(ValueError):
+    pass
+
+
+def yyyymmdd_to_ms(value: object, field: str) -> int:
+    """Start of that day in UTC, as epoch milliseconds."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise DateError(f"{field} must be a date as YYYYMMDD, got {value!r}")
+    text = str(value)
+    try:
+        day = datetime.strptime(text, "%Y%m%d").replace(tzinfo=timezone.utc)
+    except ValueError:
+        raise DateError(f"{field} must be a date as YYYYMMDD, got {value!r}") from None
+    return int(day.timestamp() * 1000)
+
+
+def day_range_ms(from_value: object, to_value: object) -> tuple[int, int]:
+    """[from 00:00, to+1 00:00): CleverTap's `to` day is inclusive."""
+    start = yyyymmdd_to_ms(from_value, "from")
+    end = yyyymmdd_to_ms(to_value, "to") + int(timedelta(days=1).total_seconds() * 1000)
+    if end <= start:
+        raise DateError(f"'to' ({to_value}) is before 'from' ({from_value})")
+    return start, end
+
+
+def ms_to_clevertap_ts(ms: int) -> int:
+    return int(datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y%m%d%H%M%S"))

@@ -1,0 +1,174 @@
+"""Validation of CleverTap upload records, with CleverTap's per-record error codes.
+
+`validate_upload` turns decoded `UploadRecord`s into normalized records and the list
+of rejected ones. It runs on the gateway's hot path for every record, so it is a
+straight sequence of cheap checks.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any, Callable
+
+import msgspec
+
+from kairos.identity import IDENTIFIER_KINDS, user_key
+from kairos.models import EventRecord, ProfileRecord, Record, UnprocessedRecord, UploadRecord
+
+MAX_RECORDS = 1000
+MAX_KEY_CHARS = 120
+MAX_VALUE_BYTES = 512
+MAX_PROPERTIES = 256
+MAX_IDENTIFIER_CHARS = 1024
+# Epoch seconds beyond this are almost surely milliseconds (year 5138).
+MAX_EPOCH_SECONDS = 99_999_999_999
+
+# Events only Kairos itself may raise (delivery feedback, lifecycle), as in CleverTap.
+RESTRICTED_EVENTS = frozenset({
+    "App Launched", "App Installed", "App Uninstalled", "Notification Sent",
+    "Notification Delivered", "Notification Viewed", "Notification Clicked",
+    "Notification Failed", "UTM Visited", "Stayed", "Session Concluded",
+})
+
+EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+PHONE_RE = re.compile(r"^\+[0-9]{6,15}$")
+
+# Profile fields CleverTap checks, with the code it answers when the value is wrong.
+GENDERS = frozenset({"M", "F", "O", "U"})
+YES_NO = frozenset({"Y", "N"})
+EDUCATION = frozenset({"School", "College", "Graduate"})
+
+
+class RecordError(Exception):
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _check_properties(props: Any, what: str) -> dict[str, Any]:
+    if not isinstance(props, dict):
+        raise RecordError(512, f"{what} must be a JSON object")
+    if len(props) > MAX_PROPERTIES:
+        raise RecordError(522, f"{what} has {len(props)} properties; at most {MAX_PROPERTIES} are allowed")
+    for key, value in props.items():
+        if len(key) > MAX_KEY_CHARS or not key:
+            raise RecordError(512, f"{what} key {key[:40]!r}... must be 1-{MAX_KEY_CHARS} characters")
+        if isinstance(value, str):
+            if len(value) > MAX_VALUE_BYTES // 4 and len(value.encode()) > MAX_VALUE_BYTES:
+                raise RecordError(512, f"{what}.{key} is longer than {MAX_VALUE_BYTES} bytes")
+        elif isinstance(value, (dict, list)):
+            if len(msgspec.json.encode(value)) > MAX_VALUE_BYTES * 4:
+                raise RecordError(512, f"{what}.{key} is larger than {MAX_VALUE_BYTES * 4} bytes")
+    return props
+
+
+def _check_profile_fields(props: dict[str, Any]) -> None:
+    if "Email" in props:
+        email = props["Email"]
+        if not isinstance(email, str) or not EMAIL_RE.match(email):
+            raise RecordError(515, f"Email {email!r} is not a valid email address")
+    if "Phone" in props:
+        phone = props["Phone"]
+        if not isinstance(phone, str) or not PHONE_RE.match(phone):
+            raise RecordError(516, f"Phone {phone!r} must start with + and the country code, digits only")
+    if "Gender" in props and props["Gender"] not in GENDERS:
+        raise RecordError(514, f"Gender {props['Gender']!r} must be one of M, F, O, U")
+    if "Employed" in props and props["Employed"] not in YES_NO:
+        raise RecordError(517, f"Employed {props['Employed']!r} must be Y or N")
+    if "Education" in props and props["Education"] not in EDUCATION:
+        raise RecordError(518, f"Education {props['Education']!r} must be School, College or Graduate")
+    if "Married" in props and props["Married"] not in YES_NO:
+        raise RecordError(519, f"Married {props['Married']!r} must be Y or N")
+    if "Age" in props:
+        age = props["Age"]
+        if isinstance(age, bool) or not isinstance(age, int) or not 0 <= age <= 150:
+            raise RecordError(520, f"Age {age!r} must be a whole number from 0 to 150")
+
+
+def _identifier(value: Any, kind: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise RecordError(526 if kind == "objectId" else 523, f"{kind} must be a string or a number")
+    text = str(value)
+    if not text or len(text) > MAX_IDENTIFIER_CHARS:
+        raise RecordError(526 if kind == "objectId" else 523, f"{kind} must be 1-{MAX_IDENTIFIER_CHARS} characters")
+    return text
+
+
+def _timestamp_ms(ts: Any, now_ms: int) -> int:
+    if ts is None:
+        return now_ms
+    if isinstance(ts, bool) or not isinstance(ts, (int, float)) or not 0 <= ts <= MAX_EPOCH_SECONDS:
+        raise RecordError(525, f"ts {ts!r} is not a timestamp in epoch seconds")
+    return int(ts * 1000)
+
+
+def normalize(record: UploadRecord, now_ms: int) -> Record:
+    """One upload record -> a normalized record, or `RecordError` with CleverTap's code."""
+    kind = record.type
+    if kind != "event" and kind != "profile":
+        raise RecordError(524, "type must be 'event' or 'profile'")
+    ids: dict[str, str] = {}
+    for id_kind in IDENTIFIER_KINDS:
+        value = _identifier(getattr(record, id_kind), id_kind)
+        if value is not None:
+            ids[id_kind] = value
+    if not ids:
+        raise RecordError(523, "record has no identity, objectId, FBID or GPID")
+    first_kind = next(iter(ids))
+    user = user_key(first_kind, ids.pop(first_kind))
+    ts_ms = _timestamp_ms(record.ts, now_ms)
+    message_id = record.messageId
+    if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= 256):
+        raise RecordError(512, "messageId must be a string of 1-256 characters")
+    if kind == "event":
+        name = record.evtName
+        if name is None or name == "":
+            raise RecordError(509, "evtName is mandatory for an event")
+        if not isinstance(name, str) or len(name) > MAX_KEY_CHARS:
+            raise RecordError(512, f"evtName must be a string of at most {MAX_KEY_CHARS} characters")
+        if name in RESTRICTED_EVENTS:
+            raise RecordError(513, f"{name!r} is a restricted system event")
+        props = {} if record.evtData is None else _check_properties(record.evtData, "evtData")
+        return EventRecord(user, ts_ms, name, props, message_id)
+    if record.profileData is None:
+        raise RecordError(512, "profileData is mandatory for a profile record")
+    props = _check_properties(record.profileData, "profileData")
+    _check_profile_fields(props)
+    return ProfileRecord(user, ts_ms, props, ids or None, message_id)
+
+
+def _echo(record: UploadRecord) -> dict[str, Any]:
+    return {k: v for k, v in msgspec.structs.asdict(record).items() if v is not None}
+
+
+def validate_upload(
+    records: list[Any], clock: Callable[[], float] = time.time
+) -> tuple[list[Record], list[UnprocessedRecord]]:
+    """Split decoded records into normalized ones and CleverTap-shaped rejections.
+
+    Elements that are not JSON objects (possible only through the loose decode) are
+    rejected with 512 as CleverTap does for a malformed record.
+    """
+    now_ms = int(clock() * 1000)
+    accepted: list[Record] = []
+    rejected: list[UnprocessedRecord] = []
+    for record in records:
+        if not isinstance(record, UploadRecord):
+            if isinstance(record, dict):
+                try:
+                    record = msgspec.convert(record, UploadRecord)
+                except msgspec.ValidationError as exc:
+                    rejected.append(UnprocessedRecord("fail", 512, f"invalid record: {exc}", record))
+                    continue
+            else:
+                rejected.append(UnprocessedRecord("fail", 512, "record must be a JSON object", record))
+                continue
+        try:
+            accepted.append(normalize(record, now_ms))
+        except RecordError as exc:
+            rejected.append(UnprocessedRecord("fail", exc.code, exc.message, _echo(record)))
+    return accepted, rejected
