@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import uuid
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -14,6 +15,7 @@ from ray.exceptions import RayError
 from gateway.app import create_app
 from gateway.backend import BackendUnavailable
 from kairos.accounts import Accounts
+from kairos.coalesce import Coalescer
 from kairos.config import Settings
 from kairos.partitions import PartitionMap
 
@@ -24,6 +26,10 @@ class RayBackend:
         self._ingest = itertools.cycle(ingest)
         self._shards = shards
         self._timeout = settings.request_timeout_s
+        # One call in flight per ingest actor: uploads that arrive meanwhile share the next.
+        self._coalescer: Coalescer[tuple[str, bytes]] = Coalescer(
+            self._ingest_call, max_in_flight=len(ingest), max_items=settings.max_uploads_per_call
+        )
 
     async def _await(self, ref: Any) -> Any:
         try:
@@ -33,8 +39,12 @@ class RayBackend:
         except RayError as exc:
             raise BackendUnavailable(type(exc).__name__) from exc
 
-    async def ingest(self, account: str, request_id: str, payload: bytes) -> int:
-        return await self._await(next(self._ingest).ingest.remote(account, request_id, payload))
+    async def ingest(self, account: str, payload: bytes) -> None:
+        await self._coalescer.submit((account, payload))
+
+    async def _ingest_call(self, uploads: list[tuple[str, bytes]]) -> int:
+        # The call id names the batches downstream; Ray's retry of this call reuses it.
+        return await self._await(next(self._ingest).ingest.remote(uuid.uuid4().hex, uploads))
 
     async def call_shard(self, shard: int, method: str, *args: Any) -> Any:
         return await self._await(getattr(self._shards[shard], method).remote(*args))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Awaitable, Callable
 
+from kairos.coalesce import Coalescer
 from kairos.config import Settings
 from kairos.ingest import Ingestor
 from kairos.models import ShardBlob
@@ -12,11 +13,22 @@ from kairos.partitions import PartitionMap
 
 class IngestActor:
     def __init__(self, settings: Settings, shards: list[Any]) -> None:
-        self._shards = shards
+        # One append in flight per shard: blobs routed meanwhile share the next append.
+        self._to_shard: list[Coalescer[list[ShardBlob]]] = [
+            Coalescer(self._append_call(handle), max_in_flight=1, max_items=settings.max_uploads_per_call)
+            for handle in shards
+        ]
         self.core = Ingestor(PartitionMap(settings.partitions, settings.shards), self._send)
 
-    async def _send(self, shard: int, blobs: list[ShardBlob]) -> None:
-        await self._shards[shard].append.remote(blobs)
+    @staticmethod
+    def _append_call(handle: Any) -> Callable[[list[list[ShardBlob]]], Awaitable[None]]:
+        async def append(groups: list[list[ShardBlob]]) -> None:
+            await handle.append.remote([blob for group in groups for blob in group])
 
-    async def ingest(self, account: str, request_id: str, payload: bytes) -> int:
-        return await self.core.ingest(account, request_id, payload)
+        return append
+
+    async def _send(self, shard: int, blobs: list[ShardBlob]) -> None:
+        await self._to_shard[shard].submit(blobs)
+
+    async def ingest(self, call_id: str, uploads: list[tuple[str, bytes]]) -> int:
+        return await self.core.ingest(call_id, uploads)

@@ -15,8 +15,8 @@ class BackendUnavailable(RuntimeError):
 class Backend(Protocol):
     partition_map: PartitionMap
 
-    async def ingest(self, account: str, request_id: str, payload: bytes) -> int:
-        """Make the encoded records durable and applied; return how many there were."""
+    async def ingest(self, account: str, payload: bytes) -> None:
+        """Make the encoded records durable and applied before returning."""
         ...
 
     async def call_shard(self, shard: int, method: str, *args: Any) -> Any: ...

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import uuid
 from typing import Any
 
 import msgspec
@@ -18,7 +17,7 @@ from gateway.errors import ApiError, json_response
 from kairos.identity import IDENTIFIER_KINDS, user_key
 from kairos.models import LooseUploadBody, UploadBody, UploadResponse, record_list_encoder
 from kairos.timefmt import DateError, day_range_ms
-from kairos.upload import MAX_RECORDS, validate_upload
+from kairos.upload import MAX_RECORDS, validate_fast, validate_upload
 
 _upload_decoder = msgspec.json.Decoder(UploadBody)
 _loose_decoder = msgspec.json.Decoder(LooseUploadBody)
@@ -83,11 +82,14 @@ class CleverTapApi:
         account: str = request["account"]
         with self.admission.admit(account):
             body = await request.read()
-            records = _decode_upload(body)
-            accepted, rejected = validate_upload(records)
+            fast = validate_fast(body)
+            if fast is not None:
+                accepted, rejected = fast, []
+            else:
+                accepted, rejected = validate_upload(_decode_upload(body))
             dry_run = request.query.get("dryRun", "") in ("1", "true")
             if accepted and not dry_run:
-                await self.backend.ingest(account, uuid.uuid4().hex, record_list_encoder.encode(accepted))
+                await self.backend.ingest(account, record_list_encoder.encode(accepted))
         status = "success" if not rejected else ("partial" if accepted else "fail")
         return json_response(UploadResponse(status, len(accepted), rejected))
 

@@ -84,8 +84,9 @@ class Accounts:
             return False
         presented = hmac.new(self._cache_key, passcode.encode(), hashlib.sha256).digest()
         cached = self._verified.get(account_id)
-        if cached is not None and cached[1] > self._clock():
-            return hmac.compare_digest(cached[0], presented)
+        if cached is not None and cached[1] > self._clock() and hmac.compare_digest(cached[0], presented):
+            return True
+        # Not the cached passcode: it may be a newly reset one, so ask the stored hash.
         stored = await self._redis.hmget(keys.account(account_id), "salt", "hash")
         salt, expected = stored
         if salt is None or expected is None:

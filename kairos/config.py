@@ -7,6 +7,7 @@ operator never has to guess which of thirty knobs is wrong.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -33,7 +34,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Fixed for the life of a deployment: it decides which partition owns a user.
     partitions: int = 16
     shards: int = 2
-    ingest_actors: int = 2
+    # One ingest actor coalesces best on a small machine; a cluster raises it.
+    ingest_actors: int = 1
     gateway_processes: int = 1
     # Upload requests a gateway process admits at once, over all accounts; beyond this it
     # answers 429 instead of queueing, which keeps memory bounded under overload.
@@ -41,6 +43,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # CleverTap allows 15 concurrent upload requests per account.
     max_inflight_uploads_per_account: int = 15
     max_body_bytes: int = 8 * 1024 * 1024
+    # Uploads (or shard batches) that may share one coalesced actor call.
+    max_uploads_per_call: int = 64
     # A partition is snapshotted once this many records arrived since its last snapshot,
     # after which its stream is trimmed.
     snapshot_every_records: int = 200_000
@@ -55,7 +59,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     def __post_init__(self) -> None:
         positive = (
             "port", "partitions", "shards", "ingest_actors", "gateway_processes",
-            "max_inflight_uploads", "max_inflight_uploads_per_account", "max_body_bytes",
+            "max_inflight_uploads", "max_inflight_uploads_per_account", "max_body_bytes", "max_uploads_per_call",
             "snapshot_every_records", "dedupe_window_records",
         )
         for name in positive:
@@ -70,6 +74,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.redis_fsync not in ("always", "everysec"):
             raise ConfigError(f"{ENV_PREFIX}REDIS_FSYNC must be 'always' or 'everysec', got {self.redis_fsync!r}")
+        for name in ("snapshot_interval_s", "auth_cache_s", "request_timeout_s"):
+            if not math.isfinite(getattr(self, name)):
+                raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a finite number, got {getattr(self, name)!r}")
         if self.snapshot_interval_s <= 0 or self.auth_cache_s < 0 or self.request_timeout_s <= 0:
             raise ConfigError(f"{ENV_PREFIX}SNAPSHOT_INTERVAL_S must be > 0, {ENV_PREFIX}REQUEST_TIMEOUT_S > 0 and {ENV_PREFIX}AUTH_CACHE_S >= 0")
 

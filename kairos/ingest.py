@@ -17,23 +17,29 @@ class Ingestor:
         self.partition_map = partition_map
         self._send = send
 
-    def route(self, account: str, request_id: str, records: list[Record]) -> dict[int, list[ShardBlob]]:
-        """Group records into one blob per partition, grouped by owning shard. Batch ids
-        derive from the request id, so a retried request yields the same ids."""
-        by_partition: dict[int, list[Record]] = {}
+    def route(self, call_id: str, uploads: list[tuple[str, list[Record]]]) -> dict[int, list[ShardBlob]]:
+        """One blob per (account, partition), grouped by owning shard. Batch ids derive
+        from the call id, so a retried call yields the same ids and is applied once."""
+        groups: dict[tuple[str, int], list[Record]] = {}
         partition_of = self.partition_map.partition_of
-        for record in records:
-            by_partition.setdefault(partition_of(account, record.user), []).append(record)
+        for account, records in uploads:
+            for record in records:
+                key = (account, partition_of(account, record.user))
+                group = groups.get(key)
+                if group is None:
+                    groups[key] = [record]
+                else:
+                    group.append(record)
         by_shard: dict[int, list[ShardBlob]] = {}
-        for partition, group in by_partition.items():
+        for (account, partition), group in groups.items():
             payload = record_list_encoder.encode(LogBatch(account, group))
-            blob = ShardBlob(partition, f"{request_id}/{partition}", payload)
+            blob = ShardBlob(partition, f"{call_id}/{account}/{partition}", payload)
             by_shard.setdefault(self.partition_map.shard_of(partition), []).append(blob)
         return by_shard
 
-    async def ingest(self, account: str, request_id: str, payload: bytes) -> int:
-        """Route an encoded list of records; returns once every record is durable."""
-        records = record_list_decoder.decode(payload)
-        by_shard = self.route(account, request_id, records)
+    async def ingest(self, call_id: str, uploads: list[tuple[str, bytes]]) -> int:
+        """Route uploads (account, encoded records); returns once every record is durable."""
+        decoded = [(account, record_list_decoder.decode(payload)) for account, payload in uploads]
+        by_shard = self.route(call_id, decoded)
         await asyncio.gather(*(self._send(shard, blobs) for shard, blobs in by_shard.items()))
-        return len(records)
+        return sum(len(records) for _, records in decoded)

@@ -79,7 +79,7 @@ def up(settings: Settings, address: str | None = None, demo: bool = False,
        on_ready: Callable[[str], None] = print, stop: threading.Event | None = None) -> None:
     import ray
 
-    from actors.deploy import NAMESPACE, deploy
+    from actors.deploy import NAMESPACE, RAY_SYSTEM_CONFIG, deploy
 
     stop = stop or threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -89,8 +89,10 @@ def up(settings: Settings, address: str | None = None, demo: bool = False,
         settings = settings.replace(redis_url=url)
         check_partition_count(url, settings.partitions)
         address = address or os.environ.get("RAY_ADDRESS") or None
+        # A cluster's system config is fixed by `ray start` (see cluster.yaml).
+        system_config = None if address else RAY_SYSTEM_CONFIG
         ray.init(address=address, namespace=NAMESPACE, include_dashboard=False,
-                 logging_level=logging.WARNING, log_to_driver=True)
+                 logging_level=logging.WARNING, _system_config=system_config)
         stack.callback(ray.shutdown)
         deployment = deploy(settings)
         stack.callback(deployment.shutdown)

@@ -129,7 +129,12 @@ class UserShard:
             for _, future in work:
                 if not future.done():
                     future.set_result(None)
-            await self._snapshot_due()
+            try:
+                await self._snapshot_due()
+            except Exception:
+                # The batches are durable in the log either way; a failed snapshot only
+                # means a longer replay, and it is tried again after the next flush.
+                logger.exception("shard %s could not save a snapshot", self.shard_id)
 
     async def _snapshot_due(self) -> None:
         now = self._clock()
@@ -141,10 +146,10 @@ class UserShard:
 
     async def snapshot(self, partition: int) -> None:
         state = self._states[partition]
-        data, covers = state.to_bytes(), state.last_log_id
-        state.records_since_snapshot = 0
-        self._snapshot_at[partition] = self._clock()
+        data, covers, pending = state.to_bytes(), state.last_log_id, state.records_since_snapshot
         await self._log.save_snapshot(partition, data, covers)
+        state.records_since_snapshot -= pending
+        self._snapshot_at[partition] = self._clock()
 
     async def snapshot_all(self) -> None:
         await self.ready()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from typing import Any, Callable
+from typing import Annotated, Any, Callable, ClassVar
 
 import msgspec
 
@@ -23,6 +23,8 @@ MAX_PROPERTIES = 256
 MAX_IDENTIFIER_CHARS = 1024
 # Epoch seconds beyond this are almost surely milliseconds (year 5138).
 MAX_EPOCH_SECONDS = 99_999_999_999
+# msgpack, the log's format, holds integers in this range only.
+MIN_INT, MAX_INT = -(2**63), 2**64 - 1
 
 # Events only Kairos itself may raise (delivery feedback, lifecycle), as in CleverTap.
 RESTRICTED_EVENTS = frozenset({
@@ -58,9 +60,15 @@ def _check_properties(props: Any, what: str) -> dict[str, Any]:
         if isinstance(value, str):
             if len(value) > MAX_VALUE_BYTES // 4 and len(value.encode()) > MAX_VALUE_BYTES:
                 raise RecordError(512, f"{what}.{key} is longer than {MAX_VALUE_BYTES} bytes")
+        elif isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
+            raise RecordError(512, f"{what}.{key} is an integer outside [-2^63, 2^64-1]")
         elif isinstance(value, (dict, list)):
             if len(msgspec.json.encode(value)) > MAX_VALUE_BYTES * 4:
                 raise RecordError(512, f"{what}.{key} is larger than {MAX_VALUE_BYTES * 4} bytes")
+            try:
+                msgspec.msgpack.encode(value)
+            except OverflowError:
+                raise RecordError(512, f"{what}.{key} holds an integer outside [-2^63, 2^64-1]") from None
     return props
 
 
@@ -106,8 +114,12 @@ def _timestamp_ms(ts: Any, now_ms: int) -> int:
     return int(ts * 1000)
 
 
-def normalize(record: UploadRecord, now_ms: int) -> Record:
-    """One upload record -> a normalized record, or `RecordError` with CleverTap's code."""
+def normalize(record: Any, now_ms: int, props_checked: bool = False) -> Record:
+    """One upload record -> a normalized record, or `RecordError` with CleverTap's code.
+
+    `props_checked` means the typed fast-path decode has already enforced the key,
+    value and count limits on evtData / profileData.
+    """
     kind = record.type
     if kind != "event" and kind != "profile":
         raise RecordError(524, "type must be 'event' or 'profile'")
@@ -132,11 +144,12 @@ def normalize(record: UploadRecord, now_ms: int) -> Record:
             raise RecordError(512, f"evtName must be a string of at most {MAX_KEY_CHARS} characters")
         if name in RESTRICTED_EVENTS:
             raise RecordError(513, f"{name!r} is a restricted system event")
-        props = {} if record.evtData is None else _check_properties(record.evtData, "evtData")
+        props = record.evtData if props_checked else (
+            {} if record.evtData is None else _check_properties(record.evtData, "evtData"))
         return EventRecord(user, ts_ms, name, props, message_id)
     if record.profileData is None:
         raise RecordError(512, "profileData is mandatory for a profile record")
-    props = _check_properties(record.profileData, "profileData")
+    props = record.profileData if props_checked else _check_properties(record.profileData, "profileData")
     _check_profile_fields(props)
     return ProfileRecord(user, ts_ms, props, ids or None, message_id)
 
@@ -172,3 +185,80 @@ def validate_upload(
         except RecordError as exc:
             rejected.append(UnprocessedRecord("fail", exc.code, exc.message, _echo(record)))
     return accepted, rejected
+
+
+# --- the fast path ------------------------------------------------------------------
+# Typical records are validated by msgspec in C while decoding: key lengths, property
+# counts, scalar values and strings short enough (128 characters can never exceed 512
+# bytes of UTF-8). A body with anything else - a long string, a list value, a bad type -
+# fails this decode and takes the full path above, so error codes never differ.
+
+_Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
+_ShortText = Annotated[str, msgspec.Meta(max_length=MAX_VALUE_BYTES // 4)]
+# Integers beyond int64 (but within msgpack's uint64) take the full path.
+_Int = Annotated[int, msgspec.Meta(ge=MIN_INT, le=2**63 - 1)]
+_Props = Annotated[dict[_Key, _ShortText | _Int | float | bool | None], msgspec.Meta(max_length=MAX_PROPERTIES)]
+_Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IDENTIFIER_CHARS)] | int | None
+_Ts = Annotated[int, msgspec.Meta(ge=0, le=MAX_EPOCH_SECONDS)] | None
+_MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None
+
+
+class FastEvent(msgspec.Struct, tag="event", tag_field="type"):
+    type: ClassVar[str] = "event"
+    evtName: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
+    evtData: _Props = {}
+    identity: _Identifier = None
+    objectId: _Identifier = None
+    FBID: _Identifier = None
+    GPID: _Identifier = None
+    ts: _Ts = None
+    messageId: _MessageId = None
+
+
+class FastProfile(msgspec.Struct, tag="profile", tag_field="type"):
+    type: ClassVar[str] = "profile"
+    profileData: _Props
+    identity: _Identifier = None
+    objectId: _Identifier = None
+    FBID: _Identifier = None
+    GPID: _Identifier = None
+    ts: _Ts = None
+    messageId: _MessageId = None
+
+
+class FastUploadBody(msgspec.Struct):
+    d: Annotated[list[FastEvent | FastProfile], msgspec.Meta(min_length=1, max_length=MAX_RECORDS)]
+
+
+_fast_decoder = msgspec.json.Decoder(FastUploadBody)
+
+
+def validate_fast(body: bytes, clock: Callable[[], float] = time.time) -> list[Record] | None:
+    """All records of a clean body, normalized; None when the body needs the full path
+    (it does not decode as clean records, or some record is rejected)."""
+    try:
+        records = _fast_decoder.decode(body).d
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    now_ms = int(clock() * 1000)
+    try:
+        return [
+            _fast_event(record, now_ms) if type(record) is FastEvent else normalize(record, now_ms, props_checked=True)
+            for record in records
+        ]
+    except RecordError:
+        return None
+
+
+def _fast_event(record: FastEvent, now_ms: int) -> EventRecord:
+    """`normalize` for an event whose fields the typed decode has checked already."""
+    for kind in IDENTIFIER_KINDS:
+        value = getattr(record, kind)
+        if value is not None:
+            break
+    else:
+        raise RecordError(523, "record has no identity, objectId, FBID or GPID")
+    if record.evtName in RESTRICTED_EVENTS:
+        raise RecordError(513, f"{record.evtName!r} is a restricted system event")
+    ts_ms = now_ms if record.ts is None else record.ts * 1000
+    return EventRecord(f"{kind}:{value}", ts_ms, record.evtName, record.evtData, record.messageId)

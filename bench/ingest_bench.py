@@ -1,0 +1,130 @@
+"""Ingest benchmark: the HTTP gateway driven from a separate process.
+
+Prints events/s acknowledged (durable), p50/p99 acknowledgement latency, memory per
+event and per profile in the shards and bytes per event in Redis, and the floor for the
+same batches (msgspec decode + one XADD per batch, no Ray) with our/floor ratio.
+
+    .venv/bin/python bench/ingest_bench.py [--seconds 30] [--concurrency 8] [--memory-events 5000000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import msgspec  # noqa: E402
+import ray  # noqa: E402
+import redis  # noqa: E402
+import redis.asyncio as aioredis  # noqa: E402
+
+from actors.deploy import NAMESPACE, RAY_SYSTEM_CONFIG, deploy  # noqa: E402
+from bench.workload import make_bodies  # noqa: E402
+from kairos.accounts import Accounts  # noqa: E402
+from kairos.config import load_settings  # noqa: E402
+from kairos.models import UploadBody  # noqa: E402
+from kairos.redis_server import EmbeddedRedis, _free_port  # noqa: E402
+
+
+def floor_rate(url: str, seconds: float) -> float:
+    """The same bodies, decoded by msgspec and written with one XADD each, no Ray."""
+    bodies = make_bodies(64, seed=99)
+    decoder, encoder = msgspec.json.Decoder(UploadBody), msgspec.msgpack.Encoder()
+    client = redis.Redis.from_url(url)
+    events, i = 0, 0
+    deadline = time.perf_counter() + seconds
+    began = time.perf_counter()
+    while time.perf_counter() < deadline:
+        batch = decoder.decode(bodies[i % len(bodies)]).d
+        client.xadd("bench:floor", {"d": encoder.encode(batch)})
+        events += len(batch)
+        i += 1
+    rate = events / (time.perf_counter() - began)
+    client.delete("bench:floor")
+    client.close()
+    return rate
+
+
+def run_load(url: str, account: str, passcode: str, seconds: float, concurrency: int,
+             max_requests: int = 10**9, seed: int = 1) -> dict:
+    command = [sys.executable, "-m", "bench.load_client", "--url", url, "--account", account,
+               f"--passcode={passcode}", "--seconds", str(seconds), "--concurrency", str(concurrency),
+               "--max-requests", str(max_requests), "--seed", str(seed)]
+    out = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=float, default=30)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--memory-events", type=int, default=5_000_000,
+                        help="load this many events in all before measuring memory (0: skip)")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory(prefix="kairos-bench-") as tmp, EmbeddedRedis(Path(tmp)) as server:
+        settings = load_settings(data_dir=tmp, redis_url=server.url, port=_free_port())
+        floor = floor_rate(server.url, min(args.seconds, 10))
+        ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, logging_level="WARNING",
+                 _system_config=RAY_SYSTEM_CONFIG)
+        try:
+            deployment = deploy(settings)
+
+            async def make_account():
+                client = aioredis.Redis.from_url(server.url)
+                creds = await Accounts(client).create("bench")
+                await client.aclose()
+                return creds
+
+            creds = asyncio.run(make_account())
+            url = f"http://127.0.0.1:{settings.port}/1/upload"
+            run_load(url, creds.account_id, creds.passcode, 3, args.concurrency, seed=0)  # warm-up
+            load = run_load(url, creds.account_id, creds.passcode, args.seconds, args.concurrency)
+            loaded = load["events"]
+            if args.memory_events:
+                probe = ray.get([s.memory.remote() for s in deployment.shards])
+                remaining = args.memory_events - sum(p["events"] for p in probe)
+                if remaining > 0:
+                    run_load(url, creds.account_id, creds.passcode, 3600, args.concurrency,
+                             max_requests=-(-remaining // 500), seed=2)
+            stats = ray.get([s.memory.remote() for s in deployment.shards])
+            total = {k: sum(s[k] for s in stats) for k in stats[0]}
+            info = redis.Redis.from_url(server.url).info("memory")
+            deployment.shutdown()
+        finally:
+            ray.shutdown()
+
+    ours = load["events_per_s"]
+    events, users = total["events"], total["users"]
+    report = {
+        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "concurrency": args.concurrency,
+        "seconds": round(load["seconds"], 1),
+        "events_acked": loaded,
+        "events_per_s": round(ours),
+        "p50_ms": round(load["p50_ms"], 1),
+        "p99_ms": round(load["p99_ms"], 1),
+        "statuses": load["statuses"],
+        "floor_events_per_s": round(floor),
+        "ours_over_floor": round(ours / floor, 3),
+        "stored_events": events,
+        "profiles": users,
+        "shard_bytes_per_event": round((total["event_bytes"] + total["dictionary_bytes"]) / events, 1),
+        "shard_bytes_per_profile": round(total["profile_bytes"] / users, 1),
+        "redis_used_memory_bytes_per_event": round(info["used_memory"] / events, 1),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""Load generator, run as its own process: POSTs upload bodies for a fixed time (or a
+fixed number of requests) with N requests in flight; prints a JSON result line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import aiohttp
+
+from bench.workload import make_bodies
+
+
+async def run(url: str, account: str, passcode: str, seconds: float, max_requests: int,
+              concurrency: int, seed: int) -> dict[str, object]:
+    bodies = make_bodies(64, seed=seed)
+    headers = {"X-CleverTap-Account-Id": account, "X-CleverTap-Passcode": passcode,
+               "Content-Type": "application/json; charset=utf-8"}
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    acked_events = 0
+    sent = 0
+    deadline = time.perf_counter() + seconds
+    connector = aiohttp.TCPConnector(limit=concurrency)
+
+    async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
+        async def worker(worker_id: int) -> None:
+            nonlocal acked_events, sent
+            i = worker_id
+            while time.perf_counter() < deadline and sent < max_requests:
+                sent += 1
+                body = bodies[i % len(bodies)]
+                i += concurrency
+                start = time.perf_counter()
+                async with session.post(url, data=body) as resp:
+                    payload = await resp.read()
+                elapsed = time.perf_counter() - start
+                statuses[resp.status] = statuses.get(resp.status, 0) + 1
+                if resp.status == 200:
+                    latencies.append(elapsed)
+                    acked_events += json.loads(payload)["processed"]
+                elif resp.status == 429:
+                    await asyncio.sleep(0.005)
+
+        began = time.perf_counter()
+        await asyncio.gather(*(worker(i) for i in range(concurrency)))
+        wall = time.perf_counter() - began
+    latencies.sort()
+
+    def pct(p: float) -> float:
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else float("nan")
+
+    return {"events": acked_events, "seconds": wall, "events_per_s": acked_events / wall,
+            "p50_ms": pct(0.50), "p99_ms": pct(0.99), "statuses": statuses, "requests": len(latencies)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--url", required=True)
+    parser.add_argument("--account", required=True)
+    parser.add_argument("--passcode", required=True)
+    parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--max-requests", type=int, default=10**9)
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+    result = asyncio.run(run(args.url, args.account, args.passcode, args.seconds, args.max_requests,
+                             args.concurrency, args.seed))
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Coalescing of many small submissions into few calls.
+
+A Ray call costs ~0.5-1 ms of CPU, far more than handling a record, so no hop makes
+one call per request under load: items submitted while `max_in_flight` calls are out
+wait and leave together in the next call. With nothing in flight an item leaves at
+once, so coalescing adds no latency to an idle system.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Awaitable, Callable, Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class Coalescer(Generic[T]):
+    def __init__(self, send: Callable[[list[T]], Awaitable[object]], max_in_flight: int, max_items: int) -> None:
+        if max_in_flight < 1 or max_items < 1:
+            raise ValueError("max_in_flight and max_items must be >= 1")
+        self._send = send
+        self._max_in_flight = max_in_flight
+        self._max_items = max_items
+        self._queue: list[tuple[T, asyncio.Future[None]]] = []
+        self._in_flight = 0
+        self.calls = 0
+        self.items = 0
+
+    async def submit(self, item: T) -> None:
+        """Returns when the call carrying `item` succeeded; raises its error otherwise."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        self._pump()
+        await future
+
+    def _pump(self) -> None:
+        while self._queue and self._in_flight < self._max_in_flight:
+            batch, self._queue = self._queue[: self._max_items], self._queue[self._max_items :]
+            self._in_flight += 1
+            self.calls += 1
+            self.items += len(batch)
+            asyncio.ensure_future(self._call(batch))
+
+    async def _call(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
+        try:
+            await self._send([item for item, _ in batch])
+        except Exception as exc:
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+        else:
+            for _, future in batch:
+                if not future.done():
+                    future.set_result(None)
+        finally:
+            self._in_flight -= 1
+            self._pump()
