@@ -8,6 +8,7 @@ from typing import Awaitable, Callable
 from aiohttp import web
 
 from gateway.admission import Admission
+from gateway.auth import Handler, auth_middleware
 from gateway.backend import Backend, BackendUnavailable
 from gateway.clevertap import CleverTapApi
 from gateway.errors import ApiError, ct_error, json_response
@@ -15,9 +16,7 @@ from kairos.accounts import Accounts
 from kairos.config import Settings
 
 logger = logging.getLogger(__name__)
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-ACCOUNT_HEADER = "X-CleverTap-Account-Id"
-PASSCODE_HEADER = "X-CleverTap-Passcode"
+ADMISSION = web.AppKey("admission", Admission)
 
 
 def _error_middleware(max_body_bytes: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
@@ -42,22 +41,6 @@ def _error_middleware(max_body_bytes: int) -> Callable[[web.Request, Handler], A
     return errors
 
 
-def _auth_middleware(accounts: Accounts) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/1/"):
-            account = request.headers.get(ACCOUNT_HEADER, "")
-            passcode = request.headers.get(PASSCODE_HEADER, "")
-            if not account or not passcode:
-                raise ApiError(401, f"{ACCOUNT_HEADER} and {PASSCODE_HEADER} headers are required")
-            if not await accounts.authenticate(account, passcode):
-                raise ApiError(401, "Invalid account id or passcode")
-            request["account"] = account
-        return await handler(request)
-
-    return auth
-
-
 async def _health(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -66,9 +49,9 @@ def create_app(settings: Settings, backend: Backend, accounts: Accounts) -> web.
     admission = Admission(settings.max_inflight_uploads, settings.max_inflight_uploads_per_account)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[_error_middleware(settings.max_body_bytes), _auth_middleware(accounts)],
+        middlewares=[_error_middleware(settings.max_body_bytes), auth_middleware(accounts)],
     )
-    app["admission"] = admission
+    app[ADMISSION] = admission
     app.add_routes([web.get("/healthz", _health)])
     app.add_routes(CleverTapApi(backend, admission).routes())
     return app

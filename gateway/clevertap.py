@@ -12,6 +12,7 @@ import msgspec
 from aiohttp import web
 
 from gateway.admission import Admission
+from gateway.auth import ACCOUNT
 from gateway.backend import Backend
 from gateway.errors import ApiError, json_response
 from kairos.identity import IDENTIFIER_KINDS, user_key
@@ -79,7 +80,7 @@ class CleverTapApi:
     # --- upload -----------------------------------------------------------------
 
     async def upload(self, request: web.Request) -> web.Response:
-        account: str = request["account"]
+        account: str = request[ACCOUNT]
         with self.admission.admit(account):
             body = await request.read()
             fast = validate_fast(body)
@@ -96,7 +97,7 @@ class CleverTapApi:
     # --- profile read -----------------------------------------------------------
 
     async def profile(self, request: web.Request) -> web.Response:
-        account: str = request["account"]
+        account: str = request[ACCOUNT]
         query = request.query
         given = [k for k in (*IDENTIFIER_KINDS, "email") if k in query]
         if len(given) != 1:
@@ -125,7 +126,7 @@ class CleverTapApi:
         return await self._download(request, "profiles")
 
     async def _download(self, request: web.Request, kind: str) -> web.Response:
-        account: str = request["account"]
+        account: str = request[ACCOUNT]
         if "cursor" in request.query:
             cursor = ExportCursor.decode(request.query["cursor"], account)
             if cursor.kind != kind:
@@ -162,12 +163,12 @@ class CleverTapApi:
 
     async def count_events(self, request: web.Request) -> web.Response:
         name, from_ms, to_ms = await _parse_query(request)
-        parts = await self._scatter("count_events", request["account"], name, from_ms, to_ms)
+        parts = await self._scatter("count_events", request[ACCOUNT], name, from_ms, to_ms)
         return json_response({"status": "success", "count": sum(parts)})
 
     async def count_profiles(self, request: web.Request) -> web.Response:
         name, from_ms, to_ms = await _parse_query(request)
-        parts = await self._scatter("count_profiles", request["account"], name, from_ms, to_ms)
+        parts = await self._scatter("count_profiles", request[ACCOUNT], name, from_ms, to_ms)
         return json_response({"status": "success", "count": sum(parts)})
 
     async def _scatter(self, method: str, *args: Any) -> list[Any]:

@@ -1,0 +1,32 @@
+"""CleverTap-style authentication: account id and passcode headers on every `/1/` call."""
+
+from __future__ import annotations
+
+from typing import Awaitable, Callable
+
+from aiohttp import web
+
+from gateway.errors import ApiError
+from kairos.accounts import Accounts
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+ACCOUNT_HEADER = "X-CleverTap-Account-Id"
+PASSCODE_HEADER = "X-CleverTap-Passcode"
+# The authenticated account of a request; handlers read it, never the raw header.
+ACCOUNT = web.RequestKey("account", str)
+
+
+def auth_middleware(accounts: Accounts) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.path.startswith("/1/"):
+            account = request.headers.get(ACCOUNT_HEADER, "")
+            passcode = request.headers.get(PASSCODE_HEADER, "")
+            if not account or not passcode:
+                raise ApiError(401, f"{ACCOUNT_HEADER} and {PASSCODE_HEADER} headers are required")
+            if not await accounts.authenticate(account, passcode):
+                raise ApiError(401, "Invalid account id or passcode")
+            request[ACCOUNT] = account
+        return await handler(request)
+
+    return auth
