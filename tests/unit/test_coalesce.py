@@ -11,6 +11,11 @@ from kairos.coalesce import Coalescer
 pytestmark = pytest.mark.timeout(30)
 
 
+async def _settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
 async def test_idle_submission_goes_at_once_and_busy_ones_share_a_call() -> None:
     calls: list[list[int]] = []
     gate = asyncio.Event()
@@ -22,10 +27,10 @@ async def test_idle_submission_goes_at_once_and_busy_ones_share_a_call() -> None
 
     coalescer: Coalescer[int] = Coalescer(send, max_in_flight=1, max_items=3)
     first = asyncio.create_task(coalescer.submit(0))
-    await asyncio.sleep(0)
+    await _settle()
     assert calls == [[0]]
     later = [asyncio.create_task(coalescer.submit(i)) for i in range(1, 6)]
-    await asyncio.sleep(0)
+    await _settle()
     assert calls == [[0]], "nothing more leaves while the one call is in flight"
     gate.set()
     await asyncio.gather(first, *later)
