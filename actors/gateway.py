@@ -28,7 +28,7 @@ class RayBackend:
         self._timeout = settings.request_timeout_s
         # One call in flight per ingest actor: uploads that arrive meanwhile share the next.
         self._coalescer: Coalescer[tuple[str, bytes]] = Coalescer(
-            self._ingest_call, max_in_flight=len(ingest), max_items=settings.max_uploads_per_call
+            self._ingest_call, max_in_flight=2 * len(ingest), max_items=settings.max_uploads_per_call
         )
 
     async def _await(self, ref: Any) -> Any:

@@ -203,7 +203,7 @@ _Ts = Annotated[int, msgspec.Meta(ge=0, le=MAX_EPOCH_SECONDS)] | None
 _MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None
 
 
-class FastEvent(msgspec.Struct, tag="event", tag_field="type"):
+class FastEvent(msgspec.Struct, tag="event", tag_field="type", gc=False):
     type: ClassVar[str] = "event"
     evtName: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
     evtData: _Props = {}
@@ -215,7 +215,7 @@ class FastEvent(msgspec.Struct, tag="event", tag_field="type"):
     messageId: _MessageId = None
 
 
-class FastProfile(msgspec.Struct, tag="profile", tag_field="type"):
+class FastProfile(msgspec.Struct, tag="profile", tag_field="type", gc=False):
     type: ClassVar[str] = "profile"
     profileData: _Props
     identity: _Identifier = None

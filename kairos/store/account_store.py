@@ -17,7 +17,10 @@ import numpy as np
 from kairos.identity import split_user_key
 from kairos.models import EventRecord, ProfileRecord
 from kairos.timefmt import ms_to_clevertap_ts
-from kairos.store.columns import TAG_MISSING, TAG_STR, ChunkedArray, GrowableArray, ValueCodec
+from kairos.store.columns import TAG_FLOAT, TAG_MISSING, TAG_STR, ChunkedArray, GrowableArray, ValueCodec
+
+
+_NEVER = np.iinfo(np.int64).max
 
 
 class SparseValues:
@@ -61,8 +64,9 @@ class AccountStore:
         self.codec = codec
         self.user_index: dict[str, int] = {}
         self.user_keys: list[str] = []
-        self.first_seen = GrowableArray(np.int64, 0)
-        self.last_seen = GrowableArray(np.int64, 0)
+        # Sentinels, so that the first record of a user sets both by min / max.
+        self.first_seen = GrowableArray(np.int64, _NEVER)
+        self.last_seen = GrowableArray(np.int64, -_NEVER)
         self.last_row = GrowableArray(np.int32, -1)
         self.profile: dict[int, DenseValues] = {}
         self.aliases: dict[int, dict[str, str]] = {}
@@ -74,52 +78,60 @@ class AccountStore:
 
     # --- writes ---------------------------------------------------------------
 
-    def _touch_user(self, key: str, ts_ms: int) -> int:
+    def _user_slot(self, key: str) -> int:
         user = self.user_index.get(key)
         if user is None:
             user = self.user_index[key] = len(self.user_keys)
             self.user_keys.append(key)
             for column in (self.first_seen, self.last_seen, self.last_row):
                 column.resize(user + 1)
-            self.first_seen.values[user] = ts_ms
-            self.last_seen.values[user] = ts_ms
-            return user
-        first, last = self.first_seen.values, self.last_seen.values
-        if ts_ms < first[user]:
-            first[user] = ts_ms
-        if ts_ms > last[user]:
-            last[user] = ts_ms
         return user
 
     def apply_events(self, events: list[EventRecord]) -> None:
+        """Append a batch of events. The per-event loop only looks up codes; per-user
+        updates (first/last seen, the `prev` chain) are done for the batch with numpy."""
         if not events:
             return
-        strings, encode = self.codec.strings, self.codec.encode
-        row = len(self.ev_user)
-        users, names, stamps, prevs = [], [], [], []
+        strings = self.codec.strings
+        codes, code_of, encode = strings.codes, strings.code, self.codec.encode
+        user_index, user_slot = self.user_index, self._user_slot
+        count = len(events)
+        row0 = len(self.ev_user)
+        users, names, stamps = [0] * count, [0] * count, [0] * count
         pending: dict[int, tuple[list[int], list[int], list[float]]] = {}
-        last_row = self.last_row
-        for event in events:
-            user = self._touch_user(event.user, event.ts_ms)
-            last = last_row.values
-            prevs.append(int(last[user]))
-            last[user] = row
-            users.append(user)
-            names.append(strings.code(event.name))
-            stamps.append(event.ts_ms)
+        for i, event in enumerate(events):
+            user = user_index.get(event.user)
+            users[i] = user_slot(event.user) if user is None else user
+            name = codes.get(event.name)
+            names[i] = code_of(event.name) if name is None else name
+            stamps[i] = event.ts_ms
+            row = row0 + i
             for key, value in event.props.items():
-                bucket = pending.get(key_code := strings.code(key))
+                key_code = codes.get(key)
+                if key_code is None:
+                    key_code = code_of(key)
+                bucket = pending.get(key_code)
                 if bucket is None:
                     bucket = pending[key_code] = ([], [], [])
-                tag, number = encode(value)
+                kind = type(value)
+                if kind is str:
+                    number = codes.get(value)
+                    tag, number = TAG_STR, float(code_of(value) if number is None else number)
+                elif kind is float:
+                    tag, number = TAG_FLOAT, value
+                else:
+                    tag, number = encode(value)
                 bucket[0].append(row)
                 bucket[1].append(tag)
                 bucket[2].append(number)
-            row += 1
-        self.ev_user.extend(users)
+        user_ids = np.asarray(users, dtype=np.int64)
+        ts = np.asarray(stamps, dtype=np.int64)
+        np.minimum.at(self.first_seen.values, user_ids, ts)
+        np.maximum.at(self.last_seen.values, user_ids, ts)
+        self.ev_prev.extend(self._chain(user_ids, row0))
+        self.ev_user.extend(user_ids)
         self.ev_name.extend(names)
-        self.ev_ts.extend(stamps)
-        self.ev_prev.extend(prevs)
+        self.ev_ts.extend(ts)
         for key_code, (rows, tags, numbers) in pending.items():
             column = self.ev_props.get(key_code)
             if column is None:
@@ -128,9 +140,32 @@ class AccountStore:
             column.tags.extend(tags)
             column.values.extend(numbers)
 
+    def _chain(self, user_ids: np.ndarray, row0: int) -> np.ndarray:
+        """Each new row's previous row of the same user, and the users' last rows updated."""
+        rows = np.arange(row0, row0 + user_ids.size, dtype=np.int64)
+        order = np.argsort(user_ids, kind="stable")
+        sorted_users, sorted_rows = user_ids[order], rows[order]
+        starts = np.empty(sorted_users.size, dtype=bool)
+        starts[0] = True
+        np.not_equal(sorted_users[1:], sorted_users[:-1], out=starts[1:])
+        last_row = self.last_row.values
+        previous = np.empty_like(sorted_rows)
+        previous[1:] = sorted_rows[:-1]
+        previous[starts] = last_row[sorted_users[starts]]
+        ends = np.empty_like(starts)
+        ends[-1] = True
+        ends[:-1] = starts[1:]
+        last_row[sorted_users[ends]] = sorted_rows[ends]
+        prev = np.empty_like(previous)
+        prev[order] = previous
+        return prev
+
     def apply_profile(self, record: ProfileRecord) -> None:
         """Properties are overwritten in log order: the latest write wins."""
-        user = self._touch_user(record.user, record.ts_ms)
+        user = self._user_slot(record.user)
+        first, last = self.first_seen.values, self.last_seen.values
+        first[user] = min(int(first[user]), record.ts_ms)
+        last[user] = max(int(last[user]), record.ts_ms)
         strings, encode = self.codec.strings, self.codec.encode
         for key, value in record.props.items():
             key_code = strings.code(key)
@@ -296,8 +331,8 @@ class AccountStore:
         store = cls(codec)
         store.user_keys = list(state["users"])
         store.user_index = {key: i for i, key in enumerate(store.user_keys)}
-        store.first_seen = GrowableArray.from_numpy(np.frombuffer(state["first_seen"], np.int64), 0)
-        store.last_seen = GrowableArray.from_numpy(np.frombuffer(state["last_seen"], np.int64), 0)
+        store.first_seen = GrowableArray.from_numpy(np.frombuffer(state["first_seen"], np.int64), _NEVER)
+        store.last_seen = GrowableArray.from_numpy(np.frombuffer(state["last_seen"], np.int64), -_NEVER)
         store.last_row = GrowableArray.from_numpy(np.frombuffer(state["last_row"], np.int32), -1)
         for key_code, (tags, values) in state["profile"].items():
             column = store.profile[int(key_code)] = DenseValues()
