@@ -16,7 +16,7 @@ from gateway.auth import ACCOUNT
 from gateway.backend import Backend
 from gateway.errors import ApiError, json_response
 from kairos.identity import IDENTIFIER_KINDS, user_key
-from kairos.models import LooseUploadBody, UploadBody, UploadResponse, record_list_encoder
+from kairos.models import LooseUploadBody, UploadBody, UploadResponse, encode_upload
 from kairos.timefmt import DateError, day_range_ms
 from kairos.upload import MAX_RECORDS, validate_fast, validate_upload
 
@@ -90,7 +90,7 @@ class CleverTapApi:
                 accepted, rejected = validate_upload(_decode_upload(body))
             dry_run = request.query.get("dryRun", "") in ("1", "true")
             if accepted and not dry_run:
-                await self.backend.ingest(account, record_list_encoder.encode(accepted))
+                await self.backend.ingest(account, encode_upload(accepted))
         status = "success" if not rejected else ("partial" if accepted else "fail")
         return json_response(UploadResponse(status, len(accepted), rejected))
 

@@ -95,6 +95,32 @@ class ShardBlob(msgspec.Struct, array_like=True, gc=False):
     payload: bytes  # msgpack of LogBatch; stored in the log as it is
 
 
+class UploadBatch(msgspec.Struct, array_like=True, gc=False):
+    """An upload's validated records, gateway -> ingest, with each record's user key up
+    front so the ingest stage routes records without decoding them."""
+
+    users: list[str]
+    records: list[Record]
+
+
+class RoutableBatch(msgspec.Struct, array_like=True, gc=False):
+    """The bytes of an `UploadBatch` seen by ingest: records stay undecoded msgpack."""
+
+    users: list[str]
+    records: list[msgspec.Raw]
+
+
+class RawLogBatch(msgspec.Struct, array_like=True, gc=False):
+    """Encodes to exactly the bytes of a `LogBatch`, from records never decoded."""
+
+    account: str
+    records: list[msgspec.Raw]
+
+
+def encode_upload(records: list[Record]) -> bytes:
+    return record_list_encoder.encode(UploadBatch([r.user for r in records], records))
+
+
 record_list_encoder = msgspec.msgpack.Encoder()
-record_list_decoder = msgspec.msgpack.Decoder(list[Record])
+routable_decoder = msgspec.msgpack.Decoder(RoutableBatch)
 log_batch_decoder = msgspec.msgpack.Decoder(LogBatch)

@@ -8,7 +8,10 @@ import msgspec
 import pytest
 
 from kairos.ingest import Ingestor
-from kairos.models import EventRecord, LogBatch, ProfileRecord, Record, ShardBlob, log_batch_decoder
+from kairos.models import (
+    EventRecord, LogBatch, ProfileRecord, Record, RoutableBatch, ShardBlob, encode_upload, log_batch_decoder,
+    routable_decoder,
+)
 from kairos.partitions import PartitionMap, partition_of
 
 pytestmark = pytest.mark.timeout(60)
@@ -32,6 +35,12 @@ async def no_send(shard: int, blobs: list[ShardBlob]) -> None:
     raise AssertionError("route() must not send")
 
 
+def route(ingestor: Ingestor, call_id: str, uploads: list[tuple[str, list[Record]]]) -> dict[int, list[ShardBlob]]:
+    """Route as the ingest actor does: from the bytes the gateway sends."""
+    batches: list[tuple[str, RoutableBatch]] = [(a, routable_decoder.decode(encode_upload(r))) for a, r in uploads]
+    return ingestor.route(call_id, batches)
+
+
 def blobs_of(routed: dict[int, list[ShardBlob]]) -> list[ShardBlob]:
     return [blob for blobs in routed.values() for blob in blobs]
 
@@ -40,7 +49,7 @@ def test_route_groups_by_partition_and_owning_shard() -> None:
     pmap = PartitionMap(8, 3)
     ingestor = Ingestor(pmap, no_send)
     recs = records(200)
-    routed = ingestor.route("call-1", [(ACCOUNT, recs)])
+    routed = route(ingestor, "call-1", [(ACCOUNT, recs)])
 
     for shard, blobs in routed.items():
         assert 0 <= shard < 3
@@ -67,7 +76,7 @@ def test_route_keeps_accounts_apart() -> None:
     ingestor = Ingestor(pmap, no_send)
     a, b = records(60), records(40)
     more_a = [EventRecord(f"identity:{i}", T0, "Later", {}) for i in range(10)]
-    routed = ingestor.route("call-2", [("ACCOUNT-A", a), ("ACCOUNT-B", b), ("ACCOUNT-A", more_a)])
+    routed = route(ingestor, "call-2", [("ACCOUNT-A", a), ("ACCOUNT-B", b), ("ACCOUNT-A", more_a)])
     by_key: dict[tuple[str, int], list[Record]] = {}
     for blob in blobs_of(routed):
         batch = log_batch_decoder.decode(blob.payload)
@@ -86,21 +95,21 @@ def test_batch_ids_are_deterministic_from_the_call_id() -> None:
     pmap = PartitionMap(16, 4)
     recs = records(100)
     uploads = [(ACCOUNT, recs), ("ACC-OTHER", recs[:30])]
-    first = Ingestor(pmap, no_send).route("call-42", uploads)
-    retry = Ingestor(PartitionMap(16, 4), no_send).route("call-42", uploads)
+    first = route(Ingestor(pmap, no_send), "call-42", uploads)
+    retry = route(Ingestor(PartitionMap(16, 4), no_send), "call-42", uploads)
     assert first == retry  # same ids and same payload bytes for a retried call
     ids = [b.batch_id for b in blobs_of(first)]
     assert all(i.startswith("call-42/") for i in ids)
     assert len(set(ids)) == len(ids)
-    other = Ingestor(pmap, no_send).route("call-43", uploads)
+    other = route(Ingestor(pmap, no_send), "call-43", uploads)
     assert {b.batch_id for b in blobs_of(other)}.isdisjoint(ids)
 
 
 def test_the_same_user_in_two_accounts_can_land_in_different_partitions() -> None:
     ingestor = Ingestor(PartitionMap(64, 1), no_send)
     recs = [EventRecord("identity:1", T0, "E", {})]
-    a = ingestor.route("r", [("ACCOUNT-A", recs)])[0][0]
-    b = ingestor.route("r", [("ACCOUNT-B", recs)])[0][0]
+    a = route(ingestor, "r", [("ACCOUNT-A", recs)])[0][0]
+    b = route(ingestor, "r", [("ACCOUNT-B", recs)])[0][0]
     assert a.partition == partition_of("ACCOUNT-A", "identity:1", 64)
     assert b.partition == partition_of("ACCOUNT-B", "identity:1", 64)
     assert a.partition != b.partition
@@ -109,8 +118,8 @@ def test_the_same_user_in_two_accounts_can_land_in_different_partitions() -> Non
 
 def test_route_of_nothing_is_empty() -> None:
     ingestor = Ingestor(PartitionMap(4, 2), no_send)
-    assert ingestor.route("r", []) == {}
-    assert ingestor.route("r", [(ACCOUNT, [])]) == {}
+    assert route(ingestor, "r", []) == {}
+    assert route(ingestor, "r", [(ACCOUNT, [])]) == {}
 
 
 async def test_ingest_sends_once_per_shard_and_returns_the_count() -> None:
@@ -123,11 +132,11 @@ async def test_ingest_sends_once_per_shard_and_returns_the_count() -> None:
 
     ingestor = Ingestor(pmap, send)
     a, b = records(300), records(20)
-    uploads = [(ACCOUNT, msgspec.msgpack.encode(a)), ("ACC-B", msgspec.msgpack.encode(b))]
+    uploads = [(ACCOUNT, encode_upload(a)), ("ACC-B", encode_upload(b))]
     assert await ingestor.ingest("call-9", uploads) == 320
     shards = [shard for shard, _ in calls]
     assert sorted(shards) == [0, 1, 2], "exactly one send per shard"
-    assert dict(calls) == ingestor.route("call-9", [(ACCOUNT, a), ("ACC-B", b)])
+    assert dict(calls) == route(ingestor, "call-9", [(ACCOUNT, a), ("ACC-B", b)])
 
 
 async def test_ingest_is_done_only_when_every_shard_is() -> None:
@@ -141,7 +150,7 @@ async def test_ingest_is_done_only_when_every_shard_is() -> None:
 
     ingestor = Ingestor(PartitionMap(4, 2), send)
     recs = [EventRecord(f"identity:{i}", T0, "E", {}) for i in range(50)]
-    task = asyncio.ensure_future(ingestor.ingest("r", [(ACCOUNT, msgspec.msgpack.encode(recs))]))
+    task = asyncio.ensure_future(ingestor.ingest("r", [(ACCOUNT, encode_upload(recs))]))
     for _ in range(5):
         await asyncio.sleep(0)
     assert done == [0] and not task.done()
@@ -157,11 +166,11 @@ async def test_ingest_propagates_a_shard_failure() -> None:
     ingestor = Ingestor(PartitionMap(4, 2), send)
     recs = [EventRecord(f"identity:{i}", T0, "E", {}) for i in range(50)]
     with pytest.raises(RuntimeError, match="shard 0 is down"):
-        await ingestor.ingest("r", [(ACCOUNT, msgspec.msgpack.encode(recs))])
+        await ingestor.ingest("r", [(ACCOUNT, encode_upload(recs))])
 
 
 def test_payload_is_the_log_batch_encoding() -> None:
-    blob = Ingestor(PartitionMap(1, 1), no_send).route("r", [(ACCOUNT, records(3))])[0][0]
+    blob = route(Ingestor(PartitionMap(1, 1), no_send), "r", [(ACCOUNT, records(3))])[0][0]
     assert msgspec.msgpack.decode(blob.payload, type=LogBatch) == LogBatch(ACCOUNT, records(3))
     assert blob.partition == 0
 

@@ -283,10 +283,12 @@ def test_echo_of_a_record_decoded_from_the_wire() -> None:
 
 
 def test_validated_records_survive_the_msgpack_hop() -> None:
-    from kairos.models import record_list_decoder, record_list_encoder
+    from kairos.models import UploadBatch, encode_upload
 
     accepted, _ = validate_upload([event(ts=1), profile(objectId="o", messageId="x")], clock)
-    assert record_list_decoder.decode(record_list_encoder.encode(accepted)) == accepted
+    batch = msgspec.msgpack.decode(encode_upload(accepted), type=UploadBatch)
+    assert batch.records == accepted
+    assert batch.users == [r.user for r in accepted]
 
 
 
@@ -301,14 +303,14 @@ def test_validated_records_survive_the_msgpack_hop() -> None:
     ids=["event-2**64", "event-below-int64", "event-in-list", "profile-nested"],
 )
 def test_accepted_records_always_encode_for_the_log(record: dict[str, Any]) -> None:
-    from kairos.models import record_list_encoder
+    from kairos.models import encode_upload
 
     body = msgspec.json.encode({"d": [record]})  # valid JSON a client can send
     accepted, rejected = validate_upload(msgspec.json.decode(body)["d"], clock)
     if rejected:
         assert rejected[0].code == 512
     else:
-        record_list_encoder.encode(accepted)
+        encode_upload(accepted)
 
 # --- the typed fast path must agree with the full path -----------------------------------
 
