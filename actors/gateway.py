@@ -27,7 +27,7 @@ class RayBackend:
         self._shards = shards
         self._timeout = settings.request_timeout_s
         # One call in flight per ingest actor: uploads that arrive meanwhile share the next.
-        self._coalescer: Coalescer[tuple[str, bytes]] = Coalescer(
+        self.coalescer: Coalescer[tuple[str, bytes]] = Coalescer(
             self._ingest_call, max_in_flight=2 * len(ingest), max_items=settings.max_uploads_per_call
         )
 
@@ -40,7 +40,7 @@ class RayBackend:
             raise BackendUnavailable(type(exc).__name__) from exc
 
     async def ingest(self, account: str, payload: bytes) -> None:
-        await self._coalescer.submit((account, payload))
+        await self.coalescer.submit((account, payload))
 
     async def _ingest_call(self, uploads: list[tuple[str, bytes]]) -> int:
         # The call id names the batches downstream; Ray's retry of this call reuses it.
@@ -51,23 +51,32 @@ class RayBackend:
 
 
 class GatewayActor:
+    """Runs the HTTP gateway inside a Ray worker."""
+
     def __init__(self, settings: Settings, ingest: list[Any], shards: list[Any]) -> None:
         self._settings = settings
         self._ingest = ingest
         self._shards = shards
         self._runner: web.AppRunner | None = None
+        self._backend: RayBackend | None = None
 
     async def start(self) -> int:
         """Serve, if not serving already; returns the bound port. Safe to call again."""
         if self._runner is None:
             settings = self._settings
             accounts = Accounts(aioredis.Redis.from_url(settings.redis_url), settings.auth_cache_s)
-            app = create_app(settings, RayBackend(settings, self._ingest, self._shards), accounts)
+            self._backend = RayBackend(settings, self._ingest, self._shards)
+            app = create_app(settings, self._backend, accounts)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port, reuse_port=True).start()
             self._runner = runner
         return self._settings.port
+
+    def stats(self) -> dict[str, int]:
+        """Coalescing so far: ingest calls made, and the uploads they carried."""
+        coalescer = self._backend.coalescer if self._backend else None
+        return {"ingest_calls": coalescer.calls if coalescer else 0, "uploads": coalescer.items if coalescer else 0}
 
     async def stop(self) -> None:
         if self._runner is not None:

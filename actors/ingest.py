@@ -32,3 +32,7 @@ class IngestActor:
 
     async def ingest(self, call_id: str, uploads: list[tuple[str, bytes]]) -> int:
         return await self.core.ingest(call_id, uploads)
+
+    def stats(self) -> dict[str, int]:
+        """Coalescing so far: shard appends made, and the routed groups they carried."""
+        return {"append_calls": sum(c.calls for c in self._to_shard), "append_items": sum(c.items for c in self._to_shard)}

@@ -4,7 +4,7 @@ Prints events/s acknowledged (durable), p50/p99 acknowledgement latency, memory 
 event and per profile in the shards and bytes per event in Redis, and the floor for the
 same batches (msgspec decode + one XADD per batch, no Ray) with our/floor ratio.
 
-    .venv/bin/python bench/ingest_bench.py [--seconds 30] [--concurrency 8] [--memory-events 5000000]
+    .venv/bin/python bench/ingest_bench.py [--seconds 30] [--concurrency 10] [--memory-events 5000000]
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def run_load(url: str, account: str, passcode: str, seconds: float, concurrency:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=30)
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=10)
     parser.add_argument("--memory-events", type=int, default=5_000_000,
                         help="load this many events in all before measuring memory (0: skip)")
     args = parser.parse_args()
@@ -91,6 +91,8 @@ def main() -> None:
             run_load(url, creds.account_id, creds.passcode, 3, args.concurrency, seed=0)  # warm-up
             load = run_load(url, creds.account_id, creds.passcode, args.seconds, args.concurrency)
             loaded = load["events"]
+            coalescing = {**ray.get(deployment.gateways[0].stats.remote()),
+                          **ray.get(deployment.ingest[0].stats.remote())}
             if args.memory_events:
                 probe = ray.get([s.memory.remote() for s in deployment.shards])
                 remaining = args.memory_events - sum(p["events"] for p in probe)
@@ -115,6 +117,7 @@ def main() -> None:
         "p50_ms": round(load["p50_ms"], 1),
         "p99_ms": round(load["p99_ms"], 1),
         "statuses": load["statuses"],
+        "coalescing": coalescing,
         "floor_events_per_s": round(floor),
         "ours_over_floor": round(ours / floor, 3),
         "stored_events": events,

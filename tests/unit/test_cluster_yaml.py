@@ -172,3 +172,12 @@ def test_workers_join_the_head(config: dict) -> None:
     _check_ray_start(starts[0], _ray_start_options())
     assert "--address=$RAY_HEAD_IP:6379" in starts[0]
     assert ["stop"] in _invocations(commands, "ray")
+
+
+def test_head_uses_the_same_ray_system_config_as_a_local_start(config: dict) -> None:
+    """Coalesced batches must stay inline on a cluster too (see actors.deploy)."""
+    from actors.deploy import RAY_SYSTEM_CONFIG
+
+    head_start = " ".join(_commands(config, "head_start_ray_commands"))
+    [flag] = [w for w in shlex.split(head_start) if w.startswith("--system-config=")]
+    assert json.loads(flag.split("=", 1)[1]) == RAY_SYSTEM_CONFIG
