@@ -7,12 +7,13 @@ from typing import Any
 import msgspec
 import ray
 
+from actors import names
 from actors.gateway import GatewayActor
 from actors.ingest import IngestActor
 from actors.user_shard import UserShardActor
 from kairos.config import Settings
 
-NAMESPACE = "kairos"
+NAMESPACE = names.NAMESPACE
 
 # Shards and ingest actors rebuild themselves after a crash, and every method they
 # expose is idempotent (batch ids dedupe retried appends), so Ray may retry calls.
@@ -50,17 +51,17 @@ class Deployment(msgspec.Struct):
 
 def deploy(settings: Settings) -> Deployment:
     shards = [
-        UserShardRemote.options(name=f"kairos-shard-{i}", namespace=NAMESPACE).remote(i, settings)
+        UserShardRemote.options(name=names.shard(i), namespace=NAMESPACE).remote(i, settings)
         for i in range(settings.shards)
     ]
     # Recovery (snapshot + log tail) happens here, before the gateway takes traffic.
     ray.get([shard.ready.remote() for shard in shards])
     ingest = [
-        IngestRemote.options(name=f"kairos-ingest-{i}", namespace=NAMESPACE).remote(settings, shards)
+        IngestRemote.options(name=names.ingest(i), namespace=NAMESPACE).remote(settings)
         for i in range(settings.ingest_actors)
     ]
     gateways = [
-        GatewayRemote.options(name=f"kairos-gateway-{i}", namespace=NAMESPACE).remote(settings, ingest, shards)
+        GatewayRemote.options(name=names.gateway(i), namespace=NAMESPACE).remote(settings)
         for i in range(settings.gateway_processes)
     ]
     deployment = Deployment(shards, ingest, gateways)

@@ -8,10 +8,12 @@ import itertools
 import uuid
 from typing import Any
 
+import ray
 import redis.asyncio as aioredis
 from aiohttp import web
 from ray.exceptions import RayError
 
+from actors import names
 from gateway.app import create_app
 from gateway.backend import BackendUnavailable
 from kairos.accounts import Accounts
@@ -53,10 +55,10 @@ class RayBackend:
 class GatewayActor:
     """Runs the HTTP gateway inside a Ray worker."""
 
-    def __init__(self, settings: Settings, ingest: list[Any], shards: list[Any]) -> None:
+    def __init__(self, settings: Settings) -> None:
         self._settings = settings
-        self._ingest = ingest
-        self._shards = shards
+        self._ingest = [ray.get_actor(names.ingest(i), namespace=names.NAMESPACE) for i in range(settings.ingest_actors)]
+        self._shards = [ray.get_actor(names.shard(i), namespace=names.NAMESPACE) for i in range(settings.shards)]
         self._runner: web.AppRunner | None = None
         self._backend: RayBackend | None = None
 

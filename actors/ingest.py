@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Awaitable, Callable
 
+import ray
+
+from actors import names
 from kairos.coalesce import Coalescer
 from kairos.config import Settings
 from kairos.ingest import Ingestor
@@ -12,7 +15,8 @@ from kairos.partitions import PartitionMap
 
 
 class IngestActor:
-    def __init__(self, settings: Settings, shards: list[Any]) -> None:
+    def __init__(self, settings: Settings) -> None:
+        shards = [ray.get_actor(names.shard(i), namespace=names.NAMESPACE) for i in range(settings.shards)]
         # One append in flight per shard: blobs routed meanwhile share the next append.
         self._to_shard: list[Coalescer[list[ShardBlob]]] = [
             Coalescer(self._append_call(handle), max_in_flight=1, max_items=settings.max_uploads_per_call)
