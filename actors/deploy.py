@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Mapping
 
 import msgspec
 import ray
@@ -27,7 +28,13 @@ _QUIET = {"enable_task_events": False}
 
 # Coalesced batches run to megabytes. Ray passes arguments above this size through the
 # object store, which costs 2-3x more per call than passing them inline.
-RAY_SYSTEM_CONFIG = {"max_direct_call_object_size": 16 * 1024 * 1024}
+# Read-only: `ray.init` writes its own keys into the dict it is given, so callers
+# pass `ray_system_config()`, a fresh copy.
+RAY_SYSTEM_CONFIG: Mapping[str, Any] = MappingProxyType({"max_direct_call_object_size": 16 * 1024 * 1024})
+
+
+def ray_system_config() -> dict[str, Any]:
+    return dict(RAY_SYSTEM_CONFIG)
 
 UserShardRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT, **_QUIET)(UserShardActor)
 IngestRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT, **_QUIET)(IngestActor)

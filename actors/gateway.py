@@ -11,7 +11,7 @@ from typing import Any
 import ray
 import redis.asyncio as aioredis
 from aiohttp import web
-from ray.exceptions import RayError
+from ray.exceptions import RayError, RayTaskError
 
 from actors import names
 from gateway.app import create_app
@@ -28,7 +28,8 @@ class RayBackend:
         self._ingest = itertools.cycle(ingest)
         self._shards = shards
         self._timeout = settings.request_timeout_s
-        # One call in flight per ingest actor: uploads that arrive meanwhile share the next.
+        # Two calls in flight per ingest actor, so routing one overlaps the shards' work
+        # on the other; uploads that arrive meanwhile share the next call.
         self.coalescer: Coalescer[tuple[str, bytes]] = Coalescer(
             self._ingest_call, max_in_flight=2 * len(ingest), max_items=settings.max_uploads_per_call
         )
@@ -38,7 +39,10 @@ class RayBackend:
             return await asyncio.wait_for(ref, self._timeout)
         except asyncio.TimeoutError:
             raise BackendUnavailable(f"no answer within {self._timeout}s") from None
-        except RayError as exc:
+        except RayTaskError:
+            # The actor ran and raised: a bug, not an outage. It fails loudly as a 500.
+            raise
+        except RayError as exc:  # dead, restarting or unreachable actors: retry later
             raise BackendUnavailable(type(exc).__name__) from exc
 
     async def ingest(self, account: str, payload: bytes) -> None:

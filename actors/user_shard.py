@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, Awaitable, TypeVar
 
 import redis.asyncio as aioredis
 
@@ -14,6 +14,7 @@ from kairos.models import ShardBlob
 from kairos.shard import UserShard
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class UserShardActor:
@@ -21,42 +22,46 @@ class UserShardActor:
         self._redis = aioredis.Redis.from_url(settings.redis_url)
         self.core = UserShard(shard_id, settings, RedisPartitionLog(self._redis))
 
-    async def ready(self) -> list[int]:
-        await self.core.ready()
-        return self.core.partitions
-
-    async def append(self, blobs: list[ShardBlob]) -> None:
+    async def _guard(self, work: Awaitable[T]) -> T:
         try:
-            await self.core.append(blobs)
+            return await work
         finally:
             if self.core.failed:
-                # State and log disagree: die so that Ray restarts us and we replay the log.
+                # State and log disagree, or recovery failed: die so that Ray restarts us
+                # and we rebuild from the log. Callers' retries reach the new process.
                 logger.error("shard %s exiting to recover from its log", self.core.shard_id)
                 os._exit(1)
 
+    async def ready(self) -> list[int]:
+        await self._guard(self.core.ready())
+        return self.core.partitions
+
+    async def append(self, blobs: list[ShardBlob]) -> None:
+        await self._guard(self.core.append(blobs))
+
     async def get_profile(self, account: str, user: str) -> dict[str, Any] | None:
-        return await self.core.get_profile(account, user)
+        return await self._guard(self.core.get_profile(account, user))
 
     async def find_profiles(self, account: str, prop: str, value: Any, limit: int) -> list[dict[str, Any]]:
-        return await self.core.find_profiles(account, prop, value, limit)
+        return await self._guard(self.core.find_profiles(account, prop, value, limit))
 
     async def count_events(self, *args: Any) -> int:
-        return await self.core.count_events(*args)
+        return await self._guard(self.core.count_events(*args))
 
     async def count_profiles(self, *args: Any) -> int:
-        return await self.core.count_profiles(*args)
+        return await self._guard(self.core.count_profiles(*args))
 
     async def export_events(self, *args: Any) -> tuple[list[dict[str, Any]], int | None]:
-        return await self.core.export_events(*args)
+        return await self._guard(self.core.export_events(*args))
 
     async def export_profiles(self, *args: Any) -> tuple[list[dict[str, Any]], int | None]:
-        return await self.core.export_profiles(*args)
+        return await self._guard(self.core.export_profiles(*args))
 
     async def snapshot_all(self) -> None:
-        await self.core.snapshot_all()
+        await self._guard(self.core.snapshot_all())
 
     async def memory(self) -> dict[str, int]:
-        return await self.core.memory()
+        return await self._guard(self.core.memory())
 
     def pid(self) -> int:
         return os.getpid()

@@ -28,7 +28,7 @@ import ray  # noqa: E402
 import redis  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
-from actors.deploy import NAMESPACE, RAY_SYSTEM_CONFIG, deploy  # noqa: E402
+from actors.deploy import NAMESPACE, deploy, ray_system_config  # noqa: E402
 from bench.workload import make_bodies  # noqa: E402
 from kairos.accounts import Accounts  # noqa: E402
 from kairos.config import load_settings  # noqa: E402
@@ -76,7 +76,7 @@ def main() -> None:
         settings = load_settings(data_dir=tmp, redis_url=server.url, port=_free_port())
         floor = floor_rate(server.url, min(args.seconds, 10))
         ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, logging_level="WARNING",
-                 _system_config=RAY_SYSTEM_CONFIG)
+                 _system_config=ray_system_config())
         try:
             deployment = deploy(settings)
 

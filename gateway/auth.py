@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Awaitable, Callable
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from gateway.errors import ApiError
 from kairos.accounts import Accounts
@@ -24,7 +25,11 @@ def auth_middleware(accounts: Accounts) -> Callable[[web.Request, Handler], Awai
             passcode = request.headers.get(PASSCODE_HEADER, "")
             if not account or not passcode:
                 raise ApiError(401, f"{ACCOUNT_HEADER} and {PASSCODE_HEADER} headers are required")
-            if not await accounts.authenticate(account, passcode):
+            try:
+                authenticated = await accounts.authenticate(account, passcode)
+            except RedisError:
+                raise ApiError(503, "service unavailable, retry later: accounts store unreachable") from None
+            if not authenticated:
                 raise ApiError(401, "Invalid account id or passcode")
             request[ACCOUNT] = account
         return await handler(request)

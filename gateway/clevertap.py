@@ -10,6 +10,8 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.admission import Admission
 from gateway.auth import ACCOUNT
@@ -48,14 +50,21 @@ class ExportCursor(msgspec.Struct, array_like=True):
         return base64.urlsafe_b64encode(msgspec.msgpack.encode(self)).decode().rstrip("=")
 
     @classmethod
-    def decode(cls, text: str, account: str) -> "ExportCursor":
+    def decode(cls, text: str, account: str, partitions: int) -> "ExportCursor":
+        """A cursor is client-held, so everything in it is checked as input: the account
+        (never page through another's data with a borrowed cursor) and every bound."""
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             cursor = msgspec.msgpack.decode(raw, type=cls)
         except (binascii.Error, ValueError, msgspec.DecodeError):
             raise ApiError(400, "cursor is not valid") from None
-        if cursor.account != account:
-            # Never let one account page through another's data with a borrowed cursor.
+        valid = (
+            cursor.account == account
+            and 1 <= cursor.batch_size <= MAX_BATCH_SIZE
+            and 0 <= cursor.partition < partitions
+            and cursor.position >= 0
+        )
+        if not valid:
             raise ApiError(400, "cursor is not valid")
         return cursor
 
@@ -82,7 +91,7 @@ class CleverTapApi:
     async def upload(self, request: web.Request) -> web.Response:
         account: str = request[ACCOUNT]
         with self.admission.admit(account):
-            body = await request.read()
+            body = await _read_body(request)
             fast = validate_fast(body)
             if fast is not None:
                 accepted, rejected = fast, []
@@ -128,7 +137,7 @@ class CleverTapApi:
     async def _download(self, request: web.Request, kind: str) -> web.Response:
         account: str = request[ACCOUNT]
         if "cursor" in request.query:
-            cursor = ExportCursor.decode(request.query["cursor"], account)
+            cursor = ExportCursor.decode(request.query["cursor"], account, self.backend.partition_map.partitions)
             if cursor.kind != kind:
                 raise ApiError(400, f"cursor belongs to a {cursor.kind} download")
             return await self._page(cursor)
@@ -176,9 +185,18 @@ class CleverTapApi:
         return list(await asyncio.gather(*(self.backend.call_shard(s, method, *args) for s in shards)))
 
 
+async def _read_body(request: web.Request) -> bytes:
+    try:
+        return await request.read()
+    except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. a "gzip" body that is not
+        raise ApiError(400, f"request body could not be read: {exc}") from None
+
+
 def _decode_upload(body: bytes) -> list[Any]:
     try:
         records: list[Any] = _upload_decoder.decode(body).d
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
     except msgspec.ValidationError:
         # Some element of `d` is not an object: decode loosely so each gets its own error.
         try:
@@ -187,6 +205,8 @@ def _decode_upload(body: bytes) -> list[Any]:
             raise ApiError(400, f"request body must be an object with a list 'd' of records: {exc}") from None
         except msgspec.DecodeError as exc:
             raise ApiError(400, f"malformed JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, "request body is nested too deeply") from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
     if not records:
@@ -198,9 +218,11 @@ def _decode_upload(body: bytes) -> list[Any]:
 
 async def _parse_query(request: web.Request) -> tuple[str, int, int]:
     try:
-        query = msgspec.json.decode(await request.read(), type=ExportQuery)
+        query = msgspec.json.decode(await _read_body(request), type=ExportQuery)
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"query body must be a JSON object: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "query body is nested too deeply") from None
     if query.common_profile_properties is not None or query.event_properties is not None:
         # Property filters run on the segment engine, which is not here yet; refusing
         # beats silently answering an unfiltered query.
@@ -217,6 +239,6 @@ async def _parse_query(request: web.Request) -> tuple[str, int, int]:
 def _batch_size(text: str | None) -> int:
     if text is None:
         return DEFAULT_BATCH_SIZE
-    if not text.isdigit() or not 1 <= int(text) <= MAX_BATCH_SIZE:
+    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_BATCH_SIZE:
         raise ApiError(400, f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE}")
     return int(text)

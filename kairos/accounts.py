@@ -3,6 +3,9 @@
 A passcode is stored only as a salted scrypt hash. Checking scrypt costs ~50 ms by
 design, so a gateway remembers, for `auth_cache_s`, an HMAC of each passcode it has
 verified (keyed by a per-process secret) and compares against that in constant time.
+So a reset passcode stops working everywhere within `auth_cache_s` (the new one works
+at once). Unknown accounts cost the same scrypt as wrong passcodes, so timing does not
+tell which account ids exist, and at most a few hashes run at once.
 """
 
 from __future__ import annotations
@@ -21,6 +24,9 @@ from kairos import keys
 
 _SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 _ID_ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
+# Wrong passcodes cost a hash each; this bounds the CPU and memory they can take.
+_CONCURRENT_HASHES = 4
+_DUMMY_SALT = b"kairos-no-such-account"
 
 
 class AccountError(ValueError):
@@ -50,6 +56,7 @@ class Accounts:
         self._clock = clock
         self._cache_key = secrets.token_bytes(32)
         self._verified: dict[str, tuple[bytes, float]] = {}
+        self._hashing = asyncio.Semaphore(_CONCURRENT_HASHES)
 
     async def create(self, name: str) -> Credentials:
         if not name or len(name) > 200:
@@ -61,7 +68,8 @@ class Accounts:
         return Credentials(account_id, name, passcode)
 
     async def reset_passcode(self, name: str) -> Credentials:
-        """A new passcode for the named account (created if missing); the old one stops working."""
+        """A new passcode for the named account (created if missing). The old one stops
+        working within `auth_cache_s` on gateways that had it cached, at once elsewhere."""
         account_id = await self.find_by_name(name)
         if account_id is None:
             return await self.create(name)
@@ -87,12 +95,11 @@ class Accounts:
         if cached is not None and cached[1] > self._clock() and hmac.compare_digest(cached[0], presented):
             return True
         # Not the cached passcode: it may be a newly reset one, so ask the stored hash.
-        stored = await self._redis.hmget(keys.account(account_id), "salt", "hash")
-        salt, expected = stored
-        if salt is None or expected is None:
-            return False
-        actual = await asyncio.to_thread(hash_passcode, passcode, salt)
-        if not hmac.compare_digest(actual, expected):
+        salt, expected = await self._redis.hmget(keys.account(account_id), "salt", "hash")
+        known = salt is not None and expected is not None
+        async with self._hashing:
+            actual = await asyncio.to_thread(hash_passcode, passcode, salt if known else _DUMMY_SALT)
+        if not known or not hmac.compare_digest(actual, expected):
             return False
         self._verified[account_id] = (presented, self._clock() + self._cache_s)
         return True

@@ -16,7 +16,8 @@ from kairos.redis_server import EmbeddedRedis, running_url
 
 def _settings(args: argparse.Namespace) -> Settings:
     return load_settings(
-        data_dir=args.data_dir, host=getattr(args, "host", None), port=getattr(args, "port", None)
+        data_dir=args.data_dir, host=getattr(args, "host", None), port=getattr(args, "port", None),
+        ray_address=getattr(args, "address", None),
     )
 
 
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "up":
             from kairos.runtime import up as run_up
 
-            run_up(settings, address=args.address, demo=args.demo, on_ready=lambda s: print(s, flush=True))
+            run_up(settings, demo=args.demo, on_ready=lambda s: print(s, flush=True))
         else:
             creds = _create_account(settings, args.name)
             print(f"account id: {creds.account_id}\npasscode:   {creds.passcode}")

@@ -23,6 +23,7 @@ class Coalescer(Generic[T]):
         self._max_items = max_items
         self._queue: list[tuple[T, asyncio.Future[None]]] = []
         self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()  # the loop keeps only weak references
         self.calls = 0
         self.items = 0
 
@@ -39,15 +40,19 @@ class Coalescer(Generic[T]):
             self._in_flight += 1
             self.calls += 1
             self.items += len(batch)
-            asyncio.ensure_future(self._call(batch))
+            task = asyncio.ensure_future(self._call(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
     async def _call(self, batch: list[tuple[T, asyncio.Future[None]]]) -> None:
         try:
             await self._send([item for item, _ in batch])
-        except Exception as exc:
+        except BaseException as exc:  # cancellation included: no submitter waits forever
             for _, future in batch:
                 if not future.done():
-                    future.set_exception(exc)
+                    future.set_exception(exc if isinstance(exc, Exception) else RuntimeError(repr(exc)))
+            if not isinstance(exc, Exception):
+                raise
         else:
             for _, future in batch:
                 if not future.done():

@@ -29,6 +29,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # `always` fsyncs every write before Redis answers; `everysec` (Redis's own default)
     # can lose up to one second of acknowledged writes on power loss, not on a crash.
     redis_fsync: str = "everysec"
+    # A Ray cluster to join (Ray's own RAY_ADDRESS, or `--address`); empty starts Ray.
+    ray_address: str = ""
     host: str = "127.0.0.1"
     port: int = 8080
     # Fixed for the life of a deployment: it decides which partition owns a user.
@@ -96,6 +98,8 @@ def load_settings(env: Mapping[str, str] | None = None, **overrides: Any) -> Set
         var = ENV_PREFIX + field.name.upper()
         if var in env:
             raw[field.name] = _parse(var, env[var], field.type)
+    if env.get("RAY_ADDRESS"):
+        raw["ray_address"] = env["RAY_ADDRESS"]
     raw.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return msgspec.convert(raw, Settings)

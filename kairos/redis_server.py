@@ -67,7 +67,10 @@ class EmbeddedRedis:
             # Kairos's data is the system of record: never evict, fail writes instead.
             "--maxmemory-policy", "noeviction", "--logfile", "redis.log", "--daemonize", "no",
         ]
-        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # Its own session: a Ctrl-C in the terminal reaches `kairos up` only, which
+        # stops Redis last, after the actors that write to it.
+        self._process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                         start_new_session=True)
         self.url = f"redis://127.0.0.1:{port}/0"
         client = redis.Redis.from_url(self.url, socket_connect_timeout=0.5)
         deadline = time.monotonic() + timeout_s

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import signal
 import threading
 from contextlib import ExitStack
@@ -75,11 +74,11 @@ def curl_example(settings: Settings, creds: Credentials) -> str:
     )
 
 
-def up(settings: Settings, address: str | None = None, demo: bool = False,
+def up(settings: Settings, demo: bool = False,
        on_ready: Callable[[str], None] = print, stop: threading.Event | None = None) -> None:
     import ray
 
-    from actors.deploy import NAMESPACE, RAY_SYSTEM_CONFIG, deploy
+    from actors.deploy import NAMESPACE, deploy, ray_system_config
 
     stop = stop or threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -88,9 +87,9 @@ def up(settings: Settings, address: str | None = None, demo: bool = False,
         url = open_redis(settings, stack)
         settings = settings.replace(redis_url=url)
         check_partition_count(url, settings.partitions)
-        address = address or os.environ.get("RAY_ADDRESS") or None
+        address = settings.ray_address or None
         # A cluster's system config is fixed by `ray start` (see cluster.yaml).
-        system_config = None if address else RAY_SYSTEM_CONFIG
+        system_config = None if address else ray_system_config()
         ray.init(address=address, namespace=NAMESPACE, include_dashboard=False,
                  logging_level=logging.WARNING, _system_config=system_config)
         stack.callback(ray.shutdown)

@@ -52,7 +52,9 @@ class UserShard:
         self._flusher: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
-        self._profile_cache: tuple[tuple[Any, ...], np.ndarray] | None = None
+        self._snapshot_locks = {p: asyncio.Lock() for p in self.partitions}
+        self._snapshotter: asyncio.Task[None] | None = None
+        self._profile_cache: dict[tuple[Any, ...], tuple[int, np.ndarray]] = {}
         self.replayed_entries = 0
 
     # --- lifecycle ------------------------------------------------------------
@@ -61,13 +63,18 @@ class UserShard:
         """Rebuild state from snapshots and log tails once; every entry point awaits it."""
         if self._recovery is None:
             self._recovery = asyncio.ensure_future(self._recover())
-        await asyncio.shield(self._recovery)
+        try:
+            await asyncio.shield(self._recovery)
+        except Exception as exc:
+            # Redis unreachable, or a log entry that cannot be applied: this process can
+            # do nothing useful, so it reports failure and the actor layer restarts it.
+            self._failure = self._failure or exc
         if self._failure is not None:
             raise ShardFailed(f"shard {self.shard_id} failed: {self._failure!r}")
 
     async def _recover(self) -> None:
         window = self.settings.dedupe_window_records
-        for partition in self.partitions:
+        for index, partition in enumerate(self.partitions):
             data = await self._log.load_snapshot(partition)
             state = PartitionState.from_bytes(data, window) if data else PartitionState(partition, window)
             tail = await self._log.read_after(partition, state.last_log_id)
@@ -75,7 +82,9 @@ class UserShard:
                 state.apply(batch_id, log_id, log_batch_decoder.decode(payload))
             self.replayed_entries += len(tail)
             self._states[partition] = state
-            self._snapshot_at[partition] = self._clock()
+            # Stagger the partitions' timers so they do not all come due at once.
+            stagger = self.settings.snapshot_interval_s * index / len(self.partitions)
+            self._snapshot_at[partition] = self._clock() - stagger
 
     @property
     def failed(self) -> bool:
@@ -108,18 +117,15 @@ class UserShard:
                     fresh.append((blob.partition, blob.batch_id, blob.payload))
             try:
                 log_ids = await self._log.append(fresh) if fresh else []
-            except Exception as exc:  # the log refused: nobody in this flush is acknowledged
-                for _, future in work:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            try:
                 for (partition, batch_id, payload), log_id in zip(fresh, log_ids):
                     self._states[partition].apply(batch_id, log_id, log_batch_decoder.decode(payload))
             except Exception as exc:
-                # Durable but not applied: the only honest way on is a restart that replays.
+                # Either the append failed - and MULTI/EXEC may still have committed before
+                # the reply was lost - or a durable batch could not be applied. Memory may
+                # now disagree with the log; only a restart that replays the log is honest.
+                # The callers' retries carry the same batch ids, so nothing counts twice.
                 self._failure = exc
-                logger.exception("shard %s failed to apply a durable batch", self.shard_id)
+                logger.exception("shard %s failed to make a batch durable and applied", self.shard_id)
                 error = ShardFailed(f"shard {self.shard_id} failed: {exc!r}")
                 for _, future in work + self._pending:
                     if not future.done():
@@ -129,27 +135,32 @@ class UserShard:
             for _, future in work:
                 if not future.done():
                     future.set_result(None)
-            try:
-                await self._snapshot_due()
-            except Exception:
-                # The batches are durable in the log either way; a failed snapshot only
-                # means a longer replay, and it is tried again after the next flush.
-                logger.exception("shard %s could not save a snapshot", self.shard_id)
+            if self._snapshotter is None or self._snapshotter.done():
+                # Off the flush path: appends keep flowing while a snapshot is written.
+                self._snapshotter = asyncio.ensure_future(self._snapshot_due())
 
     async def _snapshot_due(self) -> None:
-        now = self._clock()
-        for partition, state in self._states.items():
-            due_by_size = state.records_since_snapshot >= self.settings.snapshot_every_records
-            due_by_time = now - self._snapshot_at[partition] >= self.settings.snapshot_interval_s
-            if due_by_size or (due_by_time and state.records_since_snapshot):
-                await self.snapshot(partition)
+        try:
+            now = self._clock()
+            for partition, state in self._states.items():
+                due_by_size = state.records_since_snapshot >= self.settings.snapshot_every_records
+                due_by_time = now - self._snapshot_at[partition] >= self.settings.snapshot_interval_s
+                if due_by_size or (due_by_time and state.records_since_snapshot):
+                    await self.snapshot(partition)
+        except Exception:
+            # The batches are durable in the log either way; a failed snapshot only means
+            # a longer replay, and it is tried again after the next flush.
+            logger.exception("shard %s could not save a snapshot", self.shard_id)
 
     async def snapshot(self, partition: int) -> None:
-        state = self._states[partition]
-        data, covers, pending = state.to_bytes(), state.last_log_id, state.records_since_snapshot
-        await self._log.save_snapshot(partition, data, covers)
-        state.records_since_snapshot -= pending
-        self._snapshot_at[partition] = self._clock()
+        # One snapshot of a partition at a time: an older snapshot landing after a newer
+        # one had trimmed the log would lose the entries between them.
+        async with self._snapshot_locks[partition]:
+            state = self._states[partition]
+            data, covers, pending = state.to_bytes(), state.last_log_id, state.records_since_snapshot
+            await self._log.save_snapshot(partition, data, covers)
+            state.records_since_snapshot -= pending
+            self._snapshot_at[partition] = self._clock()
 
     async def snapshot_all(self) -> None:
         await self.ready()
@@ -210,13 +221,16 @@ class UserShard:
         store = self._state(partition).account(account)
         if store is None:
             return np.empty(0, np.int32)
-        # Paging a profile export rescans once per page; remember the last answer while
-        # the partition has not changed.
-        key = (account, partition, name, from_ms, to_ms, store.event_count)
-        if self._profile_cache is not None and self._profile_cache[0] == key:
-            return self._profile_cache[1]
+        # Paging a profile export asks once per page; remember answers while the
+        # partition has no new events.
+        key = (account, partition, name, from_ms, to_ms)
+        cached = self._profile_cache.get(key)
+        if cached is not None and cached[0] == store.event_count:
+            return cached[1]
         users = store.users_with_event(name, from_ms, to_ms)
-        self._profile_cache = (key, users)
+        if len(self._profile_cache) >= 4 * len(self.partitions):
+            self._profile_cache.clear()
+        self._profile_cache[key] = (store.event_count, users)
         return users
 
     async def count_profiles(self, account: str, name: str, from_ms: int, to_ms: int) -> int:
@@ -226,12 +240,17 @@ class UserShard:
     async def export_profiles(
         self, account: str, name: str, from_ms: int, to_ms: int, partition: int, start: int, limit: int
     ) -> tuple[list[dict[str, Any]], int | None]:
+        """Up to `limit` profiles from user index `start` on, and the index to resume from.
+        Paging by user index, not position, so users who qualify between pages neither
+        shift nor repeat the ones already returned."""
         await self.ready()
         users = self._users_with_event(account, partition, name, from_ms, to_ms)
-        page = users[start : start + limit]
+        first = int(np.searchsorted(users, start))
+        page = users[first : first + limit]
         store = self._state(partition).account(account)
         records = [store.profile_record(int(u)) for u in page] if store is not None else []
-        return records, start + limit if start + limit < users.size else None
+        more = first + limit < users.size
+        return records, int(page[-1]) + 1 if more else None
 
     async def memory(self) -> dict[str, int]:
         await self.ready()

@@ -42,6 +42,14 @@ YES_NO = frozenset({"Y", "N"})
 EDUCATION = frozenset({"School", "College", "Graduate"})
 
 
+_ENUM_FIELDS = (
+    ("Gender", GENDERS, 514, "one of M, F, O, U"),
+    ("Employed", YES_NO, 517, "Y or N"),
+    ("Education", EDUCATION, 518, "School, College or Graduate"),
+    ("Married", YES_NO, 519, "Y or N"),
+)
+
+
 class RecordError(Exception):
     def __init__(self, code: int, message: str) -> None:
         super().__init__(message)
@@ -81,14 +89,12 @@ def _check_profile_fields(props: dict[str, Any]) -> None:
         phone = props["Phone"]
         if not isinstance(phone, str) or not PHONE_RE.match(phone):
             raise RecordError(516, f"Phone {phone!r} must start with + and the country code, digits only")
-    if "Gender" in props and props["Gender"] not in GENDERS:
-        raise RecordError(514, f"Gender {props['Gender']!r} must be one of M, F, O, U")
-    if "Employed" in props and props["Employed"] not in YES_NO:
-        raise RecordError(517, f"Employed {props['Employed']!r} must be Y or N")
-    if "Education" in props and props["Education"] not in EDUCATION:
-        raise RecordError(518, f"Education {props['Education']!r} must be School, College or Graduate")
-    if "Married" in props and props["Married"] not in YES_NO:
-        raise RecordError(519, f"Married {props['Married']!r} must be Y or N")
+    for field, allowed, code, wording in _ENUM_FIELDS:
+        if field in props:
+            value = props[field]
+            # A list or object is unhashable: test the type before the set.
+            if not isinstance(value, str) or value not in allowed:
+                raise RecordError(code, f"{field} {value!r} must be {wording}")
     if "Age" in props:
         age = props["Age"]
         if isinstance(age, bool) or not isinstance(age, int) or not 0 <= age <= 150:
@@ -238,7 +244,7 @@ def validate_fast(body: bytes, clock: Callable[[], float] = time.time) -> list[R
     (it does not decode as clean records, or some record is rejected)."""
     try:
         records = _fast_decoder.decode(body).d
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
         return None
     now_ms = int(clock() * 1000)
     try:

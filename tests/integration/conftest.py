@@ -15,7 +15,7 @@ import pytest_asyncio
 import ray
 import redis.asyncio as aioredis
 
-from actors.deploy import NAMESPACE, RAY_SYSTEM_CONFIG, Deployment, deploy
+from actors.deploy import NAMESPACE, Deployment, deploy, ray_system_config
 from kairos.accounts import Accounts, Credentials
 from kairos.config import Settings, load_settings
 from kairos.redis_server import EmbeddedRedis, _free_port
@@ -36,7 +36,7 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 @pytest.fixture(scope="session")
 def ray_session() -> Iterator[None]:
     ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, logging_level="WARNING",
-             _system_config=RAY_SYSTEM_CONFIG)
+             _system_config=ray_system_config())
     yield
     ray.shutdown()
 

@@ -6,6 +6,7 @@ import asyncio
 import calendar
 from typing import Any
 
+import aiohttp
 import pytest
 
 from tests.integration.conftest import event
@@ -185,3 +186,43 @@ async def test_concurrent_uploads_from_many_clients_count_exactly(make_api: Any)
     profiles = await api.download("profiles", "Burst", batch_size=5000)
     assert len(profiles) == 12 * 200
     assert all(p["events"]["Burst"]["count"] == 5 for p in profiles)
+
+
+async def test_hostile_bodies_get_4xx_never_500(make_api: Any) -> None:
+    api = await make_api()
+    # A list where CleverTap expects a string: a per-record code, not a crash.
+    status, body = await api.upload([{"identity": "h", "type": "profile", "profileData": {"Gender": ["M"]}},
+                                     {"identity": "h", "type": "profile", "profileData": {"Married": {"y": 1}}}])
+    assert status == 200 and [r["code"] for r in body["unprocessed"]] == [514, 519]
+
+    deep = b'{"d":[' + b"[" * 5000 + b"]" * 5000 + b"]}"
+    status, body = await api.request("POST", "/1/upload", raw=deep)
+    assert status == 400 and body["code"] == 400
+    status, body = await api.request("POST", "/1/counts/events.json", raw=b'{"event_name":' + b"[" * 5000 + b"]" * 5000 + b"}")
+    assert status == 400 and body["code"] == 400
+
+    # A body that claims gzip but is not. The server answers 400 and drops the connection
+    # (the stream is unusable), so this request gets a connection of its own.
+    not_gzip = {**api.headers, "Content-Encoding": "gzip"}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as fresh:
+        async with fresh.post(api.base + "/1/upload", data=b'{"d":[]}', headers=not_gzip) as resp:
+            assert resp.status == 400
+            assert (await resp.json())["code"] == 400
+
+    status, body = await api.request("POST", "/1/events.json?batch_size=%C2%B2", {"event_name": "E", "from": 20260101, "to": 20260102})
+    assert status == 400 and "batch_size" in body["error"]
+
+
+async def test_forged_cursors_are_refused(make_api: Any) -> None:
+    from gateway.clevertap import ExportCursor
+
+    api = await make_api()
+    account = api.creds.account_id
+    for forged in (
+        ExportCursor(account, "events", "E", 0, 2**40, 10**7, 0, 0),  # page size past the limit
+        ExportCursor(account, "events", "E", 0, 2**40, 10, -1, 0),  # no such partition
+        ExportCursor(account, "events", "E", 0, 2**40, 10, 0, -5),  # negative position
+        ExportCursor(account, "events", "E", 0, 2**40, 10, 10_000, 0),
+    ):
+        status, body = await api.request("GET", f"/1/events.json?cursor={forged.encode()}")
+        assert (status, body["error"]) == (400, "cursor is not valid")

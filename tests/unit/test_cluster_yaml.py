@@ -160,7 +160,7 @@ def test_kairos_up_line_is_accepted_by_the_cli(config: dict, monkeypatch: pytest
     monkeypatch.setenv("KAIROS_REDIS_URL", "redis://redis.invalid:6379/0")
     assert cli.main(args) == 0
     ((settings, kw),) = calls
-    assert kw["address"] == "auto"
+    assert settings.ray_address == "auto"
     assert settings.host == "0.0.0.0"
     assert settings.redis_url == "redis://redis.invalid:6379/0"
 
@@ -180,4 +180,4 @@ def test_head_uses_the_same_ray_system_config_as_a_local_start(config: dict) -> 
 
     head_start = " ".join(_commands(config, "head_start_ray_commands"))
     [flag] = [w for w in shlex.split(head_start) if w.startswith("--system-config=")]
-    assert json.loads(flag.split("=", 1)[1]) == RAY_SYSTEM_CONFIG
+    assert json.loads(flag.split("=", 1)[1]) == dict(RAY_SYSTEM_CONFIG)

@@ -27,7 +27,8 @@ def _id_key(log_id: str) -> tuple[int, int]:
 class FakeLog:
     """Test double for kairos.log.PartitionLog, with Redis stream semantics: ids grow,
     `read_after` is exclusive, a snapshot trims entries older than the id it covers
-    (MINID keeps the covered entry itself), and a failed append writes nothing."""
+    (MINID keeps the covered entry itself). A failed append writes nothing, unless
+    `commit_then_fail` is set: then it commits and loses the reply, as MULTI/EXEC can."""
 
     def __init__(self) -> None:
         self.streams: dict[int, list[tuple[str, str, bytes]]] = {}
@@ -35,12 +36,13 @@ class FakeLog:
         self.append_calls = 0
         self.appended = 0
         self.fail_with: Exception | None = None
+        self.commit_then_fail = False
         self._seq = 0
 
     async def append(self, entries: list[tuple[int, str, bytes]]) -> list[str]:
         self.append_calls += 1
         await asyncio.sleep(0)  # a network round trip: other coroutines run meanwhile
-        if self.fail_with is not None:
+        if self.fail_with is not None and not self.commit_then_fail:
             raise self.fail_with
         ids = []
         for partition, batch_id, payload in entries:
@@ -49,6 +51,8 @@ class FakeLog:
             self.streams.setdefault(partition, []).append((log_id, batch_id, payload))
             self.appended += 1
             ids.append(log_id)
+        if self.fail_with is not None:
+            raise self.fail_with
         return ids
 
     async def read_after(self, partition: int, after_id: str) -> list[tuple[str, str, bytes]]:
@@ -202,26 +206,65 @@ async def test_wrong_shard_for_a_foreign_partition(log: FakeLog, pmap: Partition
 # --- log failures ------------------------------------------------------------------------
 
 
-async def test_failing_log_append_raises_and_applies_nothing(log: FakeLog, pmap: PartitionMap) -> None:
+@pytest.mark.parametrize("committed", [False, True], ids=["nothing-written", "committed-reply-lost"])
+async def test_failing_log_append_fails_the_shard_and_a_restart_counts_once(
+    log: FakeLog, pmap: PartitionMap, committed: bool
+) -> None:
     shard = UserShard(0, settings(), log)
     users = owned_users(pmap, 0, 3)
     blobs = blobs_for(pmap, "r1", [ev(u) for u in users])
     log.fail_with = ConnectionError("redis went away")
-    with pytest.raises(ConnectionError, match="redis went away"):
+    log.commit_then_fail = committed
+    with pytest.raises(ShardFailed, match="redis went away"):
         await shard.append(blobs)
-    assert await shard.count_events(ACCOUNT, "Charged", *ALL_TIME) == 0
-    assert await shard.get_profile(ACCOUNT, users[0]) is None
-    assert not shard.failed
-    # Everyone in the failed flush hears about it.
-    results = await asyncio.gather(
-        *(shard.append(blobs_for(pmap, f"c{i}", [ev(users[0])])) for i in range(3)), return_exceptions=True
-    )
-    assert all(isinstance(r, ConnectionError) for r in results)
-    # Once the log is back, the client's retry (same batch ids) lands exactly once.
+    # Whether or not the entries reached the log, this process can no longer vouch for
+    # its memory: it refuses everything until restarted.
+    assert shard.failed
+    with pytest.raises(ShardFailed):
+        await shard.count_events(ACCOUNT, "Charged", *ALL_TIME)
+    # The restart replays whatever was committed; the caller's retry carries the same
+    # batch ids and lands exactly once either way.
     log.fail_with = None
-    await shard.append(blobs)
-    await shard.append(blobs)
-    assert await shard.count_events(ACCOUNT, "Charged", *ALL_TIME) == 3
+    restarted = UserShard(0, settings(), log)
+    await restarted.append(blobs)
+    await restarted.append(blobs)
+    assert await restarted.count_events(ACCOUNT, "Charged", *ALL_TIME) == 3
+    again = UserShard(0, settings(), log)
+    assert await again.count_events(ACCOUNT, "Charged", *ALL_TIME) == 3
+
+
+async def test_a_shard_whose_recovery_fails_reports_failure(log: FakeLog) -> None:
+    async def unreachable(partition: int) -> bytes | None:
+        raise ConnectionError("redis unreachable")
+
+    log.load_snapshot = unreachable  # type: ignore[method-assign]
+    shard = UserShard(0, settings(), log)
+    with pytest.raises(ShardFailed, match="redis unreachable"):
+        await shard.ready()
+    assert shard.failed, "the actor layer restarts a failed shard; a silent half-alive one would never recover"
+
+
+async def test_concurrent_snapshots_of_a_partition_never_regress(log: FakeLog, pmap: PartitionMap) -> None:
+    shard = UserShard(0, settings(), log)
+    partition = pmap.partitions_of(0)[0]
+    users = [u for u in owned_users(pmap, 0, 40) if pmap.partition_of(ACCOUNT, u) == partition]
+    await shard.append(blobs_for(pmap, "a", [ev(u) for u in users]))
+    original = log.save_snapshot
+    delays = iter([0.05, 0.0])
+
+    async def save_out_of_order(p: int, data: bytes, covers: str) -> None:
+        await asyncio.sleep(next(delays, 0.0))  # the older snapshot's write is the slow one
+        await original(p, data, covers)
+
+    log.save_snapshot = save_out_of_order  # type: ignore[method-assign]
+    first = asyncio.ensure_future(shard.snapshot(partition))
+    await asyncio.sleep(0)
+    for name in ("b", "c", "d"):
+        await shard.append(blobs_for(pmap, name, [ev(u) for u in users]))
+    await asyncio.gather(first, shard.snapshot(partition))
+    # The newest snapshot stands, and the log kept what it does not cover.
+    restarted = UserShard(0, settings(), log)
+    assert await restarted.count_events(ACCOUNT, "Charged", *ALL_TIME) == 4 * len(users)
 
 
 async def test_undecodable_durable_batch_fails_the_shard_loudly(log: FakeLog, pmap: PartitionMap) -> None:
