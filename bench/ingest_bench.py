@@ -72,7 +72,8 @@ def main() -> None:
                         help="load this many events in all before measuring memory (0: skip)")
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="kairos-bench-") as tmp, EmbeddedRedis(Path(tmp)) as server:
+    fsync = load_settings().redis_fsync  # KAIROS_REDIS_FSYNC picks the durability level measured
+    with tempfile.TemporaryDirectory(prefix="kairos-bench-") as tmp, EmbeddedRedis(Path(tmp), fsync) as server:
         settings = load_settings(data_dir=tmp, redis_url=server.url, port=_free_port())
         floor = floor_rate(server.url, min(args.seconds, 10))
         ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, logging_level="WARNING",
@@ -111,6 +112,7 @@ def main() -> None:
     report = {
         "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
         "concurrency": args.concurrency,
+        "redis_appendfsync": fsync,
         "seconds": round(load["seconds"], 1),
         "events_acked": loaded,
         "events_per_s": round(ours),

@@ -52,7 +52,7 @@ def running_url(data_dir: Path) -> str | None:
 
 
 class EmbeddedRedis:
-    def __init__(self, data_dir: Path, fsync: str = "everysec") -> None:
+    def __init__(self, data_dir: Path, fsync: str = "always") -> None:
         self.data_dir = data_dir
         self.fsync = fsync
         self.url = ""

@@ -17,7 +17,7 @@ def test_defaults_without_environment() -> None:
     assert settings.partitions == 16
     assert settings.shards == 2
     assert settings.port == 8080
-    assert settings.redis_fsync == "everysec"
+    assert settings.redis_fsync == "always", "acknowledged events must survive power loss by default"
 
 
 def test_environment_values_are_parsed_to_their_types() -> None:
