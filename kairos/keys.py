@@ -24,5 +24,10 @@ def partition_stream(partition: int) -> str:
 
 
 def partition_snapshot(partition: int) -> str:
-    """The partition's latest snapshot (msgpack) and the stream id it covers."""
+    """The partition's latest snapshot manifest (msgpack), naming the log id it covers."""
     return f"{PREFIX}p:{partition}:snap"
+
+
+def partition_chunk(partition: int, chunk_id: str) -> str:
+    """One sealed column chunk of a partition: written once, never changed."""
+    return f"{PREFIX}p:{partition}:chunk:{chunk_id}"

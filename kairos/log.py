@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from kairos import keys
 
 _READ_PAGE = 2000
+_CHUNK_PAGE = 64  # chunks are up to 512 KB; this bounds one command's size
 
 
 class PartitionLog(Protocol):
@@ -25,10 +26,15 @@ class PartitionLog(Protocol):
         """Entries (log id, batch id, payload) with an id greater than `after_id`."""
         ...
 
-    async def load_snapshot(self, partition: int) -> bytes | None: ...
+    async def load_snapshot(self, partition: int) -> bytes | None:
+        """The latest snapshot manifest, if any."""
+        ...
 
-    async def save_snapshot(self, partition: int, data: bytes, covers_id: str) -> None:
-        """Store the snapshot, then drop the log entries it covers."""
+    async def load_chunks(self, partition: int, chunk_ids: list[str]) -> dict[str, bytes]: ...
+
+    async def save_snapshot(self, partition: int, manifest: bytes, covers_id: str, chunks: dict[str, bytes]) -> None:
+        """Store new chunks, then the manifest, then drop the log entries it covers. A crash
+        in between leaves the previous manifest, whose chunks are all still there."""
         ...
 
     async def stream_bytes(self, partition: int) -> int: ...
@@ -61,8 +67,23 @@ class RedisPartitionLog:
     async def load_snapshot(self, partition: int) -> bytes | None:
         return await self._redis.get(keys.partition_snapshot(partition))
 
-    async def save_snapshot(self, partition: int, data: bytes, covers_id: str) -> None:
-        await self._redis.set(keys.partition_snapshot(partition), data)
+    async def load_chunks(self, partition: int, chunk_ids: list[str]) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        for start in range(0, len(chunk_ids), _CHUNK_PAGE):
+            page = chunk_ids[start : start + _CHUNK_PAGE]
+            values = await self._redis.mget([keys.partition_chunk(partition, c) for c in page])
+            for chunk_id, value in zip(page, values):
+                if value is None:
+                    raise LookupError(f"partition {partition} snapshot names chunk {chunk_id!r}, which is missing")
+                found[chunk_id] = value
+        return found
+
+    async def save_snapshot(self, partition: int, manifest: bytes, covers_id: str, chunks: dict[str, bytes]) -> None:
+        ids = list(chunks)
+        for start in range(0, len(ids), _CHUNK_PAGE):
+            page = ids[start : start + _CHUNK_PAGE]
+            await self._redis.mset({keys.partition_chunk(partition, c): chunks[c] for c in page})
+        await self._redis.set(keys.partition_snapshot(partition), manifest)
         # MINID keeps entries >= covers_id; the covered one is skipped on replay by id.
         await self._redis.xtrim(keys.partition_stream(partition), minid=covers_id, approximate=False)
 

@@ -53,6 +53,7 @@ class UserShard:
         self._recovery: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._snapshot_locks = {p: asyncio.Lock() for p in self.partitions}
+        self._persisted_chunks: dict[int, set[str]] = {p: set() for p in self.partitions}
         self._snapshotter: asyncio.Task[None] | None = None
         self._profile_cache: dict[tuple[Any, ...], tuple[int, np.ndarray]] = {}
         self.replayed_entries = 0
@@ -75,8 +76,13 @@ class UserShard:
     async def _recover(self) -> None:
         window = self.settings.dedupe_window_records
         for index, partition in enumerate(self.partitions):
-            data = await self._log.load_snapshot(partition)
-            state = PartitionState.from_bytes(data, window) if data else PartitionState(partition, window)
+            manifest = await self._log.load_snapshot(partition)
+            if manifest is None:
+                state = PartitionState(partition, window)
+            else:
+                chunk_ids = PartitionState.chunk_ids(manifest)
+                state = PartitionState.restore(manifest, await self._log.load_chunks(partition, chunk_ids), window)
+                self._persisted_chunks[partition] = set(chunk_ids)
             tail = await self._log.read_after(partition, state.last_log_id)
             for log_id, batch_id, payload in tail:
                 state.apply(batch_id, log_id, log_batch_decoder.decode(payload))
@@ -157,8 +163,11 @@ class UserShard:
         # one had trimmed the log would lose the entries between them.
         async with self._snapshot_locks[partition]:
             state = self._states[partition]
-            data, covers, pending = state.to_bytes(), state.last_log_id, state.records_since_snapshot
-            await self._log.save_snapshot(partition, data, covers)
+            persisted = self._persisted_chunks[partition]
+            manifest, new_chunks = state.snapshot(persisted)
+            covers, pending = state.last_log_id, state.records_since_snapshot
+            await self._log.save_snapshot(partition, manifest, covers, new_chunks)
+            persisted.update(new_chunks)
             state.records_since_snapshot -= pending
             self._snapshot_at[partition] = self._clock()
 

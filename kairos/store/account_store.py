@@ -10,7 +10,7 @@ over whole numpy chunks.
 from __future__ import annotations
 
 import sys
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 
@@ -309,9 +309,25 @@ class AccountStore:
         aliases = sum(sys.getsizeof(a) + sum(sys.getsizeof(v) for v in a.values()) for a in self.aliases.values())
         return index + columns + aliases + sys.getsizeof(self.aliases)
 
-    # --- snapshot -------------------------------------------------------------
+    # --- snapshot ---------------------------------------------------------------
+    # Event columns are chunked and append-only: a snapshot names each sealed chunk by a
+    # stable id (and hands the chunk to `chunks`), and stores only the growing tail inline.
+    # Profile columns change in place, so they are stored whole.
 
-    def to_state(self) -> dict[str, Any]:
+    def _event_columns(self) -> dict[str, ChunkedArray]:
+        columns = {"user": self.ev_user, "name": self.ev_name, "ts": self.ev_ts, "prev": self.ev_prev}
+        for key_code, prop in self.ev_props.items():
+            columns[f"p{key_code}.rows"] = prop.rows
+            columns[f"p{key_code}.tags"] = prop.tags
+            columns[f"p{key_code}.values"] = prop.values
+        return columns
+
+    def to_state(self, prefix: str, chunks: dict[str, np.ndarray]) -> dict[str, Any]:
+        events = {}
+        for name, column in self._event_columns().items():
+            ids = [f"{prefix}/{name}/{i}" for i in range(len(column.sealed))]
+            chunks.update(zip(ids, column.sealed))
+            events[name] = [column.dtype.str, ids, column.tail().tobytes()]
         return {
             "users": self.user_keys,
             "first_seen": self.first_seen.values.tobytes(),
@@ -319,15 +335,11 @@ class AccountStore:
             "last_row": self.last_row.values.tobytes(),
             "profile": {k: [c.tags.values.tobytes(), c.values.values.tobytes()] for k, c in self.profile.items()},
             "aliases": self.aliases,
-            "events": [c.to_numpy().tobytes() for c in (self.ev_user, self.ev_name, self.ev_ts, self.ev_prev)],
-            "ev_props": {
-                k: [c.rows.to_numpy().tobytes(), c.tags.to_numpy().tobytes(), c.values.to_numpy().tobytes()]
-                for k, c in self.ev_props.items()
-            },
+            "events": events,
         }
 
     @classmethod
-    def from_state(cls, codec: ValueCodec, state: dict[str, Any]) -> "AccountStore":
+    def from_state(cls, codec: ValueCodec, state: dict[str, Any], chunks: Mapping[str, bytes]) -> "AccountStore":
         store = cls(codec)
         store.user_keys = list(state["users"])
         store.user_index = {key: i for i, key in enumerate(store.user_keys)}
@@ -339,14 +351,16 @@ class AccountStore:
             column.tags = GrowableArray.from_numpy(np.frombuffer(tags, np.int8), 0)
             column.values = GrowableArray.from_numpy(np.frombuffer(values, np.float64), 0.0)
         store.aliases = {int(u): dict(a) for u, a in state["aliases"].items()}
-        users, names, stamps, prevs = state["events"]
-        store.ev_user = ChunkedArray.from_numpy(np.frombuffer(users, np.int32))
-        store.ev_name = ChunkedArray.from_numpy(np.frombuffer(names, np.int32))
-        store.ev_ts = ChunkedArray.from_numpy(np.frombuffer(stamps, np.int64))
-        store.ev_prev = ChunkedArray.from_numpy(np.frombuffer(prevs, np.int32))
-        for key_code, (rows, tags, values) in state["ev_props"].items():
-            column = store.ev_props[int(key_code)] = SparseValues()
-            column.rows = ChunkedArray.from_numpy(np.frombuffer(rows, np.int32))
-            column.tags = ChunkedArray.from_numpy(np.frombuffer(tags, np.int8))
-            column.values = ChunkedArray.from_numpy(np.frombuffer(values, np.float64))
+        columns: dict[str, ChunkedArray] = {}
+        for name, (dtype, ids, tail) in state["events"].items():
+            sealed = [np.frombuffer(chunks[i], dtype) for i in ids]
+            columns[name] = ChunkedArray.from_parts(dtype, sealed, np.frombuffer(tail, dtype))
+        store.ev_user, store.ev_name = columns.pop("user"), columns.pop("name")
+        store.ev_ts, store.ev_prev = columns.pop("ts"), columns.pop("prev")
+        for name, column in columns.items():
+            key, _, part = name[1:].partition(".")
+            prop = store.ev_props.get(int(key))
+            if prop is None:
+                prop = store.ev_props[int(key)] = SparseValues()
+            setattr(prop, part, column)
         return store

@@ -86,6 +86,22 @@ class ChunkedArray:
             out[sel] = source[rows[sel] % CHUNK_ROWS]
         return out
 
+    @property
+    def sealed(self) -> list[np.ndarray]:
+        """The full chunks, oldest first. They never change again, so a snapshot stores
+        each one once."""
+        return self._sealed
+
+    def tail(self) -> np.ndarray:
+        return self._tail[: self._tail_len]
+
+    @classmethod
+    def from_parts(cls, dtype: Any, sealed: list[np.ndarray], tail: np.ndarray) -> "ChunkedArray":
+        column = cls(dtype)
+        column._sealed = list(sealed)  # read-only views are fine: sealed chunks are never written
+        column.extend(tail)  # copied: the tail keeps growing
+        return column
+
     def to_numpy(self) -> np.ndarray:
         parts = self._sealed + ([self._tail[: self._tail_len]] if self._tail_len else [])
         return np.concatenate(parts) if parts else np.empty(0, self.dtype)

@@ -7,9 +7,10 @@ windows evict in insertion order, and profile writes apply in log order.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Mapping
 
 import msgspec
+import numpy as np
 
 from kairos.models import EventRecord, LogBatch, ProfileRecord
 from kairos.store.account_store import AccountStore
@@ -41,8 +42,9 @@ class BoundedIdSet:
 
 
 class PartitionState:
-    # Batch ids are few per second; remembering this many covers any retry horizon.
-    BATCH_ID_WINDOW = 100_000
+    # Ray retries a call within an actor restart (seconds); at the ~25 batches a second a
+    # busy partition sees, this covers over ten minutes, and it is in every snapshot.
+    BATCH_ID_WINDOW = 20_000
 
     def __init__(self, partition: int, dedupe_window: int) -> None:
         self.partition = partition
@@ -102,24 +104,44 @@ class PartitionState:
             "dictionary_bytes": self.codec.strings.nbytes + self.codec.others_nbytes,
         }
 
-    def to_bytes(self) -> bytes:
-        return msgspec.msgpack.encode({
+    def snapshot(self, persisted: set[str]) -> tuple[bytes, dict[str, bytes]]:
+        """The manifest (everything mutable, and the ids of every sealed chunk) and the
+        sealed chunks not in `persisted`. The cost is the new chunks plus the mutable
+        state, not the whole partition."""
+        arrays: dict[str, np.ndarray] = {}
+        accounts = {a: s.to_state(a, arrays) for a, s in self.accounts.items()}
+        manifest = msgspec.msgpack.encode({
             "partition": self.partition,
             "last_log_id": self.last_log_id,
             "strings": self.codec.strings.values,
             "others": self.codec.others,
             "batch_ids": self.batch_ids.to_list(),
             "message_ids": self.message_ids.to_list(),
-            "accounts": {a: s.to_state() for a, s in self.accounts.items()},
+            "accounts": accounts,
+            "chunks": list(arrays),
         })
+        return manifest, {cid: arr.tobytes() for cid, arr in arrays.items() if cid not in persisted}
+
+    @staticmethod
+    def chunk_ids(manifest: bytes) -> list[str]:
+        return list(msgspec.msgpack.decode(manifest)["chunks"])
 
     @classmethod
-    def from_bytes(cls, data: bytes, dedupe_window: int) -> "PartitionState":
-        raw: dict[str, Any] = msgspec.msgpack.decode(data)
+    def restore(cls, manifest: bytes, chunks: Mapping[str, bytes], dedupe_window: int) -> "PartitionState":
+        raw: dict[str, Any] = msgspec.msgpack.decode(manifest)
         state = cls(raw["partition"], dedupe_window)
         state.codec = ValueCodec(StringTable(raw["strings"]), list(raw["others"]))
         state.batch_ids = BoundedIdSet(cls.BATCH_ID_WINDOW, raw["batch_ids"])
         state.message_ids = BoundedIdSet(dedupe_window, raw["message_ids"])
         state.last_log_id = raw["last_log_id"]
-        state.accounts = {a: AccountStore.from_state(state.codec, s) for a, s in raw["accounts"].items()}
+        state.accounts = {a: AccountStore.from_state(state.codec, s, chunks) for a, s in raw["accounts"].items()}
         return state
+
+    def to_bytes(self) -> bytes:
+        """The whole state in one blob (manifest and every chunk), e.g. to compare states."""
+        return msgspec.msgpack.encode(self.snapshot(persisted=set()))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, dedupe_window: int) -> "PartitionState":
+        manifest, chunks = msgspec.msgpack.decode(data)
+        return cls.restore(manifest, chunks, dedupe_window)

@@ -33,6 +33,8 @@ class FakeLog:
     def __init__(self) -> None:
         self.streams: dict[int, list[tuple[str, str, bytes]]] = {}
         self.snapshots: dict[int, tuple[bytes, str]] = {}
+        self.chunks: dict[tuple[int, str], bytes] = {}
+        self.chunk_writes = 0
         self.append_calls = 0
         self.appended = 0
         self.fail_with: Exception | None = None
@@ -63,7 +65,14 @@ class FakeLog:
         snap = self.snapshots.get(partition)
         return snap[0] if snap else None
 
-    async def save_snapshot(self, partition: int, data: bytes, covers_id: str) -> None:
+    async def load_chunks(self, partition: int, chunk_ids: list[str]) -> dict[str, bytes]:
+        return {c: self.chunks[(partition, c)] for c in chunk_ids}
+
+    async def save_snapshot(self, partition: int, data: bytes, covers_id: str, chunks: dict[str, bytes]) -> None:
+        for chunk_id, chunk in chunks.items():
+            assert (partition, chunk_id) not in self.chunks, "a sealed chunk is written once"
+            self.chunks[(partition, chunk_id)] = chunk
+            self.chunk_writes += 1
         self.snapshots[partition] = (data, covers_id)
         keep = _id_key(covers_id)
         self.streams[partition] = [e for e in self.streams.get(partition, []) if _id_key(e[0]) >= keep]
@@ -252,9 +261,9 @@ async def test_concurrent_snapshots_of_a_partition_never_regress(log: FakeLog, p
     original = log.save_snapshot
     delays = iter([0.05, 0.0])
 
-    async def save_out_of_order(p: int, data: bytes, covers: str) -> None:
+    async def save_out_of_order(p: int, data: bytes, covers: str, chunks: dict[str, bytes]) -> None:
         await asyncio.sleep(next(delays, 0.0))  # the older snapshot's write is the slow one
-        await original(p, data, covers)
+        await original(p, data, covers, chunks)
 
     log.save_snapshot = save_out_of_order  # type: ignore[method-assign]
     first = asyncio.ensure_future(shard.snapshot(partition))
@@ -443,7 +452,7 @@ async def test_a_failing_snapshot_does_not_strand_queued_appends(log: FakeLog, p
     await shard.ready()
     gate = asyncio.Event()
 
-    async def failing_snapshot(partition: int, data: bytes, covers_id: str) -> None:
+    async def failing_snapshot(partition: int, data: bytes, covers_id: str, chunks: dict[str, bytes]) -> None:
         await gate.wait()
         raise ConnectionError("redis went away during the snapshot")
 
@@ -464,3 +473,30 @@ async def test_a_failing_snapshot_does_not_strand_queued_appends(log: FakeLog, p
         flusher = shard._flusher
         if flusher is not None and flusher.done() and not flusher.cancelled():
             flusher.exception()
+
+
+async def test_snapshots_are_incremental_and_restore_across_sealed_chunks(log: FakeLog) -> None:
+    """A snapshot stores each full (sealed) column chunk once; later snapshots add only
+    new chunks, so their cost does not grow with the partition."""
+    pmap = PartitionMap(1, 1)
+    shard = UserShard(0, settings(partitions=1, shards=1), log)
+    users = [f"identity:{i}" for i in range(500)]
+    per_batch = 10_000
+    for batch in range(7):  # 70,000 events: past one 65,536-row chunk
+        records = [ev(users[i % 500], ts=T0 + batch * per_batch + i, Amount=i % 7) for i in range(per_batch)]
+        await shard.append(blobs_for(pmap, f"b{batch}", records))
+    await shard.snapshot(0)
+    first_writes = log.chunk_writes
+    # user, name, ts, prev and the Amount property's rows, tags and values: 7 columns,
+    # each with one sealed chunk.
+    assert first_writes == 7
+    await shard.append(blobs_for(pmap, "more", [ev(users[0], ts=T0 + 10**6, Amount=1)]))
+    await shard.snapshot(0)
+    assert log.chunk_writes == first_writes, "a second snapshot rewrites no sealed chunk"
+
+    restarted = UserShard(0, settings(partitions=1, shards=1), log)
+    assert await restarted.count_events(ACCOUNT, "Charged", *ALL_TIME) == 70_001
+    profile = await restarted.get_profile(ACCOUNT, users[0])
+    assert profile is not None and profile["events"]["Charged"]["count"] == 141
+    page, _ = await restarted.export_events(ACCOUNT, "Charged", *ALL_TIME, 0, 65_530, 10)
+    assert [r["event_props"]["Amount"] for r in page] == [(65_530 + i) % per_batch % 7 for i in range(10)]
