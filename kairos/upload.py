@@ -209,27 +209,26 @@ _Ts = Annotated[int, msgspec.Meta(ge=0, le=MAX_EPOCH_SECONDS)] | None
 _MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None
 
 
-class FastEvent(msgspec.Struct, tag="event", tag_field="type", gc=False):
+class _FastRecord(msgspec.Struct, kw_only=True, tag_field="type", gc=False):
+    """What every clean record may carry besides its payload."""
+
+    identity: _Identifier = None
+    objectId: _Identifier = None
+    FBID: _Identifier = None
+    GPID: _Identifier = None
+    ts: _Ts = None
+    messageId: _MessageId = None
+
+
+class FastEvent(_FastRecord, kw_only=True, tag="event"):
     type: ClassVar[str] = "event"
     evtName: Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
     evtData: _Props = {}
-    identity: _Identifier = None
-    objectId: _Identifier = None
-    FBID: _Identifier = None
-    GPID: _Identifier = None
-    ts: _Ts = None
-    messageId: _MessageId = None
 
 
-class FastProfile(msgspec.Struct, tag="profile", tag_field="type", gc=False):
+class FastProfile(_FastRecord, kw_only=True, tag="profile"):
     type: ClassVar[str] = "profile"
     profileData: _Props
-    identity: _Identifier = None
-    objectId: _Identifier = None
-    FBID: _Identifier = None
-    GPID: _Identifier = None
-    ts: _Ts = None
-    messageId: _MessageId = None
 
 
 class FastUploadBody(msgspec.Struct):
