@@ -34,6 +34,10 @@ def _error_middleware(max_body_bytes: int) -> Callable[[web.Request, Handler], A
             return ct_error(exc.status, exc.reason)
         except BackendUnavailable as exc:
             return ct_error(503, f"service unavailable, retry later: {exc}")
+        except ConnectionResetError:
+            # The client went away mid-request; there is nobody to answer.
+            logger.info("client disconnected during %s %s", request.method, request.path)
+            raise
         except Exception:
             logger.exception("unhandled error on %s %s", request.method, request.path)
             return ct_error(500, "internal server error")

@@ -25,6 +25,9 @@ def auth_middleware(accounts: Accounts) -> Callable[[web.Request, Handler], Awai
             passcode = request.headers.get(PASSCODE_HEADER, "")
             if not account or not passcode:
                 raise ApiError(401, f"{ACCOUNT_HEADER} and {PASSCODE_HEADER} headers are required")
+            if not (account.isascii() and passcode.isascii()):
+                # Ids and passcodes Kairos issues are ASCII; anything else cannot match.
+                raise ApiError(401, "Invalid account id or passcode")
             try:
                 authenticated = await accounts.authenticate(account, passcode)
             except RedisError:

@@ -90,8 +90,9 @@ class CleverTapApi:
 
     async def upload(self, request: web.Request) -> web.Response:
         account: str = request[ACCOUNT]
+        # Read before admission: a slow sender must not hold one of the account's slots.
+        body = await _read_body(request)
         with self.admission.admit(account):
-            body = await _read_body(request)
             fast = validate_fast(body)
             if fast is not None:
                 accepted, rejected = fast, []
@@ -185,9 +186,19 @@ class CleverTapApi:
         return list(await asyncio.gather(*(self.backend.call_shard(s, method, *args) for s in shards)))
 
 
+BODY_READ_TIMEOUT_S = 30.0
+
+
 async def _read_body(request: web.Request) -> bytes:
+    """The whole body, under a deadline: a client that trickles bytes gets 408 rather
+    than holding the server's resources."""
+    limit = request.app._client_max_size
+    if request.content_length is not None and request.content_length > limit:
+        raise ApiError(413, f"request body is larger than {limit} bytes")
     try:
-        return await request.read()
+        return await asyncio.wait_for(request.read(), BODY_READ_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise ApiError(408, f"request body not received within {BODY_READ_TIMEOUT_S:.0f}s") from None
     except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. a "gzip" body that is not
         raise ApiError(400, f"request body could not be read: {exc}") from None
 
@@ -195,6 +206,8 @@ async def _read_body(request: web.Request) -> bytes:
 def _decode_upload(body: bytes) -> list[Any]:
     try:
         records: list[Any] = _upload_decoder.decode(body).d
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8") from None
     except RecursionError:
         raise ApiError(400, "request body is nested too deeply") from None
     except msgspec.ValidationError:
@@ -207,6 +220,8 @@ def _decode_upload(body: bytes) -> list[Any]:
             raise ApiError(400, f"malformed JSON: {exc}") from None
         except RecursionError:
             raise ApiError(400, "request body is nested too deeply") from None
+        except UnicodeDecodeError:
+            raise ApiError(400, "request body is not valid UTF-8") from None
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"malformed JSON: {exc}") from None
     if not records:
@@ -223,6 +238,8 @@ async def _parse_query(request: web.Request) -> tuple[str, int, int]:
         raise ApiError(400, f"query body must be a JSON object: {exc}") from None
     except RecursionError:
         raise ApiError(400, "query body is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "query body is not valid UTF-8") from None
     if query.common_profile_properties is not None or query.event_properties is not None:
         # Property filters run on the segment engine, which is not here yet; refusing
         # beats silently answering an unfiltered query.
@@ -239,6 +256,6 @@ async def _parse_query(request: web.Request) -> tuple[str, int, int]:
 def _batch_size(text: str | None) -> int:
     if text is None:
         return DEFAULT_BATCH_SIZE
-    if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= MAX_BATCH_SIZE:
+    if not (text.isascii() and text.isdigit() and len(text) <= 4) or not 1 <= int(text) <= MAX_BATCH_SIZE:
         raise ApiError(400, f"batch_size must be a whole number from 1 to {MAX_BATCH_SIZE}")
     return int(text)

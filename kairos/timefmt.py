@@ -14,6 +14,8 @@ def yyyymmdd_to_ms(value: object, field: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise DateError(f"{field} must be a date as YYYYMMDD, got {value!r}")
     text = str(value)
+    if len(text) != 8 or not (text.isascii() and text.isdigit()):
+        raise DateError(f"{field} must be a date as YYYYMMDD, got {value!r}")
     try:
         day = datetime.strptime(text, "%Y%m%d").replace(tzinfo=timezone.utc)
     except ValueError:

@@ -21,6 +21,9 @@ MAX_KEY_CHARS = 120
 MAX_VALUE_BYTES = 512
 MAX_PROPERTIES = 256
 MAX_IDENTIFIER_CHARS = 1024
+# Lists and objects in a property may nest this deep. Far deeper values crash C code
+# that walks them recursively (pickle, msgpack on a small stack), so they are refused.
+MAX_NESTING = 16
 # Epoch seconds beyond this are almost surely milliseconds (year 5138).
 MAX_EPOCH_SECONDS = 99_999_999_999
 # msgpack, the log's format, holds integers in this range only.
@@ -33,8 +36,8 @@ RESTRICTED_EVENTS = frozenset({
     "Notification Failed", "UTM Visited", "Stayed", "Session Concluded",
 })
 
-EMAIL_RE = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-PHONE_RE = re.compile(r"^\+[0-9]{6,15}$")
+EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+PHONE_RE = re.compile(r"\+[0-9]{6,15}")
 
 # Profile fields CleverTap checks, with the code it answers when the value is wrong.
 GENDERS = frozenset({"M", "F", "O", "U"})
@@ -71,6 +74,8 @@ def _check_properties(props: Any, what: str) -> dict[str, Any]:
         elif isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
             raise RecordError(512, f"{what}.{key} is an integer outside [-2^63, 2^64-1]")
         elif isinstance(value, (dict, list)):
+            if _depth(value) > MAX_NESTING:
+                raise RecordError(512, f"{what}.{key} is nested deeper than {MAX_NESTING} levels")
             if len(msgspec.json.encode(value)) > MAX_VALUE_BYTES * 4:
                 raise RecordError(512, f"{what}.{key} is larger than {MAX_VALUE_BYTES * 4} bytes")
             try:
@@ -80,14 +85,26 @@ def _check_properties(props: Any, what: str) -> dict[str, Any]:
     return props
 
 
+def _depth(value: Any) -> int:
+    """Nesting depth of a JSON value, without recursion (the value may be hostile)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, level)
+            if level <= MAX_NESTING:
+                stack.extend((child, level + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def _check_profile_fields(props: dict[str, Any]) -> None:
     if "Email" in props:
         email = props["Email"]
-        if not isinstance(email, str) or not EMAIL_RE.match(email):
+        if not isinstance(email, str) or not EMAIL_RE.fullmatch(email):
             raise RecordError(515, f"Email {email!r} is not a valid email address")
     if "Phone" in props:
         phone = props["Phone"]
-        if not isinstance(phone, str) or not PHONE_RE.match(phone):
+        if not isinstance(phone, str) or not PHONE_RE.fullmatch(phone):
             raise RecordError(516, f"Phone {phone!r} must start with + and the country code, digits only")
     for field, allowed, code, wording in _ENUM_FIELDS:
         if field in props:
@@ -106,6 +123,8 @@ def _identifier(value: Any, kind: str) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise RecordError(526 if kind == "objectId" else 523, f"{kind} must be a string or a number")
+    if isinstance(value, int) and not MIN_INT <= value <= MAX_INT:
+        raise RecordError(526 if kind == "objectId" else 523, f"{kind} is a number outside [-2^63, 2^64-1]")
     text = str(value)
     if not text or len(text) > MAX_IDENTIFIER_CHARS:
         raise RecordError(526 if kind == "objectId" else 523, f"{kind} must be 1-{MAX_IDENTIFIER_CHARS} characters")
@@ -204,7 +223,7 @@ _ShortText = Annotated[str, msgspec.Meta(max_length=MAX_VALUE_BYTES // 4)]
 # Integers beyond int64 (but within msgpack's uint64) take the full path.
 _Int = Annotated[int, msgspec.Meta(ge=MIN_INT, le=2**63 - 1)]
 _Props = Annotated[dict[_Key, _ShortText | _Int | float | bool | None], msgspec.Meta(max_length=MAX_PROPERTIES)]
-_Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IDENTIFIER_CHARS)] | int | None
+_Identifier = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_IDENTIFIER_CHARS)] | _Int | None
 _Ts = Annotated[int, msgspec.Meta(ge=0, le=MAX_EPOCH_SECONDS)] | None
 _MessageId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None
 
@@ -243,7 +262,7 @@ def validate_fast(body: bytes, clock: Callable[[], float] = time.time) -> list[R
     (it does not decode as clean records, or some record is rejected)."""
     try:
         records = _fast_decoder.decode(body).d
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, UnicodeDecodeError):
         return None
     now_ms = int(clock() * 1000)
     try:

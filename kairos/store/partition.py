@@ -75,7 +75,11 @@ class PartitionState:
         events: list[EventRecord] = []
         for record in batch.records:
             if record.message_id is not None:
-                scoped = f"{batch.account}\x00{record.message_id}"
+                # Scoped to the record's user and kind: a retry of the same record is
+                # dropped, while an id reused for another user or kind is not mistaken
+                # for one (which would drop data silently).
+                kind = "e" if type(record) is EventRecord else "p"
+                scoped = f"{batch.account}\x00{record.user}\x00{kind}\x00{record.message_id}"
                 if scoped in self.message_ids:
                     self.duplicates_dropped += 1
                     continue

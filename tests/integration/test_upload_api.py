@@ -226,3 +226,41 @@ async def test_forged_cursors_are_refused(make_api: Any) -> None:
     ):
         status, body = await api.request("GET", f"/1/events.json?cursor={forged.encode()}")
         assert (status, body["error"]) == (400, "cursor is not valid")
+
+
+async def test_fuzzer_findings_stay_fixed(make_api: Any) -> None:
+    api = await make_api()
+    # A value nested far deeper than any real property: refused, so that no read of the
+    # profile later walks it (it crashed a shard's C stack before).
+    deep: Any = 1
+    for _ in range(900):
+        deep = [deep]
+    status, body = await api.upload([
+        {"identity": "deep", "type": "profile", "profileData": {"a": deep}},
+        {"identity": "deep", "type": "event", "evtName": "Deep", "evtData": {"a": deep}},
+        {"identity": "ok", "type": "event", "evtName": "Deep", "evtData": {"a": [[[1]]]}},
+    ])
+    assert status == 200 and body["processed"] == 1
+    assert [r["code"] for r in body["unprocessed"]] == [512, 512]
+    assert (await api.profile(identity="deep"))[0] == 404
+
+    status, body = await api.request("POST", "/1/upload", raw=b'{"d":[{"identity":"\xff","type":"event","evtName":"E"}]}')
+    assert status == 400 and "UTF-8" in body["error"]
+    status, body = await api.request("POST", "/1/counts/events.json", raw=b'{"event_name":"\xff","from":20260101,"to":20260102}')
+    assert status == 400 and "UTF-8" in body["error"]
+
+    status, body = await api.request("POST", "/1/upload", {"d": [event("x")]},
+                                     headers={**api.headers, "X-CleverTap-Passcode": "p\xe4ss"})
+    assert (status, body["code"]) == (401, 401)
+
+    status, body = await api.request("POST", "/1/events.json?batch_size=" + "0" * 4301 + "1",
+                                     {"event_name": "E", "from": 20260101, "to": 20260102})
+    assert status == 400 and "batch_size" in body["error"]
+    status, body = await api.request("POST", "/1/events.json", {"event_name": "E", "from": 202611, "to": 202612})
+    assert status == 400 and "YYYYMMDD" in body["error"]
+
+    status, body = await api.upload([
+        {"identity": "nl", "type": "profile", "profileData": {"Email": "a@b.co\n"}},
+        {"identity": 2**70, "type": "event", "evtName": "E"},
+    ])
+    assert status == 200 and [r["code"] for r in body["unprocessed"]] == [515, 523]

@@ -70,10 +70,24 @@ def test_same_message_id_in_one_account_counts_once() -> None:
 
 def test_same_message_id_twice_in_one_batch_counts_once() -> None:
     state = PartitionState(0, dedupe_window=100)
-    state.apply("b1", "1-0", LogBatch("acct", [ev("identity:1", message_id="m"), ev("identity:2", message_id="m")]))
+    state.apply("b1", "1-0", LogBatch("acct", [ev("identity:1", message_id="m"), ev("identity:1", message_id="m")]))
+    assert state.account("acct").event_count == 1
+    assert state.duplicates_dropped == 1
+
+
+def test_a_message_id_reused_for_another_user_or_kind_is_not_a_duplicate() -> None:
+    """Dropping those would lose data silently; a retry is always the same user's record."""
+    state = PartitionState(0, dedupe_window=100)
+    records = [
+        ev("identity:1", message_id="m"),
+        ev("identity:2", message_id="m"),
+        ProfileRecord("identity:1", T0, {"Plan": "pro"}, None, "m"),
+    ]
+    state.apply("b1", "1-0", LogBatch("acct", records))
     store = state.account("acct")
-    assert store.event_count == 1
-    assert store.find_user("identity:2") is None
+    assert store.event_count == 2
+    assert store.profile_properties(store.find_user("identity:1")) == {"Plan": "pro"}
+    assert state.duplicates_dropped == 0
 
 
 def test_same_message_id_in_two_accounts_counts_twice() -> None:
@@ -159,7 +173,7 @@ def make_log(n: int, seed: int = 5) -> list[tuple[str, str, LogBatch]]:
         records: list[Any] = []
         for _ in range(int(rng.integers(1, 6))):
             user = f"identity:{int(rng.integers(0, 20))}"
-            mid = f"m{int(rng.integers(0, 40))}" if rng.random() < 0.5 else None
+            mid = f"m{int(rng.integers(0, 4))}" if rng.random() < 0.5 else None
             if rng.random() < 0.3:
                 props = {"Plan": ["free", "gold", "pro"][int(rng.integers(0, 3))], "Seen": i}
                 records.append(ProfileRecord(user, T0 + i * 1000, props, None, mid))
