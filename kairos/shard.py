@@ -54,6 +54,12 @@ class UserShard:
         self._failure: BaseException | None = None
         self._snapshot_locks = {p: asyncio.Lock() for p in self.partitions}
         self._persisted_chunks: dict[int, set[str]] = {p: set() for p in self.partitions}
+        # Partitions fill at the same rate, so equal thresholds would make all of them
+        # snapshot at once; spread the thresholds over [N, 2N).
+        every = settings.snapshot_every_records
+        self._snapshot_threshold = {
+            p: every + every * i // len(self.partitions) for i, p in enumerate(self.partitions)
+        }
         self._snapshotter: asyncio.Task[None] | None = None
         self._profile_cache: dict[tuple[Any, ...], tuple[int, np.ndarray]] = {}
         self.replayed_entries = 0
@@ -149,7 +155,7 @@ class UserShard:
         try:
             now = self._clock()
             for partition, state in self._states.items():
-                due_by_size = state.records_since_snapshot >= self.settings.snapshot_every_records
+                due_by_size = state.records_since_snapshot >= self._snapshot_threshold[partition]
                 due_by_time = now - self._snapshot_at[partition] >= self.settings.snapshot_interval_s
                 if due_by_size or (due_by_time and state.records_since_snapshot):
                     await self.snapshot(partition)
