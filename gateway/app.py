@@ -57,5 +57,5 @@ def create_app(settings: Settings, backend: Backend, accounts: Accounts) -> web.
     )
     app[ADMISSION] = admission
     app.add_routes([web.get("/healthz", _health)])
-    app.add_routes(CleverTapApi(backend, admission).routes())
+    app.add_routes(CleverTapApi(backend, admission, settings.max_body_bytes).routes())
     return app

@@ -70,9 +70,10 @@ class ExportCursor(msgspec.Struct, array_like=True):
 
 
 class CleverTapApi:
-    def __init__(self, backend: Backend, admission: Admission) -> None:
+    def __init__(self, backend: Backend, admission: Admission, max_body_bytes: int) -> None:
         self.backend = backend
         self.admission = admission
+        self.max_body_bytes = max_body_bytes
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -91,7 +92,7 @@ class CleverTapApi:
     async def upload(self, request: web.Request) -> web.Response:
         account: str = request[ACCOUNT]
         # Read before admission: a slow sender must not hold one of the account's slots.
-        body = await _read_body(request)
+        body = await _read_body(request, self.max_body_bytes)
         with self.admission.admit(account):
             fast = validate_fast(body)
             if fast is not None:
@@ -144,7 +145,7 @@ class CleverTapApi:
             return await self._page(cursor)
         if request.method != "POST":
             raise ApiError(400, "start a download with POST and a query body, then GET with its cursor")
-        name, from_ms, to_ms = await _parse_query(request)
+        name, from_ms, to_ms = await _parse_query(request, self.max_body_bytes)
         batch_size = _batch_size(request.query.get("batch_size"))
         cursor = ExportCursor(account, kind, name, from_ms, to_ms, batch_size, 0, 0)
         return json_response({"status": "success", "cursor": cursor.encode()})
@@ -172,12 +173,12 @@ class CleverTapApi:
     # --- counts -----------------------------------------------------------------
 
     async def count_events(self, request: web.Request) -> web.Response:
-        name, from_ms, to_ms = await _parse_query(request)
+        name, from_ms, to_ms = await _parse_query(request, self.max_body_bytes)
         parts = await self._scatter("count_events", request[ACCOUNT], name, from_ms, to_ms)
         return json_response({"status": "success", "count": sum(parts)})
 
     async def count_profiles(self, request: web.Request) -> web.Response:
-        name, from_ms, to_ms = await _parse_query(request)
+        name, from_ms, to_ms = await _parse_query(request, self.max_body_bytes)
         parts = await self._scatter("count_profiles", request[ACCOUNT], name, from_ms, to_ms)
         return json_response({"status": "success", "count": sum(parts)})
 
@@ -189,10 +190,10 @@ class CleverTapApi:
 BODY_READ_TIMEOUT_S = 30.0
 
 
-async def _read_body(request: web.Request) -> bytes:
+async def _read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, under a deadline: a client that trickles bytes gets 408 rather
-    than holding the server's resources."""
-    limit = request.app._client_max_size
+    than holding the server's resources. A declared length over `limit` is refused
+    before reading; aiohttp enforces the same limit on what is actually sent."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"request body is larger than {limit} bytes")
     try:
@@ -231,9 +232,9 @@ def _decode_upload(body: bytes) -> list[Any]:
     return records
 
 
-async def _parse_query(request: web.Request) -> tuple[str, int, int]:
+async def _parse_query(request: web.Request, limit: int) -> tuple[str, int, int]:
     try:
-        query = msgspec.json.decode(await _read_body(request), type=ExportQuery)
+        query = msgspec.json.decode(await _read_body(request, limit), type=ExportQuery)
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"query body must be a JSON object: {exc}") from None
     except RecursionError:

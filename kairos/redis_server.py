@@ -112,10 +112,6 @@ class EmbeddedRedis:
             self._process.stderr.close()
         self._process = None
 
-    @property
-    def pid(self) -> int | None:
-        return self._process.pid if self._process else None
-
     def __enter__(self) -> "EmbeddedRedis":
         self.start()
         return self

@@ -278,10 +278,11 @@ class AccountStore:
         users, stamps = self.ev_user.take(rows), self.ev_ts.take(rows)
         props: list[dict[str, Any]] = [{} for _ in range(rows.size)]
         for key_code, column in self.ev_props.items():
-            prop_rows = column.rows.to_numpy()
-            at = np.searchsorted(prop_rows, rows)
-            at_clipped = np.minimum(at, prop_rows.size - 1)
-            found = np.flatnonzero((at < prop_rows.size) & (prop_rows[at_clipped] == rows))
+            # A property's rows ascend, so each asked-for row is found by binary search,
+            # chunk by chunk: a page costs its own size, not the partition's.
+            size = len(column.rows)
+            at = column.rows.searchsorted(rows)
+            found = np.flatnonzero((at < size) & (column.rows.take(np.minimum(at, size - 1)) == rows))
             if not found.size:
                 continue
             positions = at[found]
@@ -348,7 +349,7 @@ class AccountStore:
         store.last_row = GrowableArray.from_numpy(np.frombuffer(state["last_row"], np.int32), -1)
         for key_code, (tags, values) in state["profile"].items():
             column = store.profile[int(key_code)] = DenseValues()
-            column.tags = GrowableArray.from_numpy(np.frombuffer(tags, np.int8), 0)
+            column.tags = GrowableArray.from_numpy(np.frombuffer(tags, np.int8), TAG_MISSING)
             column.values = GrowableArray.from_numpy(np.frombuffer(values, np.float64), 0.0)
         store.aliases = {int(u): dict(a) for u, a in state["aliases"].items()}
         columns: dict[str, ChunkedArray] = {}

@@ -102,15 +102,24 @@ class ChunkedArray:
         column.extend(tail)  # copied: the tail keeps growing
         return column
 
+    def searchsorted(self, values: np.ndarray) -> np.ndarray:
+        """`np.searchsorted` over the whole column, for a column in ascending order,
+        without concatenating it: locate each value's chunk by the chunks' first values."""
+        parts = list(self.chunks())
+        out = np.zeros(values.size, dtype=np.int64)
+        if not parts:
+            return out
+        firsts = np.array([chunk[0] for _, chunk in parts])
+        which = np.maximum(np.searchsorted(firsts, values, side="right") - 1, 0)
+        for index in np.unique(which):
+            selected = which == index
+            offset, chunk = parts[index]
+            out[selected] = offset + np.searchsorted(chunk, values[selected])
+        return out
+
     def to_numpy(self) -> np.ndarray:
         parts = self._sealed + ([self._tail[: self._tail_len]] if self._tail_len else [])
         return np.concatenate(parts) if parts else np.empty(0, self.dtype)
-
-    @classmethod
-    def from_numpy(cls, arr: np.ndarray) -> "ChunkedArray":
-        column = cls(arr.dtype)
-        column.extend(arr)
-        return column
 
     @property
     def nbytes(self) -> int:

@@ -297,7 +297,8 @@ def test_chunked_array_empty_and_from_numpy() -> None:
     assert list(empty.chunks()) == []
     assert empty.to_numpy().size == 0
     data = np.linspace(0, 1, CHUNK_ROWS + 10)
-    column = ChunkedArray.from_numpy(data)
+    column = ChunkedArray(data.dtype)
+    column.extend(data)
     assert column.dtype == np.float64
     assert np.array_equal(column.to_numpy(), data)
 
@@ -474,3 +475,12 @@ def test_big_snapshot_round_trip(big: dict[str, Any]) -> None:
     user = a.find_user("identity:77")
     assert b.profile_record(user) == a.profile_record(user)
     assert restored.memory()["events"] == N_EVENTS
+
+
+def test_chunked_searchsorted_equals_numpy_across_chunks() -> None:
+    data = np.arange(0, 3 * CHUNK_ROWS + 123, 3, dtype=np.int32)  # ascending, spans chunks
+    column = ChunkedArray(np.int32)
+    column.extend(data)
+    probes = np.array([-5, 0, 1, 3, CHUNK_ROWS * 3 - 3, CHUNK_ROWS * 3, int(data[-1]), int(data[-1]) + 1], dtype=np.int64)
+    assert np.array_equal(column.searchsorted(probes), np.searchsorted(data, probes))
+    assert np.array_equal(ChunkedArray(np.int32).searchsorted(probes), np.zeros(probes.size, dtype=np.int64))
