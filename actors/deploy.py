@@ -47,8 +47,9 @@ class Deployment(msgspec.Struct):
     gateways: list[Any]
 
     def ensure_serving(self) -> None:
-        """(Re)start gateways; a gateway restarted by Ray comes back without a server."""
-        ray.get([g.start.remote() for g in self.gateways])
+        """(Re)start gateways, and the ingest actors' sweep of pending merges; actors
+        restarted by Ray come back without them."""
+        ray.get([i.start.remote() for i in self.ingest] + [g.start.remote() for g in self.gateways])
 
     def shutdown(self) -> None:
         ray.get([g.stop.remote() for g in self.gateways])

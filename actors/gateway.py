@@ -12,6 +12,7 @@ import ray
 import redis.asyncio as aioredis
 from aiohttp import web
 from ray.exceptions import RayError, RayTaskError
+from redis.exceptions import RedisError
 
 from actors import names
 from gateway.app import create_app
@@ -19,12 +20,14 @@ from gateway.backend import BackendUnavailable
 from kairos.accounts import Accounts
 from kairos.coalesce import Coalescer
 from kairos.config import Settings
+from kairos.identity_graph import IdentityGraph
 from kairos.partitions import PartitionMap
 
 
 class RayBackend:
-    def __init__(self, settings: Settings, ingest: list[Any], shards: list[Any]) -> None:
+    def __init__(self, settings: Settings, ingest: list[Any], shards: list[Any], graph: IdentityGraph) -> None:
         self.partition_map = PartitionMap(settings.partitions, settings.shards)
+        self._graph = graph
         self._ingest = itertools.cycle(ingest)
         self._shards = shards
         self._timeout = settings.request_timeout_s
@@ -55,6 +58,12 @@ class RayBackend:
     async def call_shard(self, shard: int, method: str, *args: Any) -> Any:
         return await self._await(getattr(self._shards[shard], method).remote(*args))
 
+    async def user_of(self, account: str, identifier: str) -> str | None:
+        try:
+            return (await self._graph.lookup(account, [identifier]))[0]
+        except RedisError as exc:
+            raise BackendUnavailable(f"identity graph unreachable: {exc}") from exc
+
 
 class GatewayActor:
     """Runs the HTTP gateway inside a Ray worker."""
@@ -70,8 +79,9 @@ class GatewayActor:
         """Serve, if not serving already; returns the bound port. Safe to call again."""
         if self._runner is None:
             settings = self._settings
-            accounts = Accounts(aioredis.Redis.from_url(settings.redis_url), settings.auth_cache_s)
-            self._backend = RayBackend(settings, self._ingest, self._shards)
+            client = aioredis.Redis.from_url(settings.redis_url)
+            accounts = Accounts(client, settings.auth_cache_s)
+            self._backend = RayBackend(settings, self._ingest, self._shards, IdentityGraph(client))
             app = create_app(settings, self._backend, accounts)
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()

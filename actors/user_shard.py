@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from kairos.config import Settings
 from kairos.log import RedisPartitionLog
-from kairos.models import ShardBlob
+from kairos.models import ShardBlob, UserExport
 from kairos.shard import UserShard
 
 logger = logging.getLogger(__name__)
@@ -36,14 +36,17 @@ class UserShardActor:
         await self._guard(self.core.ready())
         return self.core.partitions
 
-    async def append(self, blobs: list[ShardBlob]) -> None:
-        await self._guard(self.core.append(blobs))
+    async def append(self, blobs: list[ShardBlob]) -> dict[str, list[int]]:
+        return await self._guard(self.core.append(blobs))
+
+    async def seal(self, account: str, merges: list[tuple[str, str]]) -> list[UserExport]:
+        return await self._guard(self.core.seal(account, merges))
+
+    async def absorb(self, account: str, items: list[tuple[str, UserExport]]) -> list[bool]:
+        return await self._guard(self.core.absorb(account, items))
 
     async def get_profile(self, account: str, user: str) -> dict[str, Any] | None:
         return await self._guard(self.core.get_profile(account, user))
-
-    async def find_profiles(self, account: str, prop: str, value: Any, limit: int) -> list[dict[str, Any]]:
-        return await self._guard(self.core.find_profiles(account, prop, value, limit))
 
     async def count_events(self, *args: Any) -> int:
         return await self._guard(self.core.count_events(*args))

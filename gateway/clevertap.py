@@ -117,11 +117,10 @@ class CleverTapApi:
         value = query[kind]
         if not value:
             raise ApiError(400, f"{kind} must not be empty")
-        if kind == "email":
-            found = await self._scatter("find_profiles", account, "Email", value, 1)
-            record = next((r for part in found for r in part), None)
-        else:
-            user = user_key(kind, value)
+        # Email is an identifier too (profiles carry it in profileData).
+        user = await self.backend.user_of(account, user_key("Email" if kind == "email" else kind, value))
+        record = None
+        if user is not None:
             shard = self.backend.partition_map.shard_of(self.backend.partition_map.partition_of(account, user))
             record = await self.backend.call_shard(shard, "get_profile", account, user)
         if record is None:

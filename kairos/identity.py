@@ -1,13 +1,22 @@
-"""How a record's identifiers become the user key that places it.
+"""Identifiers: how a record names the person it is about.
 
-Until the identity graph lands (issue 3), a user is keyed by the first identifier the
-record carries, in CleverTap's order of precedence. The key keeps the identifier's kind
-so that `identity:42` and `objectId:42` are different users, as they are in CleverTap.
+An identifier is a kind and a value, written `"kind:value"`, e.g. `identity:42`. The
+kind is kept so that `identity:42` and `objectId:42` stay different people unless a
+record ties them. Segment's `userId` is the customer's own id, as CleverTap's
+`identity` is, so both are the kind `identity`; an app that uses both APIs reaches the
+same profile. Which canonical user an identifier belongs to is the identity graph's
+business (kairos.identity_graph).
 """
 
 from __future__ import annotations
 
+# CleverTap's record-level identifiers, in its order of precedence.
 IDENTIFIER_KINDS = ("identity", "objectId", "FBID", "GPID")
+# Profile properties that identify a person too: a profile carrying one of these is
+# merged with whoever else carries it.
+IDENTIFYING_PROPERTIES = ("Email", "Phone")
+# Segment's anonymous device id. Segment's userId maps to `identity`.
+ANONYMOUS_ID = "anonymousId"
 
 
 def user_key(kind: str, value: str) -> str:

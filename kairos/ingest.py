@@ -1,56 +1,166 @@
-"""The core of an `ingest` actor: place each record on its partition and hand each owning
-shard one batch, never one call per record."""
+"""The core of an `ingest` actor: resolve each record's user, place it on its partition,
+and hand each owning shard one batch, never one call per record.
+
+Identifiers seen before resolve from a local cache, with no Redis round trip. The cache
+can be stale after a merge made elsewhere; the shard that held the merged user then
+refuses its records, and they are resolved afresh and sent to where the user went.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable
+from typing import Awaitable, Callable, Protocol
 
+from kairos.identity_graph import Merge
 from kairos.models import RawLogBatch, RoutableBatch, ShardBlob, record_list_encoder, routable_decoder
 from kairos.partitions import PartitionMap
 
-SendToShard = Callable[[int, list[ShardBlob]], Awaitable[None]]
+SendToShard = Callable[[int, list[ShardBlob]], Awaitable[dict[str, list[int]]]]
+
+
+class ResolveGraph(Protocol):
+    async def resolve(self, account: str, groups: list[list[str]]) -> tuple[list[str], list[Merge]]: ...
+
+
+class CompleteMerges(Protocol):
+    async def complete(self, merges: list[Merge]) -> None: ...
 
 
 class Ingestor:
-    # Users whose partition is remembered per account; past this the memory is dropped
-    # and rebuilt, which bounds it without bookkeeping on the hot path.
-    PLACEMENT_CACHE = 1_000_000
+    # Identifiers remembered per account; past this the memory is dropped and rebuilt,
+    # which bounds it without bookkeeping on the hot path.
+    CACHE_SIZE = 1_000_000
+    # A record refused again and again is chasing a user merged faster than it can follow.
+    MAX_REROUTES = 8
 
-    def __init__(self, partition_map: PartitionMap, send: SendToShard) -> None:
+    def __init__(
+        self, partition_map: PartitionMap, send: SendToShard, graph: ResolveGraph, merges: CompleteMerges
+    ) -> None:
         self.partition_map = partition_map
         self._send = send
-        self._placement: dict[str, dict[str, int]] = {}
+        self._graph = graph
+        self._merges = merges
+        self._users: dict[str, dict[str, str]] = {}  # account -> identifier -> user
+        self._places: dict[str, dict[str, int]] = {}  # account -> user -> partition
+        self.lookups = 0  # identifier groups resolved in Redis, not from the cache
+        self.rerouted = 0
 
-    def route(self, call_id: str, uploads: list[tuple[str, RoutableBatch]]) -> dict[int, list[ShardBlob]]:
-        """One blob per (account, partition), grouped by owning shard. Records are moved
-        as undecoded msgpack. Batch ids derive from the call id, so a retried call yields
-        the same ids and is applied once."""
-        groups: dict[tuple[str, int], list] = {}
-        partition_of = self.partition_map.partition_of
-        for account, batch in uploads:
-            places = self._placement.get(account)
-            if places is None or len(places) > self.PLACEMENT_CACHE:
-                places = self._placement[account] = {}
-            for user, record in zip(batch.users, batch.records):
+    # --- identity -------------------------------------------------------------------
+
+    def _cached_users(self, account: str) -> dict[str, str]:
+        users = self._users.get(account)
+        if users is None or len(users) > self.CACHE_SIZE:
+            users = self._users[account] = {}
+        return users
+
+    def cached_users(self, account: str, batch: RoutableBatch) -> list[str | None]:
+        """Each record's user from the cache alone: None where an identifier is new, or
+        where a record ties identifiers the cache places on different users."""
+        cache = self._cached_users(account)
+        users = [cache.get(identifier) for identifier in batch.identifiers]
+        for i, others in batch.links.items():
+            user = users[i]
+            if user is not None and any(cache.get(other) != user for other in others):
+                users[i] = None
+        return users
+
+    async def resolve(self, account: str, groups: list[list[str]]) -> tuple[list[str], list[Merge]]:
+        """Resolve identifier groups in Redis (one round trip) and remember the answers."""
+        found, merges = await self._graph.resolve(account, groups)
+        self.lookups += len(groups)
+        users = self._cached_users(account)
+        for group, user in zip(groups, found):
+            for identifier in group:
+                users[identifier] = user
+        return found, merges
+
+    @staticmethod
+    def _group(batch: RoutableBatch, i: int) -> list[str]:
+        return [batch.identifiers[i], *batch.links.get(i, ())]
+
+    # --- routing ----------------------------------------------------------------------
+
+    def route(
+        self, call_id: str, uploads: list[tuple[str, RoutableBatch, list[str]]], only: list[list[int]] | None = None
+    ) -> tuple[dict[int, list[ShardBlob]], dict[str, list[tuple[int, int]]]]:
+        """One blob per (account, partition), grouped by owning shard; `users[i]` is record
+        i's user, and `only`, if given, picks the records of each upload to send. Records
+        move as undecoded msgpack. Batch ids derive from the call id, so a retried call
+        yields the same ids and is applied once. Also returns, per batch id, the (upload,
+        record) position of each record it carries, to map a shard's refusals back."""
+        groups: dict[tuple[str, int], tuple[list[str], list, list[tuple[int, int]]]] = {}
+        for u, (account, batch, users) in enumerate(uploads):
+            places = self._places.get(account)
+            if places is None or len(places) > self.CACHE_SIZE:
+                places = self._places[account] = {}
+            for i in (range(len(batch.records)) if only is None else only[u]):
+                user = users[i]
                 partition = places.get(user)
                 if partition is None:
-                    partition = places[user] = partition_of(account, user)
+                    partition = places[user] = self.partition_map.partition_of(account, user)
                 group = groups.get((account, partition))
                 if group is None:
-                    groups[(account, partition)] = [record]
-                else:
-                    group.append(record)
+                    group = groups[(account, partition)] = ([], [], [])
+                group[0].append(user)
+                group[1].append(batch.records[i])
+                group[2].append((u, i))
         by_shard: dict[int, list[ShardBlob]] = {}
-        for (account, partition), group in groups.items():
-            payload = record_list_encoder.encode(RawLogBatch(account, group))
-            blob = ShardBlob(partition, f"{call_id}/{account}/{partition}", payload)
-            by_shard.setdefault(self.partition_map.shard_of(partition), []).append(blob)
-        return by_shard
+        sources: dict[str, list[tuple[int, int]]] = {}
+        for (account, partition), (users, records, positions) in groups.items():
+            payload = record_list_encoder.encode(RawLogBatch(account, users, records))
+            batch_id = f"{call_id}/{account}/{partition}"
+            by_shard.setdefault(self.partition_map.shard_of(partition), []).append(ShardBlob(partition, batch_id, payload))
+            sources[batch_id] = positions
+        return by_shard, sources
 
     async def ingest(self, call_id: str, uploads: list[tuple[str, bytes]]) -> int:
-        """Route uploads (account, encoded `UploadBatch`); returns once every record is durable."""
+        """Route uploads (account, encoded `UploadBatch`); returns once every record is
+        durable, in the profile of its user, and every merge it caused is complete."""
         decoded = [(account, routable_decoder.decode(payload)) for account, payload in uploads]
-        by_shard = self.route(call_id, decoded)
-        await asyncio.gather(*(self._send(shard, blobs) for shard, blobs in by_shard.items()))
+        merging: list[asyncio.Future[None]] = []
+        resolved: list[tuple[str, RoutableBatch, list[str]]] = []
+        for account, batch in decoded:
+            users = self.cached_users(account, batch)
+            missing = [i for i, user in enumerate(users) if user is None]
+            if missing:
+                found, merges = await self.resolve(account, [self._group(batch, i) for i in missing])
+                for i, user in zip(missing, found):
+                    users[i] = user
+                if merges:
+                    merging.append(asyncio.ensure_future(self._merges.complete(merges)))
+            resolved.append((account, batch, users))  # type: ignore[arg-type]
+        try:
+            await self._deliver(call_id, resolved, merging)
+        finally:
+            # Merges this call started must be done before its records are acknowledged:
+            # a read right after sees the whole merged profile.
+            if merging:
+                await asyncio.gather(*merging)
         return sum(len(batch.records) for _, batch in decoded)
+
+    async def _deliver(
+        self, call_id: str, uploads: list[tuple[str, RoutableBatch, list[str]]], merging: list[asyncio.Future[None]]
+    ) -> None:
+        only: list[list[int]] | None = None
+        for attempt in range(self.MAX_REROUTES + 1):
+            by_shard, sources = self.route(call_id if attempt == 0 else f"{call_id}/r{attempt}", uploads, only)
+            answers = await asyncio.gather(*(self._send(shard, blobs) for shard, blobs in by_shard.items()))
+            refused: list[list[int]] = [[] for _ in uploads]
+            for answer in answers:
+                for batch_id, positions in answer.items():
+                    for p in positions:
+                        u, i = sources[batch_id][p]
+                        refused[u].append(i)
+            if not any(refused):
+                return
+            # Their users were merged away: find where they went, and send them there.
+            for u, (account, batch, users) in enumerate(uploads):
+                if refused[u]:
+                    self.rerouted += len(refused[u])
+                    found, merges = await self.resolve(account, [self._group(batch, i) for i in refused[u]])
+                    for i, user in zip(refused[u], found):
+                        users[i] = user
+                    if merges:
+                        merging.append(asyncio.ensure_future(self._merges.complete(merges)))
+            only = refused
+        raise RuntimeError(f"records still refused after {self.MAX_REROUTES} reroutes: their users keep merging")

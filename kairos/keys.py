@@ -31,3 +31,16 @@ def partition_snapshot(partition: int) -> str:
 def partition_chunk(partition: int, chunk_id: str) -> str:
     """One sealed column chunk of a partition: written once, never changed."""
     return f"{PREFIX}p:{partition}:chunk:{chunk_id}"
+
+
+# --- identity graph (see kairos.identity_graph) ----------------------------------------
+
+
+def identity_prefix(account_id: str) -> str:
+    """Prefix of an account's identity keys: `ids` (hash identifier -> user), `seq`
+    (counter of users), `fwd` (hash merged user -> the user it went into) and `m:<user>`
+    (set of the user's identifiers)."""
+    return f"{PREFIX}a:{account_id}:"
+
+
+PENDING_MERGES = PREFIX + "merges"  # hash: account \0 merged user -> [account, user, into, since]

@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from kairos.identity import IDENTIFYING_PROPERTIES, user_key
+
 # --- CleverTap upload (input) ----------------------------------------------------
 
 
@@ -59,12 +61,14 @@ class UploadResponse(msgspec.Struct):
 
 # Records hold decoded JSON only, which cannot form reference cycles; gc=False spares
 # the collector tens of thousands of tracked objects a second on the ingest path.
-class EventRecord(msgspec.Struct, tag="e", array_like=True, gc=False):
-    user: str  # identifier kind and value, e.g. "identity:42"; see kairos.identity
+class EventRecord(msgspec.Struct, tag="e", array_like=True, gc=False, omit_defaults=True):
+    user: str  # the identifier it was sent with, kind and value, e.g. "identity:42"
     ts_ms: int
     name: str
     props: dict[str, Any]
     message_id: str | None = None
+    # Other identifiers the record carried (kind -> value): they name the same person.
+    aliases: dict[str, str] | None = None
 
 
 class ProfileRecord(msgspec.Struct, tag="p", array_like=True, gc=False):
@@ -79,11 +83,55 @@ class ProfileRecord(msgspec.Struct, tag="p", array_like=True, gc=False):
 Record = EventRecord | ProfileRecord
 
 
-class LogBatch(msgspec.Struct, array_like=True, gc=False):
-    """One durable log entry: the records of one account bound for one partition."""
+class LogBatch(msgspec.Struct, tag="b", array_like=True, gc=False):
+    """One durable log entry: the records of one account bound for one partition.
+
+    `users[i]` is the canonical user (see kairos.identity_graph) that `records[i]`
+    belongs to. `refused` lists the positions, in the batch as sent, of records the
+    shard turned away because their user had been merged into another: the entry
+    remembers them so that a retried batch gets the same answer.
+    """
 
     account: str
+    users: list[str]
     records: list[Record]
+    refused: list[int] = []
+
+
+class UserExport(msgspec.Struct, array_like=True, gc=False):
+    """Everything a user holds on its shard, as it leaves in a merge."""
+
+    source: str  # the canonical user exported
+    identifiers: list[str]
+    events: list[EventRecord]
+    # Profile properties with the time each was last written, for the merge rule.
+    props: dict[str, Any]
+    prop_ts: dict[str, int]
+    first_seen: int
+    last_seen: int
+    # Client record ids seen for this user, as (kind, id), so retries stay deduplicated.
+    message_ids: list[tuple[str, str]]
+    # Users merged into this one earlier, so a late copy of their merge is a no-op.
+    absorbed: list[str]
+
+
+class SealEntry(msgspec.Struct, tag="s", array_like=True, gc=False):
+    """Log entry: `user` has been merged into `into`; its records go there from now on."""
+
+    account: str
+    user: str
+    into: str
+
+
+class AbsorbEntry(msgspec.Struct, tag="a", array_like=True, gc=False):
+    """Log entry: the sealed user `data.source` is merged into `user` with all it held."""
+
+    account: str
+    user: str
+    data: UserExport
+
+
+LogEntry = LogBatch | SealEntry | AbsorbEntry
 
 
 class ShardBlob(msgspec.Struct, array_like=True, gc=False):
@@ -96,31 +144,54 @@ class ShardBlob(msgspec.Struct, array_like=True, gc=False):
 
 
 class UploadBatch(msgspec.Struct, array_like=True, gc=False):
-    """An upload's validated records, gateway -> ingest, with each record's user key up
-    front so the ingest stage routes records without decoding them."""
+    """An upload's validated records, gateway -> ingest, with each record's identifier
+    up front so the ingest stage routes records without decoding them. `links[i]` holds
+    the other identifiers of record i, for the few records that carry more than one."""
 
-    users: list[str]
+    identifiers: list[str]
+    links: dict[int, list[str]]
     records: list[Record]
 
 
 class RoutableBatch(msgspec.Struct, array_like=True, gc=False):
     """The bytes of an `UploadBatch` seen by ingest: records stay undecoded msgpack."""
 
+    identifiers: list[str]
+    links: dict[int, list[str]]
+    records: list[msgspec.Raw]
+
+
+class RawLogBatch(msgspec.Struct, tag="b", array_like=True, gc=False):
+    """Encodes to exactly the bytes of a `LogBatch`, from records never decoded."""
+
+    account: str
     users: list[str]
     records: list[msgspec.Raw]
 
 
-class RawLogBatch(msgspec.Struct, array_like=True, gc=False):
-    """Encodes to exactly the bytes of a `LogBatch`, from records never decoded."""
-
-    account: str
-    records: list[msgspec.Raw]
+def record_identifiers(record: Record) -> list[str]:
+    """Every identifier a record carries, the one it was sent with first."""
+    found = [record.user]
+    if record.aliases:
+        found.extend(user_key(kind, value) for kind, value in record.aliases.items())
+    if type(record) is ProfileRecord:
+        for name in IDENTIFYING_PROPERTIES:
+            value = record.props.get(name)
+            if isinstance(value, str) and value:
+                found.append(user_key(name, value))
+    return list(dict.fromkeys(found))
 
 
 def encode_upload(records: list[Record]) -> bytes:
-    return record_list_encoder.encode(UploadBatch([r.user for r in records], records))
+    links: dict[int, list[str]] = {}
+    for i, record in enumerate(records):
+        if record.aliases or (type(record) is ProfileRecord and ("Email" in record.props or "Phone" in record.props)):
+            extra = record_identifiers(record)[1:]
+            if extra:
+                links[i] = extra
+    return record_list_encoder.encode(UploadBatch([r.user for r in records], links, records))
 
 
 record_list_encoder = msgspec.msgpack.Encoder()
 routable_decoder = msgspec.msgpack.Decoder(RoutableBatch)
-log_batch_decoder = msgspec.msgpack.Decoder(LogBatch)
+log_entry_decoder = msgspec.msgpack.Decoder(LogEntry)

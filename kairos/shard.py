@@ -4,6 +4,10 @@ Writes use group commit: batches that arrive while a flush is in flight wait and
 together in the next MULTI/EXEC, so a busy shard makes one Redis round trip for many
 requests. A caller's `append` returns only after its batches are in the log *and*
 applied, so a read right after an acknowledged upload sees it.
+
+Merges (kairos.merge) pass through the same queue: sealing a user is a log entry, so
+every batch is either before the seal (and leaves with the user's data) or after it
+(and is refused, to be sent where the user went). Nothing lands in between.
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import numpy as np
 
 from kairos.config import Settings
 from kairos.log import PartitionLog
-from kairos.models import ShardBlob, log_batch_decoder
+from kairos.models import (
+    AbsorbEntry, LogBatch, LogEntry, SealEntry, ShardBlob, UserExport, log_entry_decoder, record_list_encoder,
+)
 from kairos.partitions import PartitionMap
 from kairos.store.partition import PartitionState
 
@@ -48,7 +54,7 @@ class UserShard:
         self._clock = clock
         self._states: dict[int, PartitionState] = {}
         self._snapshot_at: dict[int, float] = {}
-        self._pending: list[tuple[list[ShardBlob], asyncio.Future[None]]] = []
+        self._pending: list[tuple[list[ShardBlob], asyncio.Future[dict[str, list[int]]]]] = []
         self._flusher: asyncio.Task[None] | None = None
         self._recovery: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
@@ -91,7 +97,7 @@ class UserShard:
                 self._persisted_chunks[partition] = set(chunk_ids)
             tail = await self._log.read_after(partition, state.last_log_id)
             for log_id, batch_id, payload in tail:
-                state.apply(batch_id, log_id, log_batch_decoder.decode(payload))
+                state.apply(batch_id, log_id, log_entry_decoder.decode(payload))
             self.replayed_entries += len(tail)
             self._states[partition] = state
             # Stagger the partitions' timers so they do not all come due at once.
@@ -104,33 +110,104 @@ class UserShard:
 
     # --- writes ---------------------------------------------------------------
 
-    async def append(self, blobs: list[ShardBlob]) -> None:
+    async def append(self, blobs: list[ShardBlob]) -> dict[str, list[int]]:
+        """Make the blobs durable and applied. Returns, by batch id, the positions of
+        records refused because their user was merged into another (usually nothing);
+        the caller re-resolves those records and sends them on."""
         await self.ready()
+        return await self._submit(blobs)
+
+    async def seal(self, account: str, merges: list[tuple[str, str]]) -> list[UserExport]:
+        """Seal each (user, into) pair - from now on records of `user` are refused - and
+        return what each user held, for `absorb` on the shard of `into`."""
+        await self.ready()
+        entries = [SealEntry(account, user, into) for user, into in merges]
+        await self._submit([self._control_blob(account, e.user, f"seal/{account}/{e.user}", e) for e in entries])
+        return [self._state(self.partition_map.partition_of(account, e.user)).export(account, e.user) for e in entries]
+
+    async def absorb(self, account: str, items: list[tuple[str, UserExport]]) -> list[bool]:
+        """Merge each export into its user. False for a user that was itself merged away
+        meanwhile: the caller finds where it went and absorbs there."""
+        await self.ready()
+        blobs = [
+            self._control_blob(account, user, f"absorb/{account}/{data.source}/{user}", AbsorbEntry(account, user, data))
+            for user, data in items
+        ]
+        refused = await self._submit(blobs)
+        return [blob.batch_id not in refused for blob in blobs]
+
+    def _control_blob(self, account: str, user: str, batch_id: str, entry: LogEntry) -> ShardBlob:
+        partition = self.partition_map.partition_of(account, user)
+        return ShardBlob(partition, batch_id, record_list_encoder.encode(entry))
+
+    async def _submit(self, blobs: list[ShardBlob]) -> dict[str, list[int]]:
         for blob in blobs:
             if blob.partition not in self._states:
                 raise WrongShard(f"partition {blob.partition} is not owned by shard {self.shard_id}")
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[dict[str, list[int]]] = asyncio.get_running_loop().create_future()
         self._pending.append((blobs, future))
         if self._flusher is None or self._flusher.done():
             self._flusher = asyncio.ensure_future(self._flush_pending())
-        await future
+        return await future
+
+    def _admit(
+        self, state: PartitionState, entry: LogEntry, payload: bytes, sealing: set[tuple[str, str]]
+    ) -> tuple[LogEntry | None, bytes, list[int]]:
+        """What of an entry goes into the log, and which positions it refuses. `sealing`
+        holds the users sealed earlier in this flush: their records are refused too."""
+        if type(entry) is LogBatch:
+            account = entry.account
+            store = state.account(account)
+            if not sealing and (store is None or not store.sealed):
+                return entry, payload, []
+            refused = [
+                i for i, user in enumerate(entry.users)
+                if (account, user) in sealing or state.is_sealed(account, user)
+            ]
+            if not refused:
+                return entry, payload, []
+            dropped = set(refused)
+            kept = [i for i in range(len(entry.users)) if i not in dropped]
+            entry = LogBatch(account, [entry.users[i] for i in kept], [entry.records[i] for i in kept], refused)
+            return entry, record_list_encoder.encode(entry), refused
+        if type(entry) is SealEntry:
+            if (entry.account, entry.user) in sealing or state.is_sealed(entry.account, entry.user):
+                return None, payload, []  # sealed already: a retried merge
+            sealing.add((entry.account, entry.user))
+            return entry, payload, []
+        assert type(entry) is AbsorbEntry
+        if state.is_absorbed(entry.account, entry.data.source):
+            return None, payload, []
+        if (entry.account, entry.user) in sealing or state.is_sealed(entry.account, entry.user):
+            return None, payload, [0]
+        return entry, payload, []
 
     async def _flush_pending(self) -> None:
         while self._pending:
             work, self._pending = self._pending, []
             fresh: list[tuple[int, str, bytes]] = []
-            queued: set[str] = set()
-            for blobs, _ in work:
-                for blob in blobs:
-                    # A retried hop: already durable and applied, or twice in this flush.
-                    if blob.batch_id in queued or self._states[blob.partition].has_batch(blob.batch_id):
-                        continue
-                    queued.add(blob.batch_id)
-                    fresh.append((blob.partition, blob.batch_id, blob.payload))
+            entries: list[LogEntry] = []
+            outcome: dict[str, list[int]] = {}
+            sealing: set[tuple[str, str]] = set()
             try:
+                for blobs, _ in work:
+                    for blob in blobs:
+                        # A retried hop: already durable and applied, or twice in this flush.
+                        state = self._states[blob.partition]
+                        if blob.batch_id in outcome:
+                            continue
+                        if state.has_batch(blob.batch_id):
+                            outcome[blob.batch_id] = state.refused_by(blob.batch_id)
+                            continue
+                        entry, payload, refused = self._admit(
+                            state, log_entry_decoder.decode(blob.payload), blob.payload, sealing)
+                        outcome[blob.batch_id] = refused
+                        if entry is not None:
+                            fresh.append((blob.partition, blob.batch_id, payload))
+                            entries.append(entry)
                 log_ids = await self._log.append(fresh) if fresh else []
-                for (partition, batch_id, payload), log_id in zip(fresh, log_ids):
-                    self._states[partition].apply(batch_id, log_id, log_batch_decoder.decode(payload))
+                for (partition, batch_id, _), log_id, entry in zip(fresh, log_ids, entries):
+                    self._states[partition].apply(batch_id, log_id, entry)
             except Exception as exc:
                 # Either the append failed - and MULTI/EXEC may still have committed before
                 # the reply was lost - or a durable batch could not be applied. Memory may
@@ -144,9 +221,9 @@ class UserShard:
                         future.set_exception(error)
                 self._pending = []
                 return
-            for _, future in work:
+            for blobs, future in work:
                 if not future.done():
-                    future.set_result(None)
+                    future.set_result({b.batch_id: outcome[b.batch_id] for b in blobs if outcome[b.batch_id]})
             if self._snapshotter is None or self._snapshotter.done():
                 # Off the flush path: appends keep flowing while a snapshot is written.
                 self._snapshotter = asyncio.ensure_future(self._snapshot_due())
@@ -195,15 +272,6 @@ class UserShard:
         store = self._state(self.partition_map.partition_of(account, user)).account(account)
         index = store.find_user(user) if store else None
         return store.profile_record(index) if store is not None and index is not None else None
-
-    async def find_profiles(self, account: str, prop: str, value: Any, limit: int = 10) -> list[dict[str, Any]]:
-        await self.ready()
-        found: list[dict[str, Any]] = []
-        for state in self._states.values():
-            store = state.account(account)
-            if store is not None:
-                found.extend(store.profile_record(u) for u in store.users_with_property(prop, value)[:limit])
-        return found[:limit]
 
     async def count_events(self, account: str, name: str, from_ms: int, to_ms: int) -> int:
         await self.ready()

@@ -171,7 +171,7 @@ def normalize(record: Any, now_ms: int, props_checked: bool = False) -> Record:
             raise RecordError(513, f"{name!r} is a restricted system event")
         props = record.evtData if props_checked else (
             {} if record.evtData is None else _check_properties(record.evtData, "evtData"))
-        return EventRecord(user, ts_ms, name, props, message_id)
+        return EventRecord(user, ts_ms, name, props, message_id, ids or None)
     if record.profileData is None:
         raise RecordError(512, "profileData is mandatory for a profile record")
     props = record.profileData if props_checked else _check_properties(record.profileData, "profileData")
@@ -276,13 +276,20 @@ def validate_fast(body: bytes, clock: Callable[[], float] = time.time) -> list[R
 
 def _fast_event(record: FastEvent, now_ms: int) -> EventRecord:
     """`normalize` for an event whose fields the typed decode has checked already."""
+    first: str | None = None
+    aliases: dict[str, str] | None = None
     for kind in IDENTIFIER_KINDS:
         value = getattr(record, kind)
         if value is not None:
-            break
-    else:
+            if first is None:
+                first = f"{kind}:{value}"
+            else:
+                # Another identifier of the same person (e.g. identity and objectId).
+                aliases = aliases or {}
+                aliases[kind] = str(value)
+    if first is None:
         raise RecordError(523, "record has no identity, objectId, FBID or GPID")
     if record.evtName in RESTRICTED_EVENTS:
         raise RecordError(513, f"{record.evtName!r} is a restricted system event")
     ts_ms = now_ms if record.ts is None else record.ts * 1000
-    return EventRecord(f"{kind}:{value}", ts_ms, record.evtName, record.evtData, record.messageId)
+    return EventRecord(first, ts_ms, record.evtName, record.evtData, record.messageId, aliases)

@@ -5,6 +5,10 @@ the same user) plus one sparse column triple (row, tag, value) per property key.
 `prev` column threads each user's events into a backwards linked list, so a user's
 history is read without scanning, while scans over all events (segments, funnels) run
 over whole numpy chunks.
+
+Users are canonical users of the identity graph. A user merged into another is
+*sealed*: its rows stay where they are (columns are append-only) but every scan and
+lookup skips them, and a copy of them lives on in the user it was merged into.
 """
 
 from __future__ import annotations
@@ -14,8 +18,8 @@ from typing import Any, Iterable, Mapping
 
 import numpy as np
 
-from kairos.identity import split_user_key
-from kairos.models import EventRecord, ProfileRecord
+from kairos.identity import IDENTIFIER_KINDS, split_user_key, user_key
+from kairos.models import EventRecord, ProfileRecord, UserExport, record_identifiers
 from kairos.timefmt import ms_to_clevertap_ts
 from kairos.store.columns import TAG_FLOAT, TAG_MISSING, TAG_STR, ChunkedArray, GrowableArray, ValueCodec
 
@@ -39,24 +43,32 @@ class SparseValues:
 
 
 class DenseValues:
-    """The values of one profile property, one slot per user."""
+    """The values of one profile property, one slot per user, with the time of the write
+    that set each (merges keep the later of two users' values)."""
 
-    __slots__ = ("tags", "values")
+    __slots__ = ("tags", "values", "stamps")
 
     def __init__(self) -> None:
         self.tags = GrowableArray(np.int8, TAG_MISSING)
         self.values = GrowableArray(np.float64, 0.0)
+        self.stamps = GrowableArray(np.int64, 0)
 
-    def set(self, user: int, tag: int, value: float) -> None:
+    def set(self, user: int, tag: int, value: float, ts_ms: int) -> None:
         if user >= len(self.tags):
             self.tags.resize(user + 1)
             self.values.resize(user + 1)
+        if user >= len(self.stamps):
+            self.stamps.resize(user + 1)
         self.tags.values[user] = tag
         self.values.values[user] = value
+        self.stamps.values[user] = ts_ms
+
+    def stamp(self, user: int) -> int:
+        return int(self.stamps.values[user]) if user < len(self.stamps) else 0
 
     @property
     def nbytes(self) -> int:
-        return self.tags.nbytes + self.values.nbytes
+        return self.tags.nbytes + self.values.nbytes + self.stamps.nbytes
 
 
 class AccountStore:
@@ -68,8 +80,16 @@ class AccountStore:
         self.first_seen = GrowableArray(np.int64, _NEVER)
         self.last_seen = GrowableArray(np.int64, -_NEVER)
         self.last_row = GrowableArray(np.int32, -1)
+        # The identifier each user was first seen with, and any others it carried since.
+        self.primary: list[str] = []
+        self.more_identifiers: dict[int, list[str]] = {}
         self.profile: dict[int, DenseValues] = {}
-        self.aliases: dict[int, dict[str, str]] = {}
+        # Sealed users: canonical user -> the user it was merged into.
+        self.sealed: dict[str, str] = {}
+        # Users merged into users of this store: user -> the users it absorbed.
+        self.absorbed: dict[str, list[str]] = {}
+        self.absorbed_sources: set[str] = set()
+        self.live = GrowableArray(np.bool_, True)
         self.ev_user = ChunkedArray(np.int32)
         self.ev_name = ChunkedArray(np.int32)
         self.ev_ts = ChunkedArray(np.int64)
@@ -78,30 +98,49 @@ class AccountStore:
 
     # --- writes ---------------------------------------------------------------
 
-    def _user_slot(self, key: str) -> int:
+    def _user_slot(self, key: str, identifier: str) -> int:
         user = self.user_index.get(key)
         if user is None:
             user = self.user_index[key] = len(self.user_keys)
             self.user_keys.append(key)
-            for column in (self.first_seen, self.last_seen, self.last_row):
+            self.primary.append(identifier)
+            for column in (self.first_seen, self.last_seen, self.last_row, self.live):
                 column.resize(user + 1)
         return user
 
-    def apply_events(self, events: list[EventRecord]) -> None:
-        """Append a batch of events. The per-event loop only looks up codes; per-user
+    def _add_identifier(self, user: int, identifier: str) -> None:
+        if identifier != self.primary[user]:
+            more = self.more_identifiers.setdefault(user, [])
+            if identifier not in more:
+                more.append(identifier)
+
+    def identifiers(self, user: int) -> list[str]:
+        return [self.primary[user], *self.more_identifiers.get(user, ())]
+
+    def apply_events(self, events: list[EventRecord], users_of: list[str] | None = None) -> None:
+        """Append a batch of events; `users_of[i]` is event i's canonical user (by default
+        the identifier it was sent with). The per-event loop only looks up codes; per-user
         updates (first/last seen, the `prev` chain) are done for the batch with numpy."""
         if not events:
             return
         strings = self.codec.strings
         codes, code_of, encode = strings.codes, strings.code, self.codec.encode
-        user_index, user_slot = self.user_index, self._user_slot
+        user_index, user_slot, primary = self.user_index, self._user_slot, self.primary
         count = len(events)
         row0 = len(self.ev_user)
         users, names, stamps = [0] * count, [0] * count, [0] * count
         pending: dict[int, tuple[list[int], list[int], list[float]]] = {}
         for i, event in enumerate(events):
-            user = user_index.get(event.user)
-            users[i] = user_slot(event.user) if user is None else user
+            key = event.user if users_of is None else users_of[i]
+            user = user_index.get(key)
+            if user is None:
+                user = user_slot(key, event.user)
+            elif event.user != primary[user]:
+                self._add_identifier(user, event.user)
+            if event.aliases:
+                for kind, value in event.aliases.items():
+                    self._add_identifier(user, user_key(kind, value))
+            users[i] = user
             name = codes.get(event.name)
             names[i] = code_of(event.name) if name is None else name
             stamps[i] = event.ts_ms
@@ -160,21 +199,83 @@ class AccountStore:
         prev[order] = previous
         return prev
 
-    def apply_profile(self, record: ProfileRecord) -> None:
-        """Properties are overwritten in log order: the latest write wins."""
-        user = self._user_slot(record.user)
+    def apply_profile(self, record: ProfileRecord, user_of: str | None = None) -> None:
+        """Properties are overwritten in log order: the latest write wins. `user_of` is
+        the record's canonical user (by default the identifier it was sent with)."""
+        user = self._user_slot(user_of or record.user, record.user)
+        for identifier in record_identifiers(record):
+            self._add_identifier(user, identifier)
         first, last = self.first_seen.values, self.last_seen.values
         first[user] = min(int(first[user]), record.ts_ms)
         last[user] = max(int(last[user]), record.ts_ms)
+        self._set_properties(user, record.props, dict.fromkeys(record.props, record.ts_ms), overwrite=True)
+
+    def _set_properties(self, user: int, props: Mapping[str, Any], stamps: Mapping[str, int], overwrite: bool) -> None:
         strings, encode = self.codec.strings, self.codec.encode
-        for key, value in record.props.items():
+        for key, value in props.items():
             key_code = strings.code(key)
             column = self.profile.get(key_code)
             if column is None:
                 column = self.profile[key_code] = DenseValues()
-            column.set(user, *encode(value))
-        if record.aliases:
-            self.aliases.setdefault(user, {}).update(record.aliases)
+            ts_ms = stamps[key]
+            if overwrite or self._property_tag(column, user) == TAG_MISSING or ts_ms > column.stamp(user):
+                column.set(user, *encode(value), ts_ms)
+
+    @staticmethod
+    def _property_tag(column: DenseValues, user: int) -> int:
+        return int(column.tags.values[user]) if user < len(column.tags) else TAG_MISSING
+
+    # --- merges ---------------------------------------------------------------
+
+    def seal(self, key: str, into: str) -> None:
+        """`key` was merged into `into`: hide it from lookups and scans. Its rows stay, so
+        `export` can still read them until the merge is complete."""
+        self.sealed[key] = into
+        user = self.user_index.get(key)
+        if user is not None:
+            self.live.values[user] = False
+
+    def export(self, key: str) -> tuple[list[str], list[EventRecord], dict[str, Any], dict[str, int], int, int]:
+        """A (sealed) user's identifiers, events (oldest row first), properties with their
+        write times, and first / last seen."""
+        user = self.user_index.get(key)
+        if user is None:
+            return [], [], {}, {}, _NEVER, -_NEVER
+        rows = np.asarray(self.user_event_rows(user)[::-1], dtype=np.int64)
+        identifier = self.primary[user]
+        events = [
+            EventRecord(identifier, record["ts_ms"], record["name"], record["props"])
+            for record in self._raw_events(rows)
+        ]
+        props = self.profile_properties(user)
+        strings = self.codec.strings
+        stamps = {key_name: self.profile[strings.code(key_name)].stamp(user) for key_name in props}
+        return (self.identifiers(user), events, props, stamps,
+                int(self.first_seen.values[user]), int(self.last_seen.values[user]))
+
+    def absorb(self, key: str, data: UserExport) -> None:
+        """Merge a sealed user's export into `key`: its events join the user's history and
+        each property keeps the later-written of the two values."""
+        identifier = data.identifiers[0] if data.identifiers else key
+        user = self._user_slot(key, identifier)
+        for other in data.identifiers:
+            self._add_identifier(user, other)
+        if data.events:
+            self.apply_events(data.events, [key] * len(data.events))
+        first, last = self.first_seen.values, self.last_seen.values
+        first[user] = min(int(first[user]), data.first_seen)
+        last[user] = max(int(last[user]), data.last_seen)
+        self._set_properties(user, data.props, data.prop_ts, overwrite=False)
+        sources = self.absorbed.setdefault(key, [])
+        for source in (data.source, *data.absorbed):
+            if source not in self.absorbed_sources:
+                self.absorbed_sources.add(source)
+                sources.append(source)
+
+    def _live_rows(self, rows: np.ndarray) -> np.ndarray:
+        if not self.sealed or rows.size == 0:
+            return rows
+        return rows[self.live.values[self.ev_user.take(rows)]]
 
     # --- reads ----------------------------------------------------------------
 
@@ -187,7 +288,9 @@ class AccountStore:
         return len(self.user_keys)
 
     def find_user(self, key: str) -> int | None:
-        return self.user_index.get(key)
+        """The live user `key`: None if it is unknown here or was merged away."""
+        user = self.user_index.get(key)
+        return None if user is None or (self.sealed and key in self.sealed) else user
 
     def users_with_property(self, name: str, value: Any) -> list[int]:
         key_code = self.codec.strings.find(name)
@@ -198,6 +301,8 @@ class AccountStore:
         if code is None:
             return []
         hits = (column.tags.values == TAG_STR) & (column.values.values == code)
+        if self.sealed:
+            hits &= self.live.values[: hits.size]
         return [int(u) for u in np.flatnonzero(hits)]
 
     def profile_properties(self, user: int) -> dict[str, Any]:
@@ -236,11 +341,17 @@ class AccountStore:
         return summary
 
     def profile_record(self, user: int) -> dict[str, Any]:
-        """A profile in CleverTap's download shape, plus Kairos's first/last seen."""
-        kind, value = split_user_key(self.user_keys[user])
+        """A profile in CleverTap's download shape (one value per identifier kind at the
+        top level), every identifier under `identities`, and first / last seen."""
         props = self.profile_properties(user)
-        record: dict[str, Any] = {kind: value}
-        record.update(self.aliases.get(user, {}))
+        record: dict[str, Any] = {}
+        identities: dict[str, list[str]] = {}
+        for identifier in self.identifiers(user):
+            kind, value = split_user_key(identifier)
+            if kind in IDENTIFIER_KINDS:
+                record.setdefault(kind, value)
+            identities.setdefault(kind, []).append(value)
+        record["identities"] = identities
         if "Email" in props:
             record["email"] = props["Email"]
         if "Name" in props:
@@ -262,6 +373,7 @@ class AccountStore:
             rows = np.flatnonzero(hit) + offset
             if offset < start_row:
                 rows = rows[rows >= start_row]
+            rows = self._live_rows(rows)
             if rows.size:
                 yield rows
 
@@ -274,8 +386,16 @@ class AccountStore:
 
     def event_records(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """Events in CleverTap's download shape: profile identity, ts as YYYYMMDDHHMMSS."""
+        records = []
+        for raw in self._raw_events(rows):
+            kind, value = split_user_key(self.primary[raw["user"]])
+            records.append({"profile": {kind: value}, "ts": ms_to_clevertap_ts(raw["ts_ms"]), "event_props": raw["props"]})
+        return records
+
+    def _raw_events(self, rows: np.ndarray) -> list[dict[str, Any]]:
+        """The events at `rows`: user slot, ts in ms, name and properties."""
         strings, decode = self.codec.strings.values, self.codec.decode
-        users, stamps = self.ev_user.take(rows), self.ev_ts.take(rows)
+        users, stamps, names = self.ev_user.take(rows), self.ev_ts.take(rows), self.ev_name.take(rows)
         props: list[dict[str, Any]] = [{} for _ in range(rows.size)]
         for key_code, column in self.ev_props.items():
             # A property's rows ascend, so each asked-for row is found by binary search,
@@ -290,11 +410,10 @@ class AccountStore:
             key = strings[key_code]
             for i, tag, value in zip(found.tolist(), tags.tolist(), values.tolist()):
                 props[i][key] = decode(tag, value)
-        records = []
-        for i in range(rows.size):
-            kind, value = split_user_key(self.user_keys[int(users[i])])
-            records.append({"profile": {kind: value}, "ts": ms_to_clevertap_ts(int(stamps[i])), "event_props": props[i]})
-        return records
+        return [
+            {"user": user, "ts_ms": ts, "name": strings[name], "props": props[i]}
+            for i, (user, ts, name) in enumerate(zip(users.tolist(), stamps.tolist(), names.tolist()))
+        ]
 
     # --- memory ---------------------------------------------------------------
 
@@ -303,12 +422,12 @@ class AccountStore:
         return sum(c.nbytes for c in columns) + sum(p.nbytes for p in self.ev_props.values())
 
     def profile_nbytes(self) -> int:
-        index = sys.getsizeof(self.user_index) + sys.getsizeof(self.user_keys)
-        index += sum(sys.getsizeof(k) for k in self.user_keys)
-        columns = self.first_seen.nbytes + self.last_seen.nbytes + self.last_row.nbytes
+        index = sys.getsizeof(self.user_index) + sys.getsizeof(self.user_keys) + sys.getsizeof(self.primary)
+        index += sum(sys.getsizeof(k) for k in self.user_keys) + sum(sys.getsizeof(k) for k in self.primary)
+        columns = self.first_seen.nbytes + self.last_seen.nbytes + self.last_row.nbytes + self.live.nbytes
         columns += sum(p.nbytes for p in self.profile.values())
-        aliases = sum(sys.getsizeof(a) + sum(sys.getsizeof(v) for v in a.values()) for a in self.aliases.values())
-        return index + columns + aliases + sys.getsizeof(self.aliases)
+        more = sum(sys.getsizeof(m) + sum(sys.getsizeof(i) for i in m) for m in self.more_identifiers.values())
+        return index + columns + more + sys.getsizeof(self.more_identifiers) + sys.getsizeof(self.sealed)
 
     # --- snapshot ---------------------------------------------------------------
     # Event columns are chunked and append-only: a snapshot names each sealed chunk by a
@@ -334,8 +453,14 @@ class AccountStore:
             "first_seen": self.first_seen.values.tobytes(),
             "last_seen": self.last_seen.values.tobytes(),
             "last_row": self.last_row.values.tobytes(),
-            "profile": {k: [c.tags.values.tobytes(), c.values.values.tobytes()] for k, c in self.profile.items()},
-            "aliases": self.aliases,
+            "primary": self.primary,
+            "more_identifiers": self.more_identifiers,
+            "sealed": self.sealed,
+            "absorbed": self.absorbed,
+            "profile": {
+                k: [c.tags.values.tobytes(), c.values.values.tobytes(), c.stamps.values.tobytes()]
+                for k, c in self.profile.items()
+            },
             "events": events,
         }
 
@@ -347,11 +472,21 @@ class AccountStore:
         store.first_seen = GrowableArray.from_numpy(np.frombuffer(state["first_seen"], np.int64), _NEVER)
         store.last_seen = GrowableArray.from_numpy(np.frombuffer(state["last_seen"], np.int64), -_NEVER)
         store.last_row = GrowableArray.from_numpy(np.frombuffer(state["last_row"], np.int32), -1)
-        for key_code, (tags, values) in state["profile"].items():
+        store.primary = list(state["primary"])
+        store.more_identifiers = {int(u): list(m) for u, m in state["more_identifiers"].items()}
+        store.sealed = dict(state["sealed"])
+        store.absorbed = {user: list(sources) for user, sources in state["absorbed"].items()}
+        store.absorbed_sources = {source for sources in store.absorbed.values() for source in sources}
+        live = np.ones(len(store.user_keys), np.bool_)
+        for key in store.sealed:
+            if key in store.user_index:
+                live[store.user_index[key]] = False
+        store.live = GrowableArray.from_numpy(live, True)
+        for key_code, (tags, values, stamps) in state["profile"].items():
             column = store.profile[int(key_code)] = DenseValues()
             column.tags = GrowableArray.from_numpy(np.frombuffer(tags, np.int8), TAG_MISSING)
             column.values = GrowableArray.from_numpy(np.frombuffer(values, np.float64), 0.0)
-        store.aliases = {int(u): dict(a) for u, a in state["aliases"].items()}
+            column.stamps = GrowableArray.from_numpy(np.frombuffer(stamps, np.int64), 0)
         columns: dict[str, ChunkedArray] = {}
         for name, (dtype, ids, tail) in state["events"].items():
             sealed = [np.frombuffer(chunks[i], dtype) for i in ids]

@@ -12,19 +12,21 @@ from typing import Any, Mapping
 import msgspec
 import numpy as np
 
-from kairos.models import EventRecord, LogBatch, ProfileRecord
+from kairos.models import (
+    AbsorbEntry, EventRecord, LogBatch, LogEntry, ProfileRecord, SealEntry, UserExport,
+)
 from kairos.store.account_store import AccountStore
 from kairos.store.columns import StringTable, ValueCodec
 
 
 class BoundedIdSet:
-    """The most recent `capacity` ids, oldest evicted first."""
+    """The most recent `capacity` ids, oldest evicted first, each with an optional note."""
 
     __slots__ = ("capacity", "_ids")
 
-    def __init__(self, capacity: int, ids: list[str] | None = None) -> None:
+    def __init__(self, capacity: int, ids: list[str] | dict[str, Any] | None = None) -> None:
         self.capacity = capacity
-        self._ids: dict[str, None] = dict.fromkeys(ids or [])
+        self._ids: dict[str, Any] = dict(ids) if isinstance(ids, dict) else dict.fromkeys(ids or [])
 
     def __contains__(self, item: str) -> bool:
         return item in self._ids
@@ -32,13 +34,72 @@ class BoundedIdSet:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def add(self, item: str) -> None:
-        self._ids[item] = None
+    def get(self, item: str) -> Any:
+        return self._ids.get(item)
+
+    def add(self, item: str, note: Any = None) -> str | None:
+        """Remember `item`; returns the id evicted to make room, if any."""
+        self._ids[item] = note
         if len(self._ids) > self.capacity:
-            del self._ids[next(iter(self._ids))]
+            oldest = next(iter(self._ids))
+            del self._ids[oldest]
+            return oldest
+        return None
 
     def to_list(self) -> list[str]:
         return list(self._ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self._ids.items() if v is not None}
+
+
+class MessageIdWindow:
+    """Client record ids (`messageId`) recently applied, scoped to (account, user, kind),
+    with an index by user so that a merge carries a user's ids to the user it joins."""
+
+    __slots__ = ("_ids", "_by_user")
+
+    def __init__(self, capacity: int, ids: list[str] | None = None) -> None:
+        self._ids = BoundedIdSet(capacity)
+        self._by_user: dict[str, dict[str, None]] = {}
+        for key in ids or []:
+            self._remember(key)
+
+    @staticmethod
+    def _key(account: str, user: str, kind: str, message_id: str) -> str:
+        return f"{account}\x00{user}\x00{kind}\x00{message_id}"
+
+    @staticmethod
+    def _user_of(key: str) -> str:
+        account, user, _ = key.split("\x00", 2)
+        return f"{account}\x00{user}"
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def seen(self, account: str, user: str, kind: str, message_id: str) -> bool:
+        return self._key(account, user, kind, message_id) in self._ids
+
+    def add(self, account: str, user: str, kind: str, message_id: str) -> None:
+        self._remember(self._key(account, user, kind, message_id))
+
+    def _remember(self, key: str) -> None:
+        evicted = self._ids.add(key)
+        self._by_user.setdefault(self._user_of(key), {})[key] = None
+        if evicted is not None:
+            owner = self._user_of(evicted)
+            keys = self._by_user[owner]
+            del keys[evicted]
+            if not keys:
+                del self._by_user[owner]
+
+    def of_user(self, account: str, user: str) -> list[tuple[str, str]]:
+        """The (kind, message id) pairs remembered for a user."""
+        keys = self._by_user.get(f"{account}\x00{user}", {})
+        return [tuple(key.split("\x00", 3)[2:]) for key in keys]  # type: ignore[misc]
+
+    def to_list(self) -> list[str]:
+        return self._ids.to_list()
 
 
 class PartitionState:
@@ -50,8 +111,9 @@ class PartitionState:
         self.partition = partition
         self.codec = ValueCodec(StringTable())
         self.accounts: dict[str, AccountStore] = {}
+        # Applied batch ids, each noted with the positions it refused (None: none).
         self.batch_ids = BoundedIdSet(self.BATCH_ID_WINDOW)
-        self.message_ids = BoundedIdSet(dedupe_window)
+        self.message_ids = MessageIdWindow(dedupe_window)
         self.last_log_id = "0-0"
         self.records_since_snapshot = 0
         self.duplicates_dropped = 0
@@ -62,38 +124,87 @@ class PartitionState:
     def has_batch(self, batch_id: str) -> bool:
         return batch_id in self.batch_ids
 
-    def apply(self, batch_id: str, log_id: str, batch: LogBatch) -> None:
+    def refused_by(self, batch_id: str) -> list[int]:
+        """Positions an applied batch refused (its records of users merged away)."""
+        return list(self.batch_ids.get(batch_id) or ())
+
+    def store_of(self, account: str) -> AccountStore:
+        store = self.accounts.get(account)
+        if store is None:
+            store = self.accounts[account] = AccountStore(self.codec)
+        return store
+
+    def is_sealed(self, account: str, user: str) -> bool:
+        store = self.accounts.get(account)
+        return store is not None and user in store.sealed
+
+    def is_absorbed(self, account: str, source: str) -> bool:
+        store = self.accounts.get(account)
+        return store is not None and source in store.absorbed_sources
+
+    def apply(self, batch_id: str, log_id: str, entry: LogEntry) -> None:
         """Apply one log entry. A batch id seen before is skipped whole; a record whose
-        messageId was seen before (for this account) is skipped alone."""
+        messageId was seen before (for this account and user) is skipped alone."""
         self.last_log_id = log_id
         if batch_id in self.batch_ids:
             return
-        self.batch_ids.add(batch_id)
-        store = self.accounts.get(batch.account)
-        if store is None:
-            store = self.accounts[batch.account] = AccountStore(self.codec)
+        if type(entry) is LogBatch:
+            self.batch_ids.add(batch_id, entry.refused or None)
+            self._apply_records(entry)
+        elif type(entry) is SealEntry:
+            self.batch_ids.add(batch_id)
+            self.store_of(entry.account).seal(entry.user, entry.into)
+            self.records_since_snapshot += 1
+        else:
+            assert type(entry) is AbsorbEntry
+            self.batch_ids.add(batch_id)
+            self._absorb(entry)
+
+    def _apply_records(self, batch: LogBatch) -> None:
+        store = self.store_of(batch.account)
+        account = batch.account
         events: list[EventRecord] = []
-        for record in batch.records:
+        event_users: list[str] = []
+        for record, user in zip(batch.records, batch.users):
             if record.message_id is not None:
                 # Scoped to the record's user and kind: a retry of the same record is
                 # dropped, while an id reused for another user or kind is not mistaken
                 # for one (which would drop data silently).
                 kind = "e" if type(record) is EventRecord else "p"
-                scoped = f"{batch.account}\x00{record.user}\x00{kind}\x00{record.message_id}"
-                if scoped in self.message_ids:
+                if self.message_ids.seen(account, user, kind, record.message_id):
                     self.duplicates_dropped += 1
                     continue
-                self.message_ids.add(scoped)
+                self.message_ids.add(account, user, kind, record.message_id)
             if type(record) is EventRecord:
                 events.append(record)
+                event_users.append(user)
             else:
                 assert type(record) is ProfileRecord
                 # Keep log order between this profile write and earlier events' user creation.
-                store.apply_events(events)
-                events = []
-                store.apply_profile(record)
-        store.apply_events(events)
+                store.apply_events(events, event_users)
+                events, event_users = [], []
+                store.apply_profile(record, user)
+        store.apply_events(events, event_users)
         self.records_since_snapshot += len(batch.records)
+
+    def export(self, account: str, user: str) -> UserExport:
+        """What a sealed user held here, for the user it was merged into."""
+        store = self.store_of(account)
+        identifiers, events, props, stamps, first, last = store.export(user)
+        return UserExport(
+            user, identifiers, events, props, stamps, first, last,
+            self.message_ids.of_user(account, user), list(store.absorbed.get(user, ())),
+        )
+
+    def _absorb(self, entry: AbsorbEntry) -> None:
+        store = self.store_of(entry.account)
+        data = entry.data
+        if data.source in store.absorbed_sources:
+            return  # a repeated merge: its data is here already
+        store.absorb(entry.user, data)
+        for kind, message_id in data.message_ids:
+            self.message_ids.add(entry.account, entry.user, kind, message_id)
+        self.records_since_snapshot += len(data.events) + 1
 
     # --- memory and snapshot ---------------------------------------------------
 
@@ -120,6 +231,7 @@ class PartitionState:
             "strings": self.codec.strings.values,
             "others": self.codec.others,
             "batch_ids": self.batch_ids.to_list(),
+            "refusals": self.batch_ids.to_dict(),
             "message_ids": self.message_ids.to_list(),
             "accounts": accounts,
             "chunks": list(arrays),
@@ -135,8 +247,9 @@ class PartitionState:
         raw: dict[str, Any] = msgspec.msgpack.decode(manifest)
         state = cls(raw["partition"], dedupe_window)
         state.codec = ValueCodec(StringTable(raw["strings"]), list(raw["others"]))
-        state.batch_ids = BoundedIdSet(cls.BATCH_ID_WINDOW, raw["batch_ids"])
-        state.message_ids = BoundedIdSet(dedupe_window, raw["message_ids"])
+        refusals = raw["refusals"]
+        state.batch_ids = BoundedIdSet(cls.BATCH_ID_WINDOW, {b: refusals.get(b) for b in raw["batch_ids"]})
+        state.message_ids = MessageIdWindow(dedupe_window, raw["message_ids"])
         state.last_log_id = raw["last_log_id"]
         state.accounts = {a: AccountStore.from_state(state.codec, s, chunks) for a, s in raw["accounts"].items()}
         return state

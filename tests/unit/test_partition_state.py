@@ -10,6 +10,11 @@ import pytest
 from kairos.models import EventRecord, LogBatch, ProfileRecord
 from kairos.store.partition import BoundedIdSet, PartitionState
 
+
+def log_batch(account: str, records: list) -> LogBatch:
+    """A log entry whose users are the records' own identifiers (no merges involved)."""
+    return LogBatch(account, [r.user for r in records], records)
+
 pytestmark = pytest.mark.timeout(60)
 
 T0 = 1_700_000_000_000
@@ -30,7 +35,7 @@ def count(state: PartitionState, account: str, name: str = "Charged") -> int:
 
 def test_same_batch_id_applied_twice_counts_once() -> None:
     state = PartitionState(0, dedupe_window=100)
-    batch = LogBatch("acct", [ev("identity:1"), ev("identity:2")])
+    batch = log_batch("acct", [ev("identity:1"), ev("identity:2")])
     state.apply("req-1/0", "1-0", batch)
     state.apply("req-1/0", "2-0", batch)
     assert count(state, "acct") == 2
@@ -43,7 +48,7 @@ def test_same_batch_id_applied_twice_counts_once() -> None:
 
 def test_different_batch_ids_both_count() -> None:
     state = PartitionState(0, dedupe_window=100)
-    batch = LogBatch("acct", [ev("identity:1")])
+    batch = log_batch("acct", [ev("identity:1")])
     state.apply("req-1/0", "1-0", batch)
     state.apply("req-2/0", "2-0", batch)
     assert count(state, "acct") == 2
@@ -51,8 +56,8 @@ def test_different_batch_ids_both_count() -> None:
 
 def test_a_skipped_batch_id_skips_its_profiles_too() -> None:
     state = PartitionState(0, dedupe_window=100)
-    state.apply("b", "1-0", LogBatch("acct", [ProfileRecord("identity:1", T0, {"Plan": "gold"})]))
-    state.apply("b", "2-0", LogBatch("acct", [ProfileRecord("identity:1", T0, {"Plan": "free"})]))
+    state.apply("b", "1-0", log_batch("acct", [ProfileRecord("identity:1", T0, {"Plan": "gold"})]))
+    state.apply("b", "2-0", log_batch("acct", [ProfileRecord("identity:1", T0, {"Plan": "free"})]))
     store = state.account("acct")
     assert store.profile_properties(store.find_user("identity:1")) == {"Plan": "gold"}
 
@@ -62,15 +67,15 @@ def test_a_skipped_batch_id_skips_its_profiles_too() -> None:
 
 def test_same_message_id_in_one_account_counts_once() -> None:
     state = PartitionState(0, dedupe_window=100)
-    state.apply("b1", "1-0", LogBatch("acct", [ev("identity:1", message_id="m-1")]))
-    state.apply("b2", "2-0", LogBatch("acct", [ev("identity:1", message_id="m-1"), ev("identity:1", message_id="m-2")]))
+    state.apply("b1", "1-0", log_batch("acct", [ev("identity:1", message_id="m-1")]))
+    state.apply("b2", "2-0", log_batch("acct", [ev("identity:1", message_id="m-1"), ev("identity:1", message_id="m-2")]))
     assert count(state, "acct") == 2
     assert state.duplicates_dropped == 1
 
 
 def test_same_message_id_twice_in_one_batch_counts_once() -> None:
     state = PartitionState(0, dedupe_window=100)
-    state.apply("b1", "1-0", LogBatch("acct", [ev("identity:1", message_id="m"), ev("identity:1", message_id="m")]))
+    state.apply("b1", "1-0", log_batch("acct", [ev("identity:1", message_id="m"), ev("identity:1", message_id="m")]))
     assert state.account("acct").event_count == 1
     assert state.duplicates_dropped == 1
 
@@ -83,7 +88,7 @@ def test_a_message_id_reused_for_another_user_or_kind_is_not_a_duplicate() -> No
         ev("identity:2", message_id="m"),
         ProfileRecord("identity:1", T0, {"Plan": "pro"}, None, "m"),
     ]
-    state.apply("b1", "1-0", LogBatch("acct", records))
+    state.apply("b1", "1-0", log_batch("acct", records))
     store = state.account("acct")
     assert store.event_count == 2
     assert store.profile_properties(store.find_user("identity:1")) == {"Plan": "pro"}
@@ -92,8 +97,8 @@ def test_a_message_id_reused_for_another_user_or_kind_is_not_a_duplicate() -> No
 
 def test_same_message_id_in_two_accounts_counts_twice() -> None:
     state = PartitionState(0, dedupe_window=100)
-    state.apply("b1", "1-0", LogBatch("acct-a", [ev("identity:1", message_id="m-1")]))
-    state.apply("b2", "2-0", LogBatch("acct-b", [ev("identity:1", message_id="m-1")]))
+    state.apply("b1", "1-0", log_batch("acct-a", [ev("identity:1", message_id="m-1")]))
+    state.apply("b2", "2-0", log_batch("acct-b", [ev("identity:1", message_id="m-1")]))
     assert count(state, "acct-a") == 1
     assert count(state, "acct-b") == 1
     assert state.duplicates_dropped == 0
@@ -101,16 +106,16 @@ def test_same_message_id_in_two_accounts_counts_twice() -> None:
 
 def test_records_without_message_id_are_never_deduped() -> None:
     state = PartitionState(0, dedupe_window=100)
-    state.apply("b1", "1-0", LogBatch("acct", [ev("identity:1"), ev("identity:1")]))
-    state.apply("b2", "2-0", LogBatch("acct", [ev("identity:1")]))
+    state.apply("b1", "1-0", log_batch("acct", [ev("identity:1"), ev("identity:1")]))
+    state.apply("b2", "2-0", log_batch("acct", [ev("identity:1")]))
     assert count(state, "acct") == 3
 
 
 def test_duplicate_profile_write_is_dropped() -> None:
     state = PartitionState(0, dedupe_window=100)
-    state.apply("b1", "1-0", LogBatch("acct", [ProfileRecord("identity:1", T0, {"Plan": "gold"}, None, "p-1")]))
-    state.apply("b2", "2-0", LogBatch("acct", [ProfileRecord("identity:1", T0, {"Plan": "gold"}, None, "p-2")]))
-    state.apply("b3", "3-0", LogBatch("acct", [ProfileRecord("identity:1", T0, {"Plan": "free"}, None, "p-1")]))
+    state.apply("b1", "1-0", log_batch("acct", [ProfileRecord("identity:1", T0, {"Plan": "gold"}, None, "p-1")]))
+    state.apply("b2", "2-0", log_batch("acct", [ProfileRecord("identity:1", T0, {"Plan": "gold"}, None, "p-2")]))
+    state.apply("b3", "3-0", log_batch("acct", [ProfileRecord("identity:1", T0, {"Plan": "free"}, None, "p-1")]))
     store = state.account("acct")
     assert store.profile_properties(store.find_user("identity:1")) == {"Plan": "gold"}
 
@@ -118,10 +123,10 @@ def test_duplicate_profile_write_is_dropped() -> None:
 def test_message_id_window_forgets_oldest_first() -> None:
     state = PartitionState(0, dedupe_window=2)
     for i, mid in enumerate(["m1", "m2", "m3"]):
-        state.apply(f"b{i}", f"{i + 1}-0", LogBatch("acct", [ev("identity:1", message_id=mid)]))
-    state.apply("b3", "4-0", LogBatch("acct", [ev("identity:1", message_id="m3")]))  # still remembered
+        state.apply(f"b{i}", f"{i + 1}-0", log_batch("acct", [ev("identity:1", message_id=mid)]))
+    state.apply("b3", "4-0", log_batch("acct", [ev("identity:1", message_id="m3")]))  # still remembered
     assert count(state, "acct") == 3
-    state.apply("b4", "5-0", LogBatch("acct", [ev("identity:1", message_id="m1")]))  # evicted: counts again
+    state.apply("b4", "5-0", log_batch("acct", [ev("identity:1", message_id="m1")]))  # evicted: counts again
     assert count(state, "acct") == 4
 
 
@@ -136,17 +141,17 @@ def test_bounded_id_set() -> None:
 
 def test_dedupe_memory_survives_snapshot() -> None:
     state = PartitionState(0, dedupe_window=100)
-    state.apply("b1", "1-0", LogBatch("acct", [ev("identity:1", message_id="m-1")]))
+    state.apply("b1", "1-0", log_batch("acct", [ev("identity:1", message_id="m-1")]))
     restored = PartitionState.from_bytes(state.to_bytes(), dedupe_window=100)
-    restored.apply("b1", "2-0", LogBatch("acct", [ev("identity:1")]))  # retried batch
-    restored.apply("b2", "3-0", LogBatch("acct", [ev("identity:1", message_id="m-1")]))  # retried record
+    restored.apply("b1", "2-0", log_batch("acct", [ev("identity:1")]))  # retried batch
+    restored.apply("b2", "3-0", log_batch("acct", [ev("identity:1", message_id="m-1")]))  # retried record
     assert count(restored, "acct") == 1
     assert restored.last_log_id == "3-0"
 
 
 def test_events_before_a_profile_in_one_batch_apply_first() -> None:
     state = PartitionState(0, dedupe_window=100)
-    state.apply("b1", "1-0", LogBatch("acct", [
+    state.apply("b1", "1-0", log_batch("acct", [
         ev("identity:1", ts=T0 + 5000),
         ProfileRecord("identity:1", T0, {"Name": "One"}),
         ev("identity:1", ts=T0 + 9000, name="Viewed"),
@@ -183,7 +188,7 @@ def make_log(n: int, seed: int = 5) -> list[tuple[str, str, LogBatch]]:
         batch_id = f"req-{i}/0"
         if i > 3 and rng.random() < 0.15:  # a retried hop re-sends an earlier batch id
             batch_id = log[int(rng.integers(0, i))][0]
-        log.append((batch_id, f"{i + 1}-0", LogBatch(account, records)))
+        log.append((batch_id, f"{i + 1}-0", log_batch(account, records)))
     return log
 
 

@@ -13,6 +13,11 @@ from kairos.store.account_store import AccountStore
 from kairos.store.columns import CHUNK_ROWS, ChunkedArray, StringTable, ValueCodec
 from kairos.store.partition import PartitionState
 
+
+def log_batch(account: str, records: list) -> LogBatch:
+    """A log entry whose users are the records' own identifiers (no merges involved)."""
+    return LogBatch(account, [r.user for r in records], records)
+
 pytestmark = pytest.mark.timeout(60)
 
 T0 = 1_700_000_000_000  # 2023-11-14T22:13:20Z
@@ -163,6 +168,7 @@ def test_profile_record_shape() -> None:
         "objectId": "o-42",
         "email": "ada@example.com",
         "name": "Ada",
+        "identities": {"identity": ["42"], "objectId": ["o-42"], "Email": ["ada@example.com"]},
         "profileData": {"Name": "Ada", "Email": "ada@example.com", "Age": 36},
         "events": {"Charged": {"count": 1, "first_seen": T0 // 1000 + 3, "last_seen": T0 // 1000 + 3}},
         "first_seen": T0 // 1000,
@@ -335,7 +341,7 @@ def big() -> dict[str, Any]:
                 categories[start:start + batch].tolist(), prices[start:start + batch].tolist(),
             )
         ]
-        state.apply(f"batch-{start}", f"{start + 1}-0", LogBatch("acct", records))
+        state.apply(f"batch-{start}", f"{start + 1}-0", log_batch("acct", records))
     return {
         "state": state, "users": users, "products": products, "categories": categories,
         "prices": prices, "names": names, "stamps": stamps,
@@ -424,16 +430,16 @@ def query_fingerprint(state: PartitionState) -> dict[str, Any]:
 
 def rich_state() -> PartitionState:
     state = PartitionState(3, dedupe_window=100)
-    state.apply("b1", "1-0", LogBatch("acct-a", [
+    state.apply("b1", "1-0", log_batch("acct-a", [
         ev("identity:1", T0, "Charged", VALUES),
         ProfileRecord("identity:1", T0, {"Name": "One", "Email": "one@x.com", "Meta": {"k": [1]}}, {"GPID": "g1"}),
         ev("objectId:o2", T0 + 5, "Viewed", {"Price": 2.5}, "m-1"),
     ]))
-    state.apply("b2", "2-0", LogBatch("acct-b", [
+    state.apply("b2", "2-0", log_batch("acct-b", [
         ProfileRecord("identity:1", T0, {"Name": "Other account"}),
         ev("identity:1", T0 + 1, "Charged", {"list": [1, 2]}),
     ]))
-    state.apply("b3", "3-0", LogBatch("acct-a", [ev("identity:1", T0 + 9, "Charged", {"big": 2**62})]))
+    state.apply("b3", "3-0", log_batch("acct-a", [ev("identity:1", T0 + 9, "Charged", {"big": 2**62})]))
     return state
 
 
@@ -448,13 +454,13 @@ def test_snapshot_round_trip_gives_identical_queries() -> None:
 def test_restored_state_keeps_accepting_writes_like_the_original() -> None:
     original, restored = rich_state(), PartitionState.from_bytes(rich_state().to_bytes(), dedupe_window=100)
     more = [
-        ("b4", "4-0", LogBatch("acct-a", [
+        ("b4", "4-0", log_batch("acct-a", [
             ev("identity:1", T0 + 20, "Charged", {"Color": "Red", "n": None}),
             ev("identity:new", T0 + 21, "Viewed"),
             ProfileRecord("identity:1", T0 + 22, {"Email": "one@new.com"}),
             ProfileRecord("identity:new", T0 + 23, {"Fresh": True}),
         ])),
-        ("b5", "5-0", LogBatch("acct-c", [ev("identity:9", T0 + 30, "Opened")])),
+        ("b5", "5-0", log_batch("acct-c", [ev("identity:9", T0 + 30, "Opened")])),
     ]
     for state in (original, restored):
         for batch_id, log_id, batch in more:

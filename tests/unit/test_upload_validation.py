@@ -285,10 +285,14 @@ def test_echo_of_a_record_decoded_from_the_wire() -> None:
 def test_validated_records_survive_the_msgpack_hop() -> None:
     from kairos.models import UploadBatch, encode_upload
 
-    accepted, _ = validate_upload([event(ts=1), profile(objectId="o", messageId="x")], clock)
+    accepted, _ = validate_upload([
+        event(ts=1), profile(objectId="o", messageId="x", profileData={"Email": "a@b.co", "Phone": "+447700900123"}),
+    ], clock)
     batch = msgspec.msgpack.decode(encode_upload(accepted), type=UploadBatch)
     assert batch.records == accepted
-    assert batch.users == [r.user for r in accepted]
+    assert batch.identifiers == [r.user for r in accepted]
+    # Only records naming more than one identifier carry links: they tie identifiers.
+    assert batch.links == {1: ["objectId:o", "Email:a@b.co", "Phone:+447700900123"]}
 
 
 

@@ -1,0 +1,107 @@
+"""Moving a merged user's data to the user it was merged into, across shards.
+
+The identity graph decides a merge atomically (kairos.identity_graph) and records it as
+pending; this module carries it out in two idempotent steps:
+
+1. seal the merged user on its shard: a log entry after which the shard refuses the
+   user's records (their senders re-resolve and reach the survivor), and which hands
+   back everything the user held;
+2. absorb that into the survivor on its shard: a log entry with the data itself, so
+   it is as durable as any batch, applied once however often it is repeated.
+
+Then the merge is cleared. A coordinator that dies between steps leaves the merge
+pending, and `sweep` (run by every ingest actor) finishes it: sealing again returns the
+same data, and absorbing again is a no-op. If the survivor was itself merged away
+meanwhile, its shard refuses the absorb and the data follows it to where it went.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Awaitable, Callable, Protocol
+
+from kairos.identity_graph import Merge
+from kairos.models import UserExport
+from kairos.partitions import PartitionMap
+
+CallShard = Callable[..., Awaitable[Any]]  # (shard, method, *args) -> result
+
+
+class MergeGraph(Protocol):
+    async def current(self, account: str, user: str) -> str: ...
+
+    async def pending_merges(self) -> list[Merge]: ...
+
+    async def finish_merge(self, merge: Merge) -> None: ...
+
+
+class MergeFailed(RuntimeError):
+    """A merge's data could not be placed; it stays pending and a sweep retries it."""
+
+
+class MergeCoordinator:
+    # A survivor merged away again and again while its absorb is under way; beyond this
+    # many hops something is wrong, and the merge is left to a later sweep.
+    MAX_HOPS = 16
+
+    def __init__(
+        self, partition_map: PartitionMap, graph: MergeGraph, call_shard: CallShard,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.partition_map = partition_map
+        self._graph = graph
+        self._call = call_shard
+        self._clock = clock
+        self.merges_completed = 0
+
+    def _shard_of(self, account: str, user: str) -> int:
+        return self.partition_map.shard_of(self.partition_map.partition_of(account, user))
+
+    async def complete(self, merges: list[Merge]) -> None:
+        """Carry out the merges; returns once each one's data is in its survivor."""
+        if not merges:
+            return
+        sealed = await self._seal(merges)
+        await self._absorb(sealed)
+        await asyncio.gather(*(self._graph.finish_merge(m) for m in merges))
+        self.merges_completed += len(merges)
+
+    async def _seal(self, merges: list[Merge]) -> list[tuple[str, str, UserExport]]:
+        groups: dict[tuple[str, int], list[Merge]] = {}
+        for merge in merges:
+            groups.setdefault((merge.account, self._shard_of(merge.account, merge.user)), []).append(merge)
+        answers = await asyncio.gather(*(
+            self._call(shard, "seal", account, [(m.user, m.into) for m in group])
+            for (account, shard), group in groups.items()
+        ))
+        out: list[tuple[str, str, UserExport]] = []
+        for ((account, _), group), exports in zip(groups.items(), answers):
+            out.extend((account, merge.into, export) for merge, export in zip(group, exports))
+        return out
+
+    async def _absorb(self, work: list[tuple[str, str, UserExport]]) -> None:
+        for _ in range(self.MAX_HOPS):
+            groups: dict[tuple[str, int], list[tuple[str, UserExport]]] = {}
+            for account, into, export in work:
+                groups.setdefault((account, self._shard_of(account, into)), []).append((into, export))
+            answers = await asyncio.gather(*(
+                self._call(shard, "absorb", account, items) for (account, shard), items in groups.items()
+            ))
+            moved: list[tuple[str, str, UserExport]] = []
+            for ((account, _), items), accepted in zip(groups.items(), answers):
+                moved.extend((account, into, export) for (into, export), ok in zip(items, accepted) if not ok)
+            if not moved:
+                return
+            # The survivor was merged away meanwhile: follow it.
+            targets = await asyncio.gather(*(self._graph.current(account, into) for account, into, _ in moved))
+            work = [(account, target, export) for (account, _, export), target in zip(moved, targets)]
+        raise MergeFailed(f"{len(work)} merged users still had no survivor after {self.MAX_HOPS} hops")
+
+    async def sweep(self, older_than_s: float) -> int:
+        """Finish merges left pending for longer than `older_than_s` (their coordinator
+        died, or its call failed). Returns how many were finished."""
+        cutoff = self._clock() - older_than_s
+        stale = [m for m in await self._graph.pending_merges() if m.since <= cutoff]
+        await self.complete(stale)
+        return len(stale)

@@ -1,0 +1,124 @@
+"""Test doubles for the core's I/O protocols, with the semantics of the real thing."""
+
+from __future__ import annotations
+
+import asyncio
+
+from kairos.identity_graph import Merge
+
+
+def _id_key(log_id: str) -> tuple[int, int]:
+    ms, _, seq = log_id.partition("-")
+    return int(ms), int(seq)
+
+
+class FakeLog:
+    """Test double for kairos.log.PartitionLog, with Redis stream semantics: ids grow,
+    `read_after` is exclusive, a snapshot trims entries older than the id it covers
+    (MINID keeps the covered entry itself). A failed append writes nothing, unless
+    `commit_then_fail` is set: then it commits and loses the reply, as MULTI/EXEC can."""
+
+    def __init__(self) -> None:
+        self.streams: dict[int, list[tuple[str, str, bytes]]] = {}
+        self.snapshots: dict[int, tuple[bytes, str]] = {}
+        self.chunks: dict[tuple[int, str], bytes] = {}
+        self.chunk_writes = 0
+        self.append_calls = 0
+        self.appended = 0
+        self.fail_with: Exception | None = None
+        self.commit_then_fail = False
+        self._seq = 0
+
+    async def append(self, entries: list[tuple[int, str, bytes]]) -> list[str]:
+        self.append_calls += 1
+        await asyncio.sleep(0)  # a network round trip: other coroutines run meanwhile
+        if self.fail_with is not None and not self.commit_then_fail:
+            raise self.fail_with
+        ids = []
+        for partition, batch_id, payload in entries:
+            self._seq += 1
+            log_id = f"{self._seq}-0"
+            self.streams.setdefault(partition, []).append((log_id, batch_id, payload))
+            self.appended += 1
+            ids.append(log_id)
+        if self.fail_with is not None:
+            raise self.fail_with
+        return ids
+
+    async def read_after(self, partition: int, after_id: str) -> list[tuple[str, str, bytes]]:
+        after = _id_key(after_id)
+        return [e for e in self.streams.get(partition, []) if _id_key(e[0]) > after]
+
+    async def load_snapshot(self, partition: int) -> bytes | None:
+        snap = self.snapshots.get(partition)
+        return snap[0] if snap else None
+
+    async def load_chunks(self, partition: int, chunk_ids: list[str]) -> dict[str, bytes]:
+        return {c: self.chunks[(partition, c)] for c in chunk_ids}
+
+    async def save_snapshot(self, partition: int, data: bytes, covers_id: str, chunks: dict[str, bytes]) -> None:
+        for chunk_id, chunk in chunks.items():
+            assert (partition, chunk_id) not in self.chunks, "a sealed chunk is written once"
+            self.chunks[(partition, chunk_id)] = chunk
+            self.chunk_writes += 1
+        self.snapshots[partition] = (data, covers_id)
+        keep = _id_key(covers_id)
+        self.streams[partition] = [e for e in self.streams.get(partition, []) if _id_key(e[0]) >= keep]
+
+    async def stream_bytes(self, partition: int) -> int:
+        return sum(len(payload) for _, _, payload in self.streams.get(partition, []))
+
+    def batch_ids(self) -> list[str]:
+        return [b for stream in self.streams.values() for _, b, _ in stream]
+
+    def entries(self) -> int:
+        return sum(len(s) for s in self.streams.values())
+
+
+class FakeGraph:
+    """Test double of kairos.identity_graph.IdentityGraph with the same rules: a new
+    identifier gets a new user, the oldest user of a tied group survives."""
+
+    def __init__(self) -> None:
+        self.ids: dict[tuple[str, str], str] = {}
+        self.seq = 0
+        self.calls = 0
+        self.merges: list[Merge] = []
+        self.forward: dict[tuple[str, str], str] = {}
+        self.pending: dict[tuple[str, str], Merge] = {}
+
+    async def resolve(self, account: str, groups: list[list[str]]) -> tuple[list[str], list[Merge]]:
+        self.calls += 1
+        await asyncio.sleep(0)
+        users, merges = [], []
+        for group in groups:
+            known = sorted({self.ids[(account, i)] for i in group if (account, i) in self.ids}, key=int)
+            if known:
+                survivor = known[0]
+            else:
+                self.seq += 1
+                survivor = str(self.seq)
+            for loser in known[1:]:
+                for key, user in list(self.ids.items()):
+                    if key[0] == account and user == loser:
+                        self.ids[key] = survivor
+                merges.append(Merge(account, loser, survivor))
+                self.forward[(account, loser)] = survivor
+                self.pending[(account, loser)] = merges[-1]
+            for identifier in group:
+                self.ids[(account, identifier)] = survivor
+            users.append(survivor)
+        self.merges.extend(merges)
+        return users, merges
+
+
+    async def current(self, account: str, user: str) -> str:
+        while (account, user) in self.forward:
+            user = self.forward[(account, user)]
+        return user
+
+    async def pending_merges(self) -> list[Merge]:
+        return list(self.pending.values())
+
+    async def finish_merge(self, merge: Merge) -> None:
+        self.pending.pop((merge.account, merge.user), None)
