@@ -82,36 +82,56 @@ class Ingestor:
 
     def route(
         self, call_id: str, uploads: list[tuple[str, RoutableBatch, list[str]]], only: list[list[int]] | None = None
-    ) -> tuple[dict[int, list[ShardBlob]], dict[str, list[tuple[int, int]]]]:
+    ) -> tuple[dict[int, list[ShardBlob]], dict[str, tuple[str, int]]]:
         """One blob per (account, partition), grouped by owning shard; `users[i]` is record
         i's user, and `only`, if given, picks the records of each upload to send. Records
         move as undecoded msgpack. Batch ids derive from the call id, so a retried call
-        yields the same ids and is applied once. Also returns, per batch id, the (upload,
-        record) position of each record it carries, to map a shard's refusals back."""
-        groups: dict[tuple[str, int], tuple[list[str], list, list[tuple[int, int]]]] = {}
+        yields the same ids and is applied once. Also returns each blob's (account,
+        partition), for `positions_of`."""
+        groups: dict[tuple[str, int], tuple[list[str], list]] = {}
         for u, (account, batch, users) in enumerate(uploads):
-            places = self._places.get(account)
-            if places is None or len(places) > self.CACHE_SIZE:
-                places = self._places[account] = {}
-            for i in (range(len(batch.records)) if only is None else only[u]):
+            places = self._places_of(account)
+            records = batch.records
+            for i in (range(len(records)) if only is None else only[u]):
                 user = users[i]
                 partition = places.get(user)
                 if partition is None:
                     partition = places[user] = self.partition_map.partition_of(account, user)
                 group = groups.get((account, partition))
                 if group is None:
-                    group = groups[(account, partition)] = ([], [], [])
-                group[0].append(user)
-                group[1].append(batch.records[i])
-                group[2].append((u, i))
+                    groups[(account, partition)] = ([user], [records[i]])
+                else:
+                    group[0].append(user)
+                    group[1].append(records[i])
         by_shard: dict[int, list[ShardBlob]] = {}
-        sources: dict[str, list[tuple[int, int]]] = {}
-        for (account, partition), (users, records, positions) in groups.items():
+        blobs_of: dict[str, tuple[str, int]] = {}
+        for (account, partition), (users, records) in groups.items():
             payload = record_list_encoder.encode(RawLogBatch(account, users, records))
             batch_id = f"{call_id}/{account}/{partition}"
             by_shard.setdefault(self.partition_map.shard_of(partition), []).append(ShardBlob(partition, batch_id, payload))
-            sources[batch_id] = positions
-        return by_shard, sources
+            blobs_of[batch_id] = (account, partition)
+        return by_shard, blobs_of
+
+    def positions_of(
+        self, uploads: list[tuple[str, RoutableBatch, list[str]]], only: list[list[int]] | None,
+        account: str, partition: int,
+    ) -> list[tuple[int, int]]:
+        """The (upload, record) positions `route` put in the blob of (account, partition),
+        in blob order. Rebuilt only when a shard refuses some of a blob's records, so the
+        hot path keeps no per-record bookkeeping."""
+        places = self._places_of(account)
+        return [
+            (u, i)
+            for u, (acc, batch, users) in enumerate(uploads) if acc == account
+            for i in (range(len(batch.records)) if only is None else only[u])
+            if places[users[i]] == partition
+        ]
+
+    def _places_of(self, account: str) -> dict[str, int]:
+        places = self._places.get(account)
+        if places is None or len(places) > self.CACHE_SIZE:
+            places = self._places[account] = {}
+        return places
 
     async def ingest(self, call_id: str, uploads: list[tuple[str, bytes]]) -> int:
         """Route uploads (account, encoded `UploadBatch`); returns once every record is
@@ -143,13 +163,14 @@ class Ingestor:
     ) -> None:
         only: list[list[int]] | None = None
         for attempt in range(self.MAX_REROUTES + 1):
-            by_shard, sources = self.route(call_id if attempt == 0 else f"{call_id}/r{attempt}", uploads, only)
+            by_shard, blobs_of = self.route(call_id if attempt == 0 else f"{call_id}/r{attempt}", uploads, only)
             answers = await asyncio.gather(*(self._send(shard, blobs) for shard, blobs in by_shard.items()))
             refused: list[list[int]] = [[] for _ in uploads]
             for answer in answers:
                 for batch_id, positions in answer.items():
+                    carried = self.positions_of(uploads, only, *blobs_of[batch_id])
                     for p in positions:
-                        u, i = sources[batch_id][p]
+                        u, i = carried[p]
                         refused[u].append(i)
             if not any(refused):
                 return

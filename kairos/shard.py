@@ -186,7 +186,7 @@ class UserShard:
         while self._pending:
             work, self._pending = self._pending, []
             fresh: list[tuple[int, str, bytes]] = []
-            entries: list[LogEntry] = []
+            entries: list[LogEntry | None] = []
             outcome: dict[str, list[int]] = {}
             sealing: set[tuple[str, str]] = set()
             try:
@@ -199,6 +199,13 @@ class UserShard:
                         if state.has_batch(blob.batch_id):
                             outcome[blob.batch_id] = state.refused_by(blob.batch_id)
                             continue
+                        if not sealing and not state.has_sealed_users:
+                            # Nothing can be refused: decode after the append, off the
+                            # path that holds the next flush back.
+                            outcome[blob.batch_id] = []
+                            fresh.append((blob.partition, blob.batch_id, blob.payload))
+                            entries.append(None)
+                            continue
                         entry, payload, refused = self._admit(
                             state, log_entry_decoder.decode(blob.payload), blob.payload, sealing)
                         outcome[blob.batch_id] = refused
@@ -206,7 +213,9 @@ class UserShard:
                             fresh.append((blob.partition, blob.batch_id, payload))
                             entries.append(entry)
                 log_ids = await self._log.append(fresh) if fresh else []
-                for (partition, batch_id, _), log_id, entry in zip(fresh, log_ids, entries):
+                for (partition, batch_id, payload), log_id, entry in zip(fresh, log_ids, entries):
+                    if entry is None:
+                        entry = log_entry_decoder.decode(payload)
                     self._states[partition].apply(batch_id, log_id, entry)
             except Exception as exc:
                 # Either the append failed - and MULTI/EXEC may still have committed before

@@ -125,7 +125,7 @@ class AccountStore:
             return
         strings = self.codec.strings
         codes, code_of, encode = strings.codes, strings.code, self.codec.encode
-        user_index, user_slot, primary = self.user_index, self._user_slot, self.primary
+        user_index, user_slot = self.user_index, self._user_slot
         count = len(events)
         row0 = len(self.ev_user)
         users, names, stamps = [0] * count, [0] * count, [0] * count
@@ -135,8 +135,8 @@ class AccountStore:
             user = user_index.get(key)
             if user is None:
                 user = user_slot(key, event.user)
-            elif event.user != primary[user]:
-                self._add_identifier(user, event.user)
+            # An event names its user by an identifier the user already has here: the
+            # first it was seen with, one a linking record added, or one a merge brought.
             if event.aliases:
                 for kind, value in event.aliases.items():
                     self._add_identifier(user, user_key(kind, value))

@@ -134,6 +134,10 @@ class PartitionState:
             store = self.accounts[account] = AccountStore(self.codec)
         return store
 
+    @property
+    def has_sealed_users(self) -> bool:
+        return any(store.sealed for store in self.accounts.values())
+
     def is_sealed(self, account: str, user: str) -> bool:
         store = self.accounts.get(account)
         return store is not None and user in store.sealed
@@ -163,6 +167,10 @@ class PartitionState:
     def _apply_records(self, batch: LogBatch) -> None:
         store = self.store_of(batch.account)
         account = batch.account
+        self.records_since_snapshot += len(batch.records)
+        if all(type(r) is EventRecord and r.message_id is None for r in batch.records):
+            store.apply_events(batch.records, batch.users)  # type: ignore[arg-type]
+            return
         events: list[EventRecord] = []
         event_users: list[str] = []
         for record, user in zip(batch.records, batch.users):
@@ -185,7 +193,6 @@ class PartitionState:
                 events, event_users = [], []
                 store.apply_profile(record, user)
         store.apply_events(events, event_users)
-        self.records_since_snapshot += len(batch.records)
 
     def export(self, account: str, user: str) -> UserExport:
         """What a sealed user held here, for the user it was merged into."""
