@@ -11,7 +11,8 @@ from gateway.admission import Admission
 from gateway.auth import Handler, auth_middleware
 from gateway.backend import Backend, BackendUnavailable
 from gateway.clevertap import CleverTapApi
-from gateway.errors import ApiError, ct_error, json_response
+from gateway.segment import SegmentApi
+from gateway.errors import ApiError, error_for, json_response
 from kairos.accounts import Accounts
 from kairos.config import Settings
 
@@ -22,25 +23,29 @@ ADMISSION = web.AppKey("admission", Admission)
 def _error_middleware(max_body_bytes: int) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        path = request.path
         try:
             return await handler(request)
         except ApiError as exc:
-            return ct_error(exc.status, exc.message)
+            response = error_for(path, exc.status, exc.message)
+            if exc.close_connection:
+                response.force_close()
+            return response
         except web.HTTPRequestEntityTooLarge:
-            return ct_error(413, f"request body is larger than {max_body_bytes} bytes")
+            return error_for(path, 413, f"request body is larger than {max_body_bytes} bytes")
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
-            return ct_error(exc.status, exc.reason)
+            return error_for(path, exc.status, exc.reason)
         except BackendUnavailable as exc:
-            return ct_error(503, f"service unavailable, retry later: {exc}")
+            return error_for(path, 503, f"service unavailable, retry later: {exc}")
         except ConnectionResetError:
             # The client went away mid-request; there is nobody to answer.
             logger.info("client disconnected during %s %s", request.method, request.path)
             raise
         except Exception:
             logger.exception("unhandled error on %s %s", request.method, request.path)
-            return ct_error(500, "internal server error")
+            return error_for(path, 500, "internal server error")
 
     return errors
 
@@ -58,4 +63,5 @@ def create_app(settings: Settings, backend: Backend, accounts: Accounts) -> web.
     app[ADMISSION] = admission
     app.add_routes([web.get("/healthz", _health)])
     app.add_routes(CleverTapApi(backend, admission, settings.max_body_bytes).routes())
+    app.add_routes(SegmentApi(backend, accounts, admission, settings.max_body_bytes).routes())
     return app

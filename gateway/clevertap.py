@@ -10,12 +10,11 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.web_protocol import RequestPayloadError
 
 from gateway.admission import Admission
 from gateway.auth import ACCOUNT
 from gateway.backend import Backend
+from gateway.body import read_body
 from gateway.errors import ApiError, json_response
 from kairos.identity import IDENTIFIER_KINDS, user_key
 from kairos.models import LooseUploadBody, UploadBody, UploadResponse, encode_upload
@@ -92,7 +91,7 @@ class CleverTapApi:
     async def upload(self, request: web.Request) -> web.Response:
         account: str = request[ACCOUNT]
         # Read before admission: a slow sender must not hold one of the account's slots.
-        body = await _read_body(request, self.max_body_bytes)
+        body = await read_body(request, self.max_body_bytes)
         with self.admission.admit(account):
             fast = validate_fast(body)
             if fast is not None:
@@ -186,23 +185,6 @@ class CleverTapApi:
         return list(await asyncio.gather(*(self.backend.call_shard(s, method, *args) for s in shards)))
 
 
-BODY_READ_TIMEOUT_S = 30.0
-
-
-async def _read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, under a deadline: a client that trickles bytes gets 408 rather
-    than holding the server's resources. A declared length over `limit` is refused
-    before reading; aiohttp enforces the same limit on what is actually sent."""
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"request body is larger than {limit} bytes")
-    try:
-        return await asyncio.wait_for(request.read(), BODY_READ_TIMEOUT_S)
-    except asyncio.TimeoutError:
-        raise ApiError(408, f"request body not received within {BODY_READ_TIMEOUT_S:.0f}s") from None
-    except (HttpProcessingError, RequestPayloadError) as exc:  # e.g. a "gzip" body that is not
-        raise ApiError(400, f"request body could not be read: {exc}") from None
-
-
 def _decode_upload(body: bytes) -> list[Any]:
     try:
         records: list[Any] = _upload_decoder.decode(body).d
@@ -233,7 +215,7 @@ def _decode_upload(body: bytes) -> list[Any]:
 
 async def _parse_query(request: web.Request, limit: int) -> tuple[str, int, int]:
     try:
-        query = msgspec.json.decode(await _read_body(request, limit), type=ExportQuery)
+        query = msgspec.json.decode(await read_body(request, limit), type=ExportQuery)
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"query body must be a JSON object: {exc}") from None
     except RecursionError:

@@ -1,4 +1,5 @@
-"""CleverTap's request-level error shape: `{"status":"fail","error":...,"code":...}`."""
+"""Request-level error shapes: CleverTap's `{"status":"fail","error":...,"code":...}` on
+its API, Segment's `{"code":...,"message":...}` on `/v1/`."""
 
 from __future__ import annotations
 
@@ -20,6 +21,29 @@ def ct_error(status: int, message: str) -> web.Response:
     )
 
 
+class SegmentErrorBody(msgspec.Struct):
+    success: bool
+    code: str
+    message: str
+
+
+_SEGMENT_CODES = {400: "invalid_request", 401: "unauthorized", 404: "not_found", 405: "method_not_allowed",
+                  408: "request_timeout", 413: "payload_too_large", 429: "too_many_requests",
+                  500: "internal_error", 503: "unavailable"}
+
+
+def segment_error(status: int, message: str) -> web.Response:
+    code = _SEGMENT_CODES.get(status, "error")
+    return web.Response(
+        status=status, body=msgspec.json.encode(SegmentErrorBody(False, code, message)), content_type="application/json"
+    )
+
+
+def error_for(path: str, status: int, message: str) -> web.Response:
+    """The error in the shape of the API the request was made to."""
+    return segment_error(status, message) if path.startswith("/v1/") else ct_error(status, message)
+
+
 def json_response(payload: object, status: int = 200) -> web.Response:
     return web.Response(status=status, body=msgspec.json.encode(payload), content_type="application/json")
 
@@ -27,7 +51,10 @@ def json_response(payload: object, status: int = 200) -> web.Response:
 class ApiError(Exception):
     """Raised by handlers for a request-level failure; the middleware renders it."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, close_connection: bool = False) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        # The request's bytes could not be parsed to their end, so the connection cannot
+        # carry another request: tell the client not to reuse it.
+        self.close_connection = close_connection

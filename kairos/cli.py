@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     up.add_argument("--demo", action="store_true", help="(re)issue the 'demo' account's passcode and print it")
     account = commands.add_parser("account", help="manage accounts")
     account_commands = account.add_subparsers(dest="account_command", required=True)
-    create = account_commands.add_parser("create", help="create an account; prints its id and passcode")
+    create = account_commands.add_parser("create", help="create an account; prints its id, passcode and Segment write key")
     create.add_argument("name")
     create.add_argument("--data-dir", help="data directory (default: $KAIROS_DATA_DIR or ./.kairos)")
     args = parser.parse_args(argv)
@@ -61,8 +61,8 @@ def main(argv: list[str] | None = None) -> int:
             run_up(settings, demo=args.demo, on_ready=lambda s: print(s, flush=True))
         else:
             creds = _create_account(settings, args.name)
-            print(f"account id: {creds.account_id}\npasscode:   {creds.passcode}")
-            print("Keep the passcode: Kairos stores only its hash and cannot show it again.")
+            print(f"account id: {creds.account_id}\npasscode:   {creds.passcode}\nwrite key:  {creds.write_key}")
+            print("Keep the passcode and write key: Kairos stores only their hashes and cannot show them again.")
     except (ConfigError, AccountError) as exc:
         print(f"kairos: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,11 @@ def account(account_id: str) -> str:
 ACCOUNT_NAMES = PREFIX + "account-names"  # hash: name -> account id
 
 
+def write_key(digest: str) -> str:
+    """The account id that a Segment write key (by its SHA-256) belongs to."""
+    return f"{PREFIX}write-key:{digest}"
+
+
 def partition_stream(partition: int) -> str:
     """The partition's durable log: one entry per applied batch."""
     return f"{PREFIX}p:{partition}:log"

@@ -70,7 +70,10 @@ def curl_example(settings: Settings, creds: Credentials) -> str:
         f"  -H 'Content-Type: application/json; charset=utf-8' \\\n"
         f"  -d '{body}'\n"
         f"curl -s '{base}/1/profile.json?identity=user-1' \\\n"
-        f"  -H 'X-CleverTap-Account-Id: {creds.account_id}' -H 'X-CleverTap-Passcode: {creds.passcode}'"
+        f"  -H 'X-CleverTap-Account-Id: {creds.account_id}' -H 'X-CleverTap-Passcode: {creds.passcode}'\n"
+        "# Segment / RudderStack API: the write key is the HTTP Basic user name.\n"
+        f"curl -s -X POST {base}/v1/track -u '{creds.write_key}:' -H 'Content-Type: application/json' \\\n"
+        """  -d '{"userId":"user-1","event":"Order Completed","properties":{"revenue":42}}'"""
     )
 
 
@@ -101,6 +104,7 @@ def up(settings: Settings, demo: bool = False,
             lines += [
                 f"Demo account id: {creds.account_id}",
                 f"Demo passcode:   {creds.passcode}",
+                f"Demo write key:  {creds.write_key}",
                 "Try it:",
                 curl_example(settings, creds),
             ]

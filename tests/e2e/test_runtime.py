@@ -81,12 +81,18 @@ def test_up_demo_curl_restart_finds_everything(data_dir: Path) -> None:
     first = Running(data_dir, port)
     try:
         account, passcode = first.value("Demo account id"), first.value("Demo passcode")
-        upload_curl, profile_curl = first.curl_commands()
-        # The printed curl works as printed.
+        upload_curl, profile_curl, segment_curl = first.curl_commands()
+        # The printed curls work as printed.
         result = subprocess.run(["bash", "-c", upload_curl], capture_output=True, text=True, timeout=30)
         assert json.loads(result.stdout) == {"status": "success", "processed": 1, "unprocessed": []}
         result = subprocess.run(["bash", "-c", profile_curl], capture_output=True, text=True, timeout=30)
         assert json.loads(result.stdout)["record"]["events"]["Product Viewed"]["count"] == 1
+        result = subprocess.run(["bash", "-c", segment_curl], capture_output=True, text=True, timeout=30)
+        assert json.loads(result.stdout) == {"success": True}
+        # Segment's userId is CleverTap's identity: one customer across both APIs.
+        result = subprocess.run(["bash", "-c", profile_curl], capture_output=True, text=True, timeout=30)
+        events = json.loads(result.stdout)["record"]["events"]
+        assert (events["Product Viewed"]["count"], events["Order Completed"]["count"]) == (1, 1)
 
         # `kairos account create` talks to the running instance.
         created = subprocess.run([KAIROS, "account", "create", "acme", "--data-dir", str(data_dir)],

@@ -17,10 +17,23 @@ SALT = bytes(range(16))
 
 
 class FakeRedis:
-    """Just the hash commands Accounts uses, with redis-py's bytes-out behaviour."""
+    """Just the commands Accounts uses, with redis-py's bytes-out behaviour."""
 
     def __init__(self) -> None:
         self.hashes: dict[str, dict[str, bytes]] = {}
+        self.strings: dict[str, bytes] = {}
+        self.gets = 0
+
+    async def set(self, key: str, value: Any) -> bool:
+        self.strings[key] = self._b(value)
+        return True
+
+    async def get(self, key: str) -> bytes | None:
+        self.gets += 1
+        return self.strings.get(key)
+
+    async def delete(self, *keys: str) -> int:
+        return sum(self.strings.pop(k, None) is not None for k in keys)
 
     @staticmethod
     def _b(value: Any) -> bytes:
@@ -33,9 +46,12 @@ class FakeRedis:
         h[field] = self._b(value)
         return 1
 
-    async def hset(self, key: str, mapping: dict[str, Any]) -> int:
-        self.hashes.setdefault(key, {}).update({f: self._b(v) for f, v in mapping.items()})
-        return len(mapping)
+    async def hset(self, key: str, field: str | None = None, value: Any = None, mapping: dict[str, Any] | None = None) -> int:
+        fields = dict(mapping or {})
+        if field is not None:
+            fields[field] = value
+        self.hashes.setdefault(key, {}).update({f: self._b(v) for f, v in fields.items()})
+        return len(fields)
 
     async def hget(self, key: str, field: str) -> bytes | None:
         return self.hashes.get(key, {}).get(field)
@@ -147,3 +163,41 @@ async def test_reset_passcode_of_a_missing_account_creates_it() -> None:
     creds = await accounts.reset_passcode("Fresh")
     assert await accounts.find_by_name("Fresh") == creds.account_id
     assert await accounts.authenticate(creds.account_id, creds.passcode)
+
+
+# --- Segment write keys -----------------------------------------------------------------
+
+
+async def test_write_key_names_its_account_and_is_stored_only_hashed() -> None:
+    redis = FakeRedis()
+    clock = Clock()
+    accounts = Accounts(redis, cache_s=60, clock=clock)  # type: ignore[arg-type]
+    creds = await accounts.create("Acme")
+    assert creds.write_key.startswith("wk_") and len(creds.write_key) > 40
+    assert await accounts.account_for_write_key(creds.write_key) == creds.account_id
+    assert creds.write_key not in repr((redis.strings, redis.hashes))
+    for bad in ("", "wk_nope", "x" * 300, "wk_\u00e9"):
+        assert await accounts.account_for_write_key(bad) is None
+
+
+async def test_a_reset_replaces_the_write_key() -> None:
+    redis = FakeRedis()
+    clock = Clock()
+    accounts = Accounts(redis, cache_s=60, clock=clock)  # type: ignore[arg-type]
+    old = await accounts.create("Acme")
+    new = await accounts.reset_passcode("Acme")
+    assert new.write_key != old.write_key
+    assert await accounts.account_for_write_key(new.write_key) == old.account_id
+    # Another gateway (no cache) refuses the old key at once; this one once its cache ends.
+    assert await Accounts(redis, cache_s=60, clock=clock).account_for_write_key(old.write_key) is None  # type: ignore[arg-type]
+    clock.now += 61
+    assert await accounts.account_for_write_key(old.write_key) is None
+
+
+async def test_a_known_write_key_is_answered_from_the_cache() -> None:
+    redis = FakeRedis()
+    accounts = Accounts(redis, cache_s=60, clock=Clock())  # type: ignore[arg-type]
+    creds = await accounts.create("Acme")
+    for _ in range(5):
+        await accounts.account_for_write_key(creds.write_key)
+    assert redis.gets == 1

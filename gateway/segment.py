@@ -1,0 +1,119 @@
+"""Segment-compatible HTTP Tracking API: `/v1/{track,identify,alias,page,screen,group,batch}`.
+
+Authentication is the account's write key, in the body (`writeKey`) or as HTTP Basic
+user name with an empty password, as Segment's and RudderStack's libraries send it.
+Errors use Segment's shape, `{"code": ..., "message": ...}`, which those libraries read.
+A request with any bad message is refused whole with 400, naming the message: the
+libraries drop a 4xx batch rather than retry it, so a partial accept would lose the
+rest silently.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from gateway.admission import Admission
+from gateway.backend import Backend
+from gateway.body import read_body
+from gateway.errors import ApiError, json_response
+from kairos.accounts import Accounts
+from kairos.identity import ANONYMOUS_ID, user_key
+from kairos.models import encode_upload
+from kairos.segment import (
+    CALLS, MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, Message, MessageError, batch_decoder, message_decoder, to_records,
+)
+
+_SUCCESS = {"success": True}
+
+
+class SegmentApi:
+    def __init__(self, backend: Backend, accounts: Accounts, admission: Admission, max_body_bytes: int) -> None:
+        self.backend = backend
+        self.accounts = accounts
+        self.admission = admission
+        self.max_body_bytes = max_body_bytes
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.post(f"/v1/{call}", self._single(call)) for call in CALLS] + [web.post("/v1/batch", self.batch)]
+
+    def _single(self, call: str) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            body = await read_body(request, MAX_MESSAGE_BYTES, 400, self.max_body_bytes)
+            message = _decode(message_decoder, body, "message")
+            account = await self._authenticate(request, message.writeKey)
+            await self._ingest(account, [(call, message)], None, None)
+            return json_response(_SUCCESS)
+
+        return handle
+
+    async def batch(self, request: web.Request) -> web.Response:
+        body = await read_body(request, MAX_BATCH_BYTES, 400, self.max_body_bytes)
+        batch = _decode(batch_decoder, body, "batch")
+        account = await self._authenticate(request, batch.writeKey)
+        if not batch.batch:
+            raise ApiError(400, "batch must hold at least one message")
+        messages: list[tuple[str, Message]] = []
+        for position, raw in enumerate(batch.batch):
+            if len(raw) > MAX_MESSAGE_BYTES:
+                raise ApiError(400, f"message {position} is {len(raw)} bytes; at most {MAX_MESSAGE_BYTES} are allowed")
+            message = _decode(message_decoder, bytes(raw), f"message {position}")
+            if message.type not in CALLS:
+                raise ApiError(400, f"message {position}: type must be one of {', '.join(CALLS)}, got {message.type!r}")
+            messages.append((message.type, message))
+        await self._ingest(account, messages, batch.sentAt, batch.context)
+        return json_response(_SUCCESS)
+
+    async def _authenticate(self, request: web.Request, body_key: Any) -> str:
+        write_key = _basic_user(request.headers.get("Authorization", ""))
+        if write_key is None and isinstance(body_key, str):
+            write_key = body_key
+        if not write_key:
+            raise ApiError(401, "a write key is required: HTTP Basic user name, or writeKey in the body")
+        account = await self.accounts.account_for_write_key(write_key)
+        if account is None:
+            raise ApiError(401, "invalid write key")
+        return account
+
+    async def _ingest(self, account: str, messages: list[tuple[str, Message]], sent_at: Any, context: Any) -> None:
+        with self.admission.admit(account):
+            # An alias's previousId may be a user id seen before or an anonymous id.
+            known: dict[str, str] = {}
+            for call, message in messages:
+                previous = message.previousId
+                if call == "alias" and isinstance(previous, (str, int)) and not isinstance(previous, bool):
+                    as_user = await self.backend.user_of(account, user_key("identity", str(previous)))
+                    known[str(previous)] = "identity" if as_user is not None else ANONYMOUS_ID
+            try:
+                records = to_records(messages, sent_at, context, lambda p: known.get(p, ANONYMOUS_ID))
+            except MessageError as exc:
+                raise ApiError(400, str(exc)) from None
+            await self.backend.ingest(account, encode_upload(records))
+
+
+def _basic_user(header: str) -> str | None:
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic" or not value:
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        raise ApiError(401, "Authorization header is not valid HTTP Basic") from None
+    return decoded.partition(":")[0] or None
+
+
+def _decode(decoder: msgspec.json.Decoder, body: bytes, what: str) -> Any:
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ApiError(400, f"{what} is not a valid Segment message: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"{what} is malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, f"{what} is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, f"{what} is not valid UTF-8") from None
