@@ -58,6 +58,9 @@ class RayBackend:
     async def call_shard(self, shard: int, method: str, *args: Any) -> Any:
         return await self._await(getattr(self._shards[shard], method).remote(*args))
 
+    async def demerge(self, account: str, users: list[str]) -> list[bool]:
+        return await self._await(next(self._ingest).demerge.remote(account, users))
+
     async def user_of(self, account: str, identifier: str) -> str | None:
         try:
             return (await self._graph.lookup(account, [identifier]))[0]

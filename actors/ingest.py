@@ -31,7 +31,7 @@ class IngestActor:
             for handle in self._shards
         ]
         partition_map = PartitionMap(settings.partitions, settings.shards)
-        graph = IdentityGraph(aioredis.Redis.from_url(settings.redis_url))
+        graph = self._graph = IdentityGraph(aioredis.Redis.from_url(settings.redis_url))
         self.merges = MergeCoordinator(partition_map, graph, self._call_shard)
         self.core = Ingestor(partition_map, self._send, graph, self.merges)
         self._sweeper: asyncio.Task[None] | None = None
@@ -76,6 +76,10 @@ class IngestActor:
     async def ingest(self, call_id: str, uploads: list[tuple[str, bytes]]) -> int:
         self._ensure_sweeper()
         return await self.core.ingest(call_id, uploads)
+
+    async def demerge(self, account: str, users: list[str]) -> list[bool]:
+        """Split each merged user back apart; False for a user that merged nothing in."""
+        return [await self.merges.demerge(account, user) for user in users]
 
     def stats(self) -> dict[str, int]:
         """Coalescing so far (shard appends made, and the routed groups they carried) and

@@ -42,6 +42,12 @@ class UserShardActor:
     async def seal(self, account: str, merges: list[tuple[str, str]]) -> list[UserExport]:
         return await self._guard(self.core.seal(account, merges))
 
+    async def constituents(self, account: str, user: str) -> list[tuple[str, list[str]]]:
+        return await self._guard(self.core.constituents(account, user))
+
+    async def split(self, account: str, user: str, into: str) -> dict[str, UserExport]:
+        return await self._guard(self.core.split(account, user, into))
+
     async def absorb(self, account: str, items: list[tuple[str, UserExport]]) -> list[bool]:
         return await self._guard(self.core.absorb(account, items))
 

@@ -21,6 +21,10 @@ class Backend(Protocol):
 
     async def call_shard(self, shard: int, method: str, *args: Any) -> Any: ...
 
+    async def demerge(self, account: str, users: list[str]) -> list[bool]:
+        """Split merged users back apart (False: the user merged nothing in)."""
+        ...
+
     async def user_of(self, account: str, identifier: str) -> str | None:
         """The canonical user an identifier belongs to, if any (see kairos.identity_graph)."""
         ...

@@ -35,6 +35,13 @@ class ExportQuery(msgspec.Struct):
     event_properties: Any = None
 
 
+class DemergeBody(msgspec.Struct):
+    identities: Any = None
+
+
+MAX_DEMERGE = 100
+
+
 class ExportCursor(msgspec.Struct, array_like=True):
     account: str
     kind: str
@@ -84,6 +91,7 @@ class CleverTapApi:
             web.get("/1/profiles.json", self.profiles_download),
             web.post("/1/counts/events.json", self.count_events),
             web.post("/1/counts/profiles.json", self.count_profiles),
+            web.post("/1/demerge/profiles.json", self.demerge),
         ]
 
     # --- upload -----------------------------------------------------------------
@@ -125,6 +133,38 @@ class CleverTapApi:
         if record is None:
             raise ApiError(404, "Profile not found")
         return json_response({"status": "success", "record": record})
+
+    # --- demerge ----------------------------------------------------------------
+
+    async def demerge(self, request: web.Request) -> web.Response:
+        """Split merged profiles back apart, named by a customer identity or an email."""
+        account: str = request[ACCOUNT]
+        try:
+            body = msgspec.json.decode(await read_body(request, self.max_body_bytes), type=DemergeBody)
+        except (msgspec.DecodeError, RecursionError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"body must be {{\"identities\": [...]}}: {exc}") from None
+        identities = [body.identities] if isinstance(body.identities, str) else body.identities
+        if not isinstance(identities, list) or not identities or not all(isinstance(i, str) and i for i in identities):
+            raise ApiError(400, "identities must be a non-empty string or list of non-empty strings")
+        if len(identities) > MAX_DEMERGE:
+            raise ApiError(400, f"at most {MAX_DEMERGE} identities per request, got {len(identities)}")
+        unprocessed: list[dict[str, str]] = []
+        users: dict[str, list[str]] = {}
+        for identity in identities:
+            user = await self.backend.user_of(account, user_key("identity", identity))
+            if user is None:
+                user = await self.backend.user_of(account, user_key("Email", identity))
+            if user is None:
+                unprocessed.append({"identity": identity, "error": "no profile has this identity or email"})
+            else:
+                users.setdefault(user, []).append(identity)
+        done = await self.backend.demerge(account, list(users)) if users else []
+        for (user, named), split in zip(users.items(), done):
+            if not split:
+                unprocessed.extend({"identity": i, "error": "the profile is not a merge of others"} for i in named)
+        processed = len(identities) - len(unprocessed)
+        status = "success" if not unprocessed else ("partial" if processed else "fail")
+        return json_response({"status": status, "processed": processed, "unprocessed": unprocessed})
 
     # --- downloads --------------------------------------------------------------
 

@@ -70,19 +70,57 @@ return {users, merged}
 """
 
 
+_SPLIT = """
+local base, merges_key, account, now, user = ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local ids_key, fwd_key, members_key = base .. 'ids', base .. 'fwd', base .. 'm:' .. user
+if redis.call('HEXISTS', fwd_key, user) == 1 then
+  return redis.error_reply('user ' .. user .. ' was merged away; demerge the user it went into')
+end
+local parts = {}
+local i = 6
+while i <= #ARGV do
+  local n, source = tonumber(ARGV[i]), ARGV[i + 1]
+  local fresh = tostring(redis.call('INCR', base .. 'seq'))
+  for j = i + 2, i + 1 + n do
+    local ident = ARGV[j]
+    if redis.call('HGET', ids_key, ident) == user then
+      redis.call('HSET', ids_key, ident, fresh)
+      redis.call('SREM', members_key, ident)
+      redis.call('SADD', base .. 'm:' .. fresh, ident)
+    end
+  end
+  table.insert(parts, {source, fresh})
+  i = i + n + 2
+end
+local remainder = tostring(redis.call('INCR', base .. 'seq'))
+for _, ident in ipairs(redis.call('SMEMBERS', members_key)) do
+  redis.call('HSET', ids_key, ident, remainder)
+  redis.call('SADD', base .. 'm:' .. remainder, ident)
+end
+redis.call('DEL', members_key)
+redis.call('HSET', fwd_key, user, remainder)
+redis.call('HSET', merges_key, account .. '\\0' .. user, cjson.encode({account, user, remainder, now, parts}))
+return remainder
+"""
+
+
 class Merge(msgspec.Struct, frozen=True, array_like=True):
-    """`user` was merged into `into` (which may since have been merged further)."""
+    """`user` was merged into `into` (which may since have been merged further). For a
+    demerge, `parts` names the fresh user each merged-in user (by its source id) became,
+    and `into` is the fresh user that keeps the rest."""
 
     account: str
     user: str
     into: str
     since: float = 0.0
+    parts: tuple[tuple[str, str], ...] = ()
 
 
 class IdentityGraph:
     def __init__(self, client: aioredis.Redis, clock: Callable[[], float] = time.time) -> None:
         self._redis = client
         self._resolve = client.register_script(_RESOLVE)
+        self._split = client.register_script(_SPLIT)
         self._clock = clock
 
     async def resolve(self, account: str, groups: list[list[str]]) -> tuple[list[str], list[Merge]]:
@@ -99,6 +137,20 @@ class IdentityGraph:
         now = self._clock()
         merges = [Merge(account, merged[k].decode(), merged[k + 1].decode(), now) for k in range(0, len(merged), 2)]
         return [u.decode() for u in users], merges
+
+    async def split(self, account: str, user: str, parts: list[tuple[str, list[str]]]) -> Merge:
+        """Undo merges: each (source, identifiers) part gets a fresh user holding those of
+        the identifiers that are still `user`'s, and another fresh user takes the rest.
+        `user` forwards to that one. Recorded as pending until its data has moved."""
+        args: list[str | int] = [keys.identity_prefix(account), keys.PENDING_MERGES, account, repr(self._clock()), user]
+        for source, identifiers in parts:
+            args.extend([len(identifiers), source, *identifiers])
+        remainder = (await self._split(args=args)).decode()
+        return (await self._pending(account, user)) or Merge(account, user, remainder, self._clock())
+
+    async def _pending(self, account: str, user: str) -> Merge | None:
+        raw = await self._redis.hget(keys.PENDING_MERGES, f"{account}\x00{user}")
+        return _decode_merge(raw) if raw is not None else None
 
     async def lookup(self, account: str, identifiers: list[str]) -> list[str | None]:
         """The users of known identifiers (None for unknown ones), creating nothing."""
@@ -127,11 +179,14 @@ class IdentityGraph:
 
     async def pending_merges(self) -> list[Merge]:
         raw = await self._redis.hgetall(keys.PENDING_MERGES)
-        merges = []
-        for value in raw.values():
-            account, user, into, since = msgspec.json.decode(value)
-            merges.append(Merge(account, user, into, float(since)))
-        return merges
+        return [_decode_merge(value) for value in raw.values()]
 
     async def finish_merge(self, merge: Merge) -> None:
         await self._redis.hdel(keys.PENDING_MERGES, f"{merge.account}\x00{merge.user}")
+
+
+def _decode_merge(raw: bytes) -> Merge:
+    account, user, into, since, *rest = msgspec.json.decode(raw)
+    # cjson encodes an empty Lua table as {}, not [].
+    parts = tuple((source, fresh) for source, fresh in rest[0]) if rest and rest[0] else ()
+    return Merge(account, user, into, float(since), parts)

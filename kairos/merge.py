@@ -31,6 +31,8 @@ CallShard = Callable[..., Awaitable[Any]]  # (shard, method, *args) -> result
 class MergeGraph(Protocol):
     async def current(self, account: str, user: str) -> str: ...
 
+    async def split(self, account: str, user: str, parts: list[tuple[str, list[str]]]) -> Merge: ...
+
     async def pending_merges(self) -> list[Merge]: ...
 
     async def finish_merge(self, merge: Merge) -> None: ...
@@ -59,13 +61,35 @@ class MergeCoordinator:
         return self.partition_map.shard_of(self.partition_map.partition_of(account, user))
 
     async def complete(self, merges: list[Merge]) -> None:
-        """Carry out the merges; returns once each one's data is in its survivor."""
+        """Carry out the merges (and demerges); returns once each one's data is in place."""
+        splits = [m for m in merges if m.parts]
+        merges = [m for m in merges if not m.parts]
+        for split in splits:
+            await self._complete_split(split)
         if not merges:
             return
         sealed = await self._seal(merges)
         await self._absorb(sealed)
         await asyncio.gather(*(self._graph.finish_merge(m) for m in merges))
         self.merges_completed += len(merges)
+
+    async def demerge(self, account: str, user: str) -> bool:
+        """Split a merged user back into the users merged into it (see
+        kairos.store.merging for what stays). False if `user` merged nothing in."""
+        shard = self._shard_of(account, user)
+        parts: list[tuple[str, list[str]]] = await self._call(shard, "constituents", account, user)
+        if not parts:
+            return False
+        await self._complete_split(await self._graph.split(account, user, parts))
+        return True
+
+    async def _complete_split(self, split: Merge) -> None:
+        exports: dict[str, UserExport] = await self._call(
+            self._shard_of(split.account, split.user), "split", split.account, split.user, split.into)
+        fresh = dict(split.parts)
+        work = [(split.account, fresh.get(source, split.into), export) for source, export in exports.items()]
+        await self._absorb(work)
+        await self._graph.finish_merge(split)
 
     async def _seal(self, merges: list[Merge]) -> list[tuple[str, str, UserExport]]:
         groups: dict[tuple[str, int], list[Merge]] = {}

@@ -98,6 +98,18 @@ class LogBatch(msgspec.Struct, tag="b", array_like=True, gc=False):
     refused: list[int] = []
 
 
+class Constituent(msgspec.Struct, array_like=True, gc=False):
+    """A user merged into another, remembered so that a demerge can split it back out:
+    its identifiers and properties as they were at the merge, and which of the merged
+    user's events it brought, as [start, end) spans of rows (of positions, in an export)."""
+
+    source: str
+    identifiers: list[str]
+    props: dict[str, Any]
+    prop_ts: dict[str, int]
+    spans: list[tuple[int, int]]
+
+
 class UserExport(msgspec.Struct, array_like=True, gc=False):
     """Everything a user holds on its shard, as it leaves in a merge."""
 
@@ -113,6 +125,10 @@ class UserExport(msgspec.Struct, array_like=True, gc=False):
     message_ids: list[tuple[str, str]]
     # Users merged into this one earlier, so a late copy of their merge is a no-op.
     absorbed: list[str]
+    # ...and what each brought, with spans over `events`, for a later demerge.
+    constituents: list[Constituent] = []
+    # A part of a demerged user, restoring a user: absorbing it is not a merge.
+    restores: bool = False
 
 
 class SealEntry(msgspec.Struct, tag="s", array_like=True, gc=False):

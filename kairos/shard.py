@@ -125,6 +125,19 @@ class UserShard:
         await self._submit([self._control_blob(account, e.user, f"seal/{account}/{e.user}", e) for e in entries])
         return [self._state(self.partition_map.partition_of(account, e.user)).export(account, e.user) for e in entries]
 
+    async def constituents(self, account: str, user: str) -> list[tuple[str, list[str]]]:
+        """The users merged into `user`, each with the identifiers it brought."""
+        await self.ready()
+        return self._state(self.partition_map.partition_of(account, user)).constituents(account, user)
+
+    async def split(self, account: str, user: str, into: str) -> dict[str, UserExport]:
+        """Seal a merged user (its stray records go to `into`, the part that keeps its
+        own identifiers) and return its parts, for `absorb` into fresh users."""
+        await self.ready()
+        entry = SealEntry(account, user, into)
+        await self._submit([self._control_blob(account, user, f"seal/{account}/{user}", entry)])
+        return self._state(self.partition_map.partition_of(account, user)).split(account, user)
+
     async def absorb(self, account: str, items: list[tuple[str, UserExport]]) -> list[bool]:
         """Merge each export into its user. False for a user that was itself merged away
         meanwhile: the caller finds where it went and absorbs there."""

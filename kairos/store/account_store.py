@@ -16,15 +16,16 @@ from __future__ import annotations
 import sys
 from typing import Any, Iterable, Mapping
 
+import msgspec
 import numpy as np
 
 from kairos.identity import IDENTIFIER_KINDS, split_user_key, user_key
-from kairos.models import EventRecord, ProfileRecord, UserExport, record_identifiers
+from kairos.models import Constituent, EventRecord, ProfileRecord, record_identifiers
 from kairos.timefmt import ms_to_clevertap_ts
 from kairos.store.columns import TAG_FLOAT, TAG_MISSING, TAG_STR, ChunkedArray, GrowableArray, ValueCodec
 
 
-_NEVER = np.iinfo(np.int64).max
+NEVER = np.iinfo(np.int64).max
 
 
 class SparseValues:
@@ -77,8 +78,8 @@ class AccountStore:
         self.user_index: dict[str, int] = {}
         self.user_keys: list[str] = []
         # Sentinels, so that the first record of a user sets both by min / max.
-        self.first_seen = GrowableArray(np.int64, _NEVER)
-        self.last_seen = GrowableArray(np.int64, -_NEVER)
+        self.first_seen = GrowableArray(np.int64, NEVER)
+        self.last_seen = GrowableArray(np.int64, -NEVER)
         self.last_row = GrowableArray(np.int32, -1)
         # The identifier each user was first seen with, and any others it carried since.
         self.primary: list[str] = []
@@ -89,6 +90,8 @@ class AccountStore:
         # Users merged into users of this store: user -> the users it absorbed.
         self.absorbed: dict[str, list[str]] = {}
         self.absorbed_sources: set[str] = set()
+        # What each merged-in user brought, per user slot, for demerges.
+        self.constituents: dict[int, list[Constituent]] = {}
         self.live = GrowableArray(np.bool_, True)
         self.ev_user = ChunkedArray(np.int32)
         self.ev_name = ChunkedArray(np.int32)
@@ -98,7 +101,7 @@ class AccountStore:
 
     # --- writes ---------------------------------------------------------------
 
-    def _user_slot(self, key: str, identifier: str) -> int:
+    def user_slot(self, key: str, identifier: str) -> int:
         user = self.user_index.get(key)
         if user is None:
             user = self.user_index[key] = len(self.user_keys)
@@ -108,7 +111,7 @@ class AccountStore:
                 column.resize(user + 1)
         return user
 
-    def _add_identifier(self, user: int, identifier: str) -> None:
+    def add_identifier(self, user: int, identifier: str) -> None:
         if identifier != self.primary[user]:
             more = self.more_identifiers.setdefault(user, [])
             if identifier not in more:
@@ -125,7 +128,7 @@ class AccountStore:
             return
         strings = self.codec.strings
         codes, code_of, encode = strings.codes, strings.code, self.codec.encode
-        user_index, user_slot = self.user_index, self._user_slot
+        user_index, user_slot = self.user_index, self.user_slot
         count = len(events)
         row0 = len(self.ev_user)
         users, names, stamps = [0] * count, [0] * count, [0] * count
@@ -139,7 +142,7 @@ class AccountStore:
             # first it was seen with, one a linking record added, or one a merge brought.
             if event.aliases:
                 for kind, value in event.aliases.items():
-                    self._add_identifier(user, user_key(kind, value))
+                    self.add_identifier(user, user_key(kind, value))
             users[i] = user
             name = codes.get(event.name)
             names[i] = code_of(event.name) if name is None else name
@@ -202,15 +205,15 @@ class AccountStore:
     def apply_profile(self, record: ProfileRecord, user_of: str | None = None) -> None:
         """Properties are overwritten in log order: the latest write wins. `user_of` is
         the record's canonical user (by default the identifier it was sent with)."""
-        user = self._user_slot(user_of or record.user, record.user)
+        user = self.user_slot(user_of or record.user, record.user)
         for identifier in record_identifiers(record):
-            self._add_identifier(user, identifier)
+            self.add_identifier(user, identifier)
         first, last = self.first_seen.values, self.last_seen.values
         first[user] = min(int(first[user]), record.ts_ms)
         last[user] = max(int(last[user]), record.ts_ms)
-        self._set_properties(user, record.props, dict.fromkeys(record.props, record.ts_ms), overwrite=True)
+        self.set_properties(user, record.props, dict.fromkeys(record.props, record.ts_ms), overwrite=True)
 
-    def _set_properties(self, user: int, props: Mapping[str, Any], stamps: Mapping[str, int], overwrite: bool) -> None:
+    def set_properties(self, user: int, props: Mapping[str, Any], stamps: Mapping[str, int], overwrite: bool) -> None:
         strings, encode = self.codec.strings, self.codec.encode
         for key, value in props.items():
             key_code = strings.code(key)
@@ -225,52 +228,7 @@ class AccountStore:
     def _property_tag(column: DenseValues, user: int) -> int:
         return int(column.tags.values[user]) if user < len(column.tags) else TAG_MISSING
 
-    # --- merges ---------------------------------------------------------------
-
-    def seal(self, key: str, into: str) -> None:
-        """`key` was merged into `into`: hide it from lookups and scans. Its rows stay, so
-        `export` can still read them until the merge is complete."""
-        self.sealed[key] = into
-        user = self.user_index.get(key)
-        if user is not None:
-            self.live.values[user] = False
-
-    def export(self, key: str) -> tuple[list[str], list[EventRecord], dict[str, Any], dict[str, int], int, int]:
-        """A (sealed) user's identifiers, events (oldest row first), properties with their
-        write times, and first / last seen."""
-        user = self.user_index.get(key)
-        if user is None:
-            return [], [], {}, {}, _NEVER, -_NEVER
-        rows = np.asarray(self.user_event_rows(user)[::-1], dtype=np.int64)
-        identifier = self.primary[user]
-        events = [
-            EventRecord(identifier, record["ts_ms"], record["name"], record["props"])
-            for record in self._raw_events(rows)
-        ]
-        props = self.profile_properties(user)
-        strings = self.codec.strings
-        stamps = {key_name: self.profile[strings.code(key_name)].stamp(user) for key_name in props}
-        return (self.identifiers(user), events, props, stamps,
-                int(self.first_seen.values[user]), int(self.last_seen.values[user]))
-
-    def absorb(self, key: str, data: UserExport) -> None:
-        """Merge a sealed user's export into `key`: its events join the user's history and
-        each property keeps the later-written of the two values."""
-        identifier = data.identifiers[0] if data.identifiers else key
-        user = self._user_slot(key, identifier)
-        for other in data.identifiers:
-            self._add_identifier(user, other)
-        if data.events:
-            self.apply_events(data.events, [key] * len(data.events))
-        first, last = self.first_seen.values, self.last_seen.values
-        first[user] = min(int(first[user]), data.first_seen)
-        last[user] = max(int(last[user]), data.last_seen)
-        self._set_properties(user, data.props, data.prop_ts, overwrite=False)
-        sources = self.absorbed.setdefault(key, [])
-        for source in (data.source, *data.absorbed):
-            if source not in self.absorbed_sources:
-                self.absorbed_sources.add(source)
-                sources.append(source)
+    # --- merges (the operations live in kairos.store.merging) ----------------
 
     def _live_rows(self, rows: np.ndarray) -> np.ndarray:
         if not self.sealed or rows.size == 0:
@@ -387,12 +345,12 @@ class AccountStore:
     def event_records(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """Events in CleverTap's download shape: profile identity, ts as YYYYMMDDHHMMSS."""
         records = []
-        for raw in self._raw_events(rows):
+        for raw in self.raw_events(rows):
             kind, value = split_user_key(self.primary[raw["user"]])
             records.append({"profile": {kind: value}, "ts": ms_to_clevertap_ts(raw["ts_ms"]), "event_props": raw["props"]})
         return records
 
-    def _raw_events(self, rows: np.ndarray) -> list[dict[str, Any]]:
+    def raw_events(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """The events at `rows`: user slot, ts in ms, name and properties."""
         strings, decode = self.codec.strings.values, self.codec.decode
         users, stamps, names = self.ev_user.take(rows), self.ev_ts.take(rows), self.ev_name.take(rows)
@@ -457,6 +415,7 @@ class AccountStore:
             "more_identifiers": self.more_identifiers,
             "sealed": self.sealed,
             "absorbed": self.absorbed,
+            "constituents": self.constituents,
             "profile": {
                 k: [c.tags.values.tobytes(), c.values.values.tobytes(), c.stamps.values.tobytes()]
                 for k, c in self.profile.items()
@@ -469,14 +428,17 @@ class AccountStore:
         store = cls(codec)
         store.user_keys = list(state["users"])
         store.user_index = {key: i for i, key in enumerate(store.user_keys)}
-        store.first_seen = GrowableArray.from_numpy(np.frombuffer(state["first_seen"], np.int64), _NEVER)
-        store.last_seen = GrowableArray.from_numpy(np.frombuffer(state["last_seen"], np.int64), -_NEVER)
+        store.first_seen = GrowableArray.from_numpy(np.frombuffer(state["first_seen"], np.int64), NEVER)
+        store.last_seen = GrowableArray.from_numpy(np.frombuffer(state["last_seen"], np.int64), -NEVER)
         store.last_row = GrowableArray.from_numpy(np.frombuffer(state["last_row"], np.int32), -1)
         store.primary = list(state["primary"])
         store.more_identifiers = {int(u): list(m) for u, m in state["more_identifiers"].items()}
         store.sealed = dict(state["sealed"])
         store.absorbed = {user: list(sources) for user, sources in state["absorbed"].items()}
         store.absorbed_sources = {source for sources in store.absorbed.values() for source in sources}
+        store.constituents = {
+            int(u): [msgspec.convert(c, Constituent) for c in parts] for u, parts in state["constituents"].items()
+        }
         live = np.ones(len(store.user_keys), np.bool_)
         for key in store.sealed:
             if key in store.user_index:

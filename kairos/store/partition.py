@@ -15,6 +15,7 @@ import numpy as np
 from kairos.models import (
     AbsorbEntry, EventRecord, LogBatch, LogEntry, ProfileRecord, SealEntry, UserExport,
 )
+from kairos.store import merging
 from kairos.store.account_store import AccountStore
 from kairos.store.columns import StringTable, ValueCodec
 
@@ -157,7 +158,7 @@ class PartitionState:
             self._apply_records(entry)
         elif type(entry) is SealEntry:
             self.batch_ids.add(batch_id)
-            self.store_of(entry.account).seal(entry.user, entry.into)
+            merging.seal(self.store_of(entry.account), entry.user, entry.into)
             self.records_since_snapshot += 1
         else:
             assert type(entry) is AbsorbEntry
@@ -197,18 +198,25 @@ class PartitionState:
     def export(self, account: str, user: str) -> UserExport:
         """What a sealed user held here, for the user it was merged into."""
         store = self.store_of(account)
-        identifiers, events, props, stamps, first, last = store.export(user)
-        return UserExport(
-            user, identifiers, events, props, stamps, first, last,
-            self.message_ids.of_user(account, user), list(store.absorbed.get(user, ())),
-        )
+        data = merging.export(store, user)
+        data.message_ids = self.message_ids.of_user(account, user)
+        data.absorbed = list(store.absorbed.get(user, ()))
+        return data
+
+    def split(self, account: str, user: str) -> dict[str, UserExport]:
+        """A sealed merged user's parts (see kairos.store.merging.split)."""
+        return merging.split(self.store_of(account), user, self.message_ids.of_user(account, user))
+
+    def constituents(self, account: str, user: str) -> list[tuple[str, list[str]]]:
+        store = self.accounts.get(account)
+        return merging.constituents(store, user) if store is not None else []
 
     def _absorb(self, entry: AbsorbEntry) -> None:
         store = self.store_of(entry.account)
         data = entry.data
         if data.source in store.absorbed_sources:
             return  # a repeated merge: its data is here already
-        store.absorb(entry.user, data)
+        merging.absorb(store, entry.user, data)
         for kind, message_id in data.message_ids:
             self.message_ids.add(entry.account, entry.user, kind, message_id)
         self.records_since_snapshot += len(data.events) + 1

@@ -98,3 +98,28 @@ async def test_a_profile_with_an_email_already_known_merges_into_its_owner(make_
     assert web["record"]["events"]["Opened"]["count"] == 2
     assert sorted(web["record"]["identities"]["identity"]) == ["app-7", "web-7"]
     assert web["record"]["profileData"]["Plan"] == "pro"
+
+
+async def test_demerge_splits_a_login_merge_back_into_two_profiles(make_api: Any, kairos: Kairos) -> None:
+    api = await make_api()
+    customer, device = await customer_and_device_on_two_shards(api, kairos)
+    await api.upload([login(customer, device, Email="ada@example.com")])
+    await api.upload([event(customer, "After Login")])
+
+    status, body = await api.request("POST", "/1/demerge/profiles.json", {"identities": ["ada@example.com", "nobody"]})
+    assert status == 200
+    assert (body["status"], body["processed"]) == ("partial", 1)
+    assert body["unprocessed"] == [{"identity": "nobody", "error": "no profile has this identity or email"}]
+
+    _, by_device = await api.profile(objectId=device)
+    _, by_identity = await api.profile(identity=customer)
+    assert by_device != by_identity
+    assert {k: v["count"] for k, v in by_device["record"]["events"].items()} == {"Screen Opened": 4}
+    assert {k: v["count"] for k, v in by_identity["record"]["events"].items()} == {"Purchased": 1, "After Login": 1}
+    assert await api.count_events("Screen Opened") == 4
+    # A profile that is no merge (any more) is reported, not split.
+    status, body = await api.request("POST", "/1/demerge/profiles.json", {"identities": [customer]})
+    assert (status, body["status"]) == (200, "fail")
+    for bad in ({}, {"identities": []}, {"identities": [1]}, {"identities": ["x"] * 101}):
+        status, body = await api.request("POST", "/1/demerge/profiles.json", bad)
+        assert status == 400 and body["status"] == "fail", bad

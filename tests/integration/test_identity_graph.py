@@ -93,3 +93,23 @@ async def test_accounts_have_separate_graphs(graph: IdentityGraph, account: str)
     await graph.resolve(other, [["objectId:z"], ["identity:1"]])
     assert await graph.lookup(account, ["identity:1", "objectId:z"]) == ["1", None]
     assert await graph.lookup(other, ["identity:1"]) == ["2"]
+
+
+async def test_split_gives_each_part_a_fresh_user_and_forwards_the_rest(graph: IdentityGraph, account: str) -> None:
+    await graph.resolve(account, [["identity:1"], ["objectId:d"], ["anonymousId:x"]])
+    await graph.resolve(account, [["identity:1", "objectId:d", "anonymousId:x", "Email:a@x.co"]])
+    for merge in [m for m in await graph.pending_merges() if m.account == account]:
+        await graph.finish_merge(merge)
+
+    split = await graph.split(account, "1", [("2", ["objectId:d"]), ("3", ["anonymousId:x"])])
+
+    assert [source for source, _ in split.parts] == ["2", "3"]
+    (_, device_user), (_, anon_user) = split.parts
+    assert await graph.lookup(account, ["objectId:d", "anonymousId:x"]) == [device_user, anon_user]
+    # What no part took (the survivor's own identity, an email added since) stays together.
+    assert await graph.lookup(account, ["identity:1", "Email:a@x.co"]) == [split.into, split.into]
+    assert await graph.identifiers(account, split.into) == ["Email:a@x.co", "identity:1"]
+    assert await graph.current(account, "1") == split.into
+    assert [m for m in await graph.pending_merges() if m.account == account] == [split]
+    with pytest.raises(Exception, match="merged away"):
+        await graph.split(account, "1", [])

@@ -112,6 +112,26 @@ class FakeGraph:
         return users, merges
 
 
+    async def split(self, account: str, user: str, parts: list[tuple[str, list[str]]]) -> Merge:
+        await asyncio.sleep(0)
+        fresh_parts = []
+        for source, identifiers in parts:
+            self.seq += 1
+            fresh = str(self.seq)
+            for identifier in identifiers:
+                if self.ids.get((account, identifier)) == user:
+                    self.ids[(account, identifier)] = fresh
+            fresh_parts.append((source, fresh))
+        self.seq += 1
+        remainder = str(self.seq)
+        for key, owner in list(self.ids.items()):
+            if key[0] == account and owner == user:
+                self.ids[key] = remainder
+        self.forward[(account, user)] = remainder
+        merge = Merge(account, user, remainder, 0.0, tuple(fresh_parts))
+        self.pending[(account, user)] = merge
+        return merge
+
     async def current(self, account: str, user: str) -> str:
         while (account, user) in self.forward:
             user = self.forward[(account, user)]

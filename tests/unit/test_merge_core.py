@@ -257,3 +257,84 @@ async def test_properties_merge_by_latest_write_per_property() -> None:
     assert profile["profileData"] == {"City": "Goa", "Plan": "gold", "Theme": "dark"}
     assert profile["first_seen"] == T0 // 1000
     assert profile["last_seen"] == (T0 + 9_000) // 1000
+
+
+# --- demerge --------------------------------------------------------------------------
+
+
+async def test_demerge_gives_each_user_back_what_it_brought() -> None:
+    cluster = Cluster()
+    device, customer = await anonymous_then_known(cluster)
+    await cluster.upload([
+        ProfileRecord(customer, T0 + 1_000, {"Plan": "gold"}),
+        ProfileRecord(device, T0 + 2_000, {"Theme": "dark"}),
+    ])
+    await cluster.upload([login("cust", device.split(":", 1)[1], T0 + 3_000)])
+    await cluster.upload([ev(device, "AfterMerge"), ev(customer, "AfterMerge")])
+    merged = cluster.user_of(customer)
+    totals = {name: await cluster.count(name) for name in ("Opened", "Purchased", "AfterMerge")}
+
+    assert await cluster.coordinator.demerge(ACCOUNT, merged)
+
+    assert cluster.user_of(device) != cluster.user_of(customer)
+    device_profile, customer_profile = await cluster.profile(device), await cluster.profile(customer)
+    assert device_profile is not None and customer_profile is not None
+    assert {k: v["count"] for k, v in device_profile["events"].items()} == {"Opened": 5}
+    assert device_profile["profileData"] == {"Theme": "dark"}
+    assert device_profile["identities"] == {"objectId": [device.split(":", 1)[1]]}
+    # Activity after the merge cannot be told apart: it stays with the surviving customer.
+    assert {k: v["count"] for k, v in customer_profile["events"].items()} == {"Purchased": 3, "AfterMerge": 2}
+    assert customer_profile["identities"] == {"identity": ["cust"]}
+    assert customer_profile["profileData"] == {"Plan": "gold", "Theme": "dark"}
+    # Nothing lost or doubled, the merged user is gone, and the split is durable.
+    assert {name: await cluster.count(name) for name in totals} == totals
+    assert await cluster.shard_of(merged).get_profile(ACCOUNT, merged) is None
+    assert await cluster.graph.pending_merges() == []
+    before = (device_profile, customer_profile)
+    await cluster.restart()
+    assert (await cluster.profile(device), await cluster.profile(customer)) == before
+    # New records for the device reach its own profile again.
+    await cluster.upload([ev(device, "Later")])
+    later = await cluster.profile(device)
+    assert later is not None and later["events"]["Later"]["count"] == 1
+
+
+async def test_demerge_of_a_chain_splits_every_merged_user_apart() -> None:
+    cluster = Cluster()
+    await cluster.upload([ev("identity:a", "A")])
+    await cluster.upload([ev("objectId:b", "B"), ev("objectId:b", "B")])
+    await cluster.upload([ev("anonymousId:c", "C") for _ in range(3)])
+    await cluster.upload([ev("objectId:b", "Link", anonymousId="c")])  # c into b
+    await cluster.upload([ev("identity:a", "Link", objectId="b")])  # b (with c) into a
+    assert await cluster.coordinator.demerge(ACCOUNT, cluster.user_of("identity:a"))
+    counts = {}
+    for identifier in ("identity:a", "objectId:b", "anonymousId:c"):
+        profile = await cluster.profile(identifier)
+        assert profile is not None
+        counts[identifier] = {k: v["count"] for k, v in profile["events"].items()}
+    assert len({cluster.user_of(i) for i in counts}) == 3
+    assert counts["anonymousId:c"] == {"C": 3}
+    assert counts["objectId:b"] == {"B": 2, "Link": 1}  # b's link event predates its merge into a
+    assert counts["identity:a"] == {"A": 1, "Link": 1}
+
+
+async def test_demerge_of_a_user_that_merged_nothing_is_refused() -> None:
+    cluster = Cluster()
+    await cluster.upload([ev("identity:solo", "E")])
+    assert not await cluster.coordinator.demerge(ACCOUNT, cluster.user_of("identity:solo"))
+    profile = await cluster.profile("identity:solo")
+    assert profile is not None and profile["events"]["E"]["count"] == 1
+
+
+async def test_a_demerge_cut_off_midway_is_finished_by_the_sweep() -> None:
+    cluster = Cluster()
+    device, customer = await anonymous_then_known(cluster)
+    await cluster.upload([login("cust", device.split(":", 1)[1])])
+    opened = await cluster.count("Opened")
+    cluster.fail_absorb = 1
+    with pytest.raises(ConnectionError):
+        await cluster.coordinator.demerge(ACCOUNT, cluster.user_of(customer))
+    assert await cluster.coordinator.sweep(older_than_s=0) == 1
+    device_profile = await cluster.profile(device)
+    assert device_profile is not None and device_profile["events"]["Opened"]["count"] == 5
+    assert await cluster.count("Opened") == opened

@@ -1,0 +1,139 @@
+"""Merging users within a store, and splitting a merged user back apart.
+
+A merge moves a user in two log entries (see kairos.merge): `seal` hides the user on
+its own shard, `absorb` adds what it held to the survivor. The survivor remembers what
+each merged-in user brought (its identifiers, its properties at the time, and spans of
+the survivor's rows holding its events) so that `split` can undo the merge.
+
+What a split cannot give back: events recorded after the merge, and property writes
+made after it, belong to the merged profile; they stay with the part that keeps the
+surviving user's own identifiers. Each split-off part gets back the properties it had
+when it was merged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from kairos.models import Constituent, EventRecord, UserExport
+from kairos.store import spans
+from kairos.store.account_store import NEVER, AccountStore
+
+# The key, in `split`'s answer, of the part that keeps the surviving user's identifiers.
+REMAINDER = ""
+
+
+def seal(store: AccountStore, key: str, into: str) -> None:
+    """`key` was merged into `into`: hide it from lookups and scans. Its rows stay, so
+    `export` can still read them until the merge is complete."""
+    store.sealed[key] = into
+    user = store.user_index.get(key)
+    if user is not None:
+        store.live.values[user] = False
+
+
+def _rows(store: AccountStore, user: int) -> np.ndarray:
+    return np.asarray(store.user_event_rows(user)[::-1], dtype=np.int64)
+
+
+def _events(store: AccountStore, user: int, rows: np.ndarray) -> list[EventRecord]:
+    identifier = store.primary[user]
+    return [EventRecord(identifier, e["ts_ms"], e["name"], e["props"]) for e in store.raw_events(rows)]
+
+
+def _stamps(store: AccountStore, user: int, props: dict[str, Any]) -> dict[str, int]:
+    code = store.codec.strings.code
+    return {name: store.profile[code(name)].stamp(user) for name in props}
+
+
+def export(store: AccountStore, key: str) -> UserExport:
+    """Everything `key` holds here, events oldest row first (message ids and the users it
+    absorbed are the partition's to add)."""
+    user = store.user_index.get(key)
+    if user is None:
+        return UserExport(key, [], [], {}, {}, NEVER, -NEVER, [], [])
+    rows = _rows(store, user)
+    props = store.profile_properties(user)
+    parts = [
+        Constituent(c.source, c.identifiers, c.props, c.prop_ts, spans.rows_to_positions(c.spans, rows))
+        for c in store.constituents.get(user, ())
+    ]
+    return UserExport(
+        key, store.identifiers(user), _events(store, user, rows), props, _stamps(store, user, props),
+        int(store.first_seen.values[user]), int(store.last_seen.values[user]), [], [], parts,
+    )
+
+
+def absorb(store: AccountStore, key: str, data: UserExport) -> None:
+    """Merge a sealed user's export into `key`: its events join the user's history and
+    each property keeps the later-written of the two values."""
+    user = store.user_slot(key, data.identifiers[0] if data.identifiers else key)
+    for identifier in data.identifiers:
+        store.add_identifier(user, identifier)
+    row0 = store.event_count
+    if data.events:
+        store.apply_events(data.events, [key] * len(data.events))
+    first, last = store.first_seen.values, store.last_seen.values
+    first[user] = min(int(first[user]), data.first_seen)
+    last[user] = max(int(last[user]), data.last_seen)
+    store.set_properties(user, data.props, data.prop_ts, overwrite=False)
+    sources = store.absorbed.setdefault(key, [])
+    for source in (data.source, *data.absorbed):
+        if source not in store.absorbed_sources:
+            store.absorbed_sources.add(source)
+            sources.append(source)
+    if data.restores:
+        return
+    # The source splits back into its own earlier constituents and what it held itself.
+    nested = [
+        Constituent(c.source, c.identifiers, c.props, c.prop_ts, spans.shift(c.spans, row0))
+        for c in data.constituents
+    ]
+    taken = {i for c in nested for i in c.identifiers}
+    own_spans = spans.complement([s for c in nested for s in c.spans], row0, row0 + len(data.events))
+    own = Constituent(data.source, [i for i in data.identifiers if i not in taken], data.props, data.prop_ts, own_spans)
+    store.constituents.setdefault(user, []).extend([*nested, own])
+
+
+def constituents(store: AccountStore, key: str) -> list[tuple[str, list[str]]]:
+    """The users merged into `key`, each with the identifiers it brought."""
+    user = store.user_index.get(key)
+    return [(c.source, c.identifiers) for c in store.constituents.get(user, ())] if user is not None else []
+
+
+def split(store: AccountStore, key: str, message_ids: list[tuple[str, str]]) -> dict[str, UserExport]:
+    """A (sealed) merged user cut back into its parts: one export per merged-in user
+    (by its source id) and the remainder (`REMAINDER`), which holds every event and
+    identifier no merged-in user brought, the current properties and the message ids.
+    Each part carries a source id of its own, so absorbing it anywhere - even back into
+    this store, which has absorbed the merged-in user before - happens exactly once."""
+    user = store.user_index.get(key)
+    if user is None:
+        return {}
+    rows = _rows(store, user)
+    parts: dict[str, UserExport] = {}
+    claimed: list[tuple[int, int]] = []
+    taken: set[str] = set()
+    for c in store.constituents.get(user, ()):
+        part_rows = spans.take(rows, c.spans)
+        claimed.extend(c.spans)
+        taken.update(c.identifiers)
+        events = _events(store, user, part_rows)
+        stamps = [e.ts_ms for e in events] + list(c.prop_ts.values())
+        parts[c.source] = UserExport(
+            f"{key}/split/{c.source}", c.identifiers, events, c.props, c.prop_ts,
+            min(stamps, default=NEVER), max(stamps, default=-NEVER), [], [], restores=True,
+        )
+    end = int(rows[-1]) + 1 if rows.size else 0
+    rest = spans.take(rows, spans.complement(claimed, 0, end))
+    props = store.profile_properties(user)
+    events = _events(store, user, rest)
+    stamps = [e.ts_ms for e in events] + list(_stamps(store, user, props).values())
+    parts[REMAINDER] = UserExport(
+        f"{key}/split/", [i for i in store.identifiers(user) if i not in taken], events, props,
+        _stamps(store, user, props), min(stamps, default=NEVER), max(stamps, default=-NEVER), message_ids, [],
+        restores=True,
+    )
+    return parts
