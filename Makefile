@@ -26,6 +26,7 @@ test-unit: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/ingest_bench.py
+	$(PY) bench/identity_bench.py
 
 clean:
 	rm -rf $(VENV) .kairos

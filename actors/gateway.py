@@ -42,7 +42,10 @@ class RayBackend:
             return await asyncio.wait_for(ref, self._timeout)
         except asyncio.TimeoutError:
             raise BackendUnavailable(f"no answer within {self._timeout}s") from None
-        except RayTaskError:
+        except RayTaskError as exc:
+            if isinstance(exc.cause, RedisError):
+                # Redis was unreachable or refused for a moment: retry later.
+                raise BackendUnavailable(f"storage unavailable: {exc.cause!r}") from exc
             # The actor ran and raised: a bug, not an outage. It fails loudly as a 500.
             raise
         except RayError as exc:  # dead, restarting or unreachable actors: retry later

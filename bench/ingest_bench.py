@@ -10,30 +10,21 @@ same batches (msgspec decode + one XADD per batch, no Ray) with our/floor ratio.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import os
-import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import msgspec  # noqa: E402
 import ray  # noqa: E402
 import redis  # noqa: E402
-import redis.asyncio as aioredis  # noqa: E402
 
-from actors.deploy import NAMESPACE, deploy, ray_system_config  # noqa: E402
+from bench.harness import embedded_redis, machine, run_load, running_kairos  # noqa: E402
 from bench.workload import make_bodies  # noqa: E402
-from kairos.accounts import Accounts  # noqa: E402
 from kairos.config import load_settings  # noqa: E402
 from kairos.models import UploadBody  # noqa: E402
-from kairos.redis_server import EmbeddedRedis, _free_port  # noqa: E402
 
 
 def floor_rate(url: str, seconds: float) -> float:
@@ -55,15 +46,6 @@ def floor_rate(url: str, seconds: float) -> float:
     return rate
 
 
-def run_load(url: str, account: str, passcode: str, seconds: float, concurrency: int,
-             max_requests: int = 10**9, seed: int = 1) -> dict:
-    command = [sys.executable, "-m", "bench.load_client", "--url", url, "--account", account,
-               f"--passcode={passcode}", "--seconds", str(seconds), "--concurrency", str(concurrency),
-               "--max-requests", str(max_requests), "--seed", str(seed)]
-    out = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=30)
@@ -73,44 +55,26 @@ def main() -> None:
     args = parser.parse_args()
 
     fsync = load_settings().redis_fsync  # KAIROS_REDIS_FSYNC picks the durability level measured
-    with tempfile.TemporaryDirectory(prefix="kairos-bench-") as tmp, EmbeddedRedis(Path(tmp), fsync) as server:
-        settings = load_settings(data_dir=tmp, redis_url=server.url, port=_free_port())
-        floor = floor_rate(server.url, min(args.seconds, 10))
-        ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, logging_level="WARNING",
-                 _system_config=ray_system_config())
-        try:
-            deployment = deploy(settings)
-
-            async def make_account():
-                client = aioredis.Redis.from_url(server.url)
-                creds = await Accounts(client).create("bench")
-                await client.aclose()
-                return creds
-
-            creds = asyncio.run(make_account())
-            url = f"http://127.0.0.1:{settings.port}/1/upload"
-            run_load(url, creds.account_id, creds.passcode, 3, args.concurrency, seed=0)  # warm-up
-            load = run_load(url, creds.account_id, creds.passcode, args.seconds, args.concurrency)
+    with embedded_redis() as (data_dir, url):
+        floor = floor_rate(url, min(args.seconds, 10))
+        with running_kairos(data_dir, url) as kairos:
+            run_load(kairos, 3, args.concurrency, seed=0)  # warm-up
+            load = run_load(kairos, args.seconds, args.concurrency)
             loaded = load["events"]
-            coalescing = {**ray.get(deployment.gateways[0].stats.remote()),
-                          **ray.get(deployment.ingest[0].stats.remote())}
+            coalescing = kairos.ingest_stats()
             if args.memory_events:
-                probe = ray.get([s.memory.remote() for s in deployment.shards])
+                probe = ray.get([s.memory.remote() for s in kairos.deployment.shards])
                 remaining = args.memory_events - sum(p["events"] for p in probe)
                 if remaining > 0:
-                    run_load(url, creds.account_id, creds.passcode, 3600, args.concurrency,
-                             max_requests=-(-remaining // 500), seed=2)
-            stats = ray.get([s.memory.remote() for s in deployment.shards])
+                    run_load(kairos, 3600, args.concurrency, max_requests=-(-remaining // 500), seed=2)
+            stats = ray.get([s.memory.remote() for s in kairos.deployment.shards])
             total = {k: sum(s[k] for s in stats) for k in stats[0]}
-            info = redis.Redis.from_url(server.url).info("memory")
-            deployment.shutdown()
-        finally:
-            ray.shutdown()
+            info = redis.Redis.from_url(url).info("memory")
 
     ours = load["events_per_s"]
     events, users = total["events"], total["users"]
     report = {
-        "machine": f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}",
+        "machine": machine(),
         "concurrency": args.concurrency,
         "redis_appendfsync": fsync,
         "seconds": round(load["seconds"], 1),

@@ -10,13 +10,21 @@ import time
 
 import aiohttp
 
-from bench.workload import make_bodies
+from bench.workload import IdentityWorkload, customer_bodies, make_bodies
 
 
 async def run(url: str, account: str, passcode: str, seconds: float, max_requests: int,
-              concurrency: int, seed: int) -> dict[str, object]:
-    # 400 bodies x 500 events touch ~86% of the 100,000 users; more than a run sends.
-    bodies = make_bodies(400, seed=seed)
+              concurrency: int, seed: int, workload: str = "events") -> dict[str, object]:
+    if workload in ("identity", "merges"):
+        # Bodies are made as they are sent: their identifiers must be new each time.
+        # "merges": half the records create devices, half merge earlier ones.
+        share = {"new_devices": 250, "logins": 250} if workload == "merges" else {}
+        makers = [IdentityWorkload(seed * 1000 + w, **share) for w in range(concurrency)]
+        next_body = lambda worker, i: makers[worker].body()  # noqa: E731
+    else:
+        # 400 bodies x 500 events touch ~86% of the 100,000 users; more than a run sends.
+        bodies = customer_bodies() if workload == "customers" else make_bodies(400, seed=seed)
+        next_body = lambda worker, i: bodies[i % len(bodies)]  # noqa: E731
     headers = {"X-CleverTap-Account-Id": account, "X-CleverTap-Passcode": passcode,
                "Content-Type": "application/json; charset=utf-8"}
     latencies: list[float] = []
@@ -32,7 +40,7 @@ async def run(url: str, account: str, passcode: str, seconds: float, max_request
             i = worker_id
             while time.perf_counter() < deadline and sent < max_requests:
                 sent += 1
-                body = bodies[i % len(bodies)]
+                body = next_body(worker_id, i)
                 i += concurrency
                 start = time.perf_counter()
                 async with session.post(url, data=body) as resp:
@@ -66,9 +74,10 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=10**9)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--workload", choices=("events", "identity", "merges", "customers"), default="events")
     args = parser.parse_args()
     result = asyncio.run(run(args.url, args.account, args.passcode, args.seconds, args.max_requests,
-                             args.concurrency, args.seed))
+                             args.concurrency, args.seed, args.workload))
     print(json.dumps(result))
 
 

@@ -181,8 +181,9 @@ class IdentityGraph:
         raw = await self._redis.hgetall(keys.PENDING_MERGES)
         return [_decode_merge(value) for value in raw.values()]
 
-    async def finish_merge(self, merge: Merge) -> None:
-        await self._redis.hdel(keys.PENDING_MERGES, f"{merge.account}\x00{merge.user}")
+    async def finish_merges(self, merges: list[Merge]) -> None:
+        if merges:
+            await self._redis.hdel(keys.PENDING_MERGES, *(f"{m.account}\x00{m.user}" for m in merges))
 
 
 def _decode_merge(raw: bytes) -> Merge:

@@ -139,16 +139,12 @@ class Ingestor:
         decoded = [(account, routable_decoder.decode(payload)) for account, payload in uploads]
         merging: list[asyncio.Future[None]] = []
         resolved: list[tuple[str, RoutableBatch, list[str]]] = []
+        missing: list[tuple[str, RoutableBatch, list[str | None], list[int]]] = []
         for account, batch in decoded:
             users = self.cached_users(account, batch)
-            missing = [i for i, user in enumerate(users) if user is None]
-            if missing:
-                found, merges = await self.resolve(account, [self._group(batch, i) for i in missing])
-                for i, user in zip(missing, found):
-                    users[i] = user
-                if merges:
-                    merging.append(asyncio.ensure_future(self._merges.complete(merges)))
+            missing.append((account, batch, users, [i for i, user in enumerate(users) if user is None]))
             resolved.append((account, batch, users))  # type: ignore[arg-type]
+        await self._resolve_in_place(missing, merging)
         try:
             await self._deliver(call_id, resolved, merging)
         finally:
@@ -157,6 +153,22 @@ class Ingestor:
             if merging:
                 await asyncio.gather(*merging)
         return sum(len(batch.records) for _, batch in decoded)
+
+    async def _resolve_in_place(
+        self, work: list[tuple[str, RoutableBatch, list[str | None], list[int]]], merging: list[asyncio.Future[None]],
+    ) -> None:
+        """Resolve in Redis the records at the given positions of each upload, one round
+        trip per account, writing their users in place; merges it causes start at once."""
+        by_account: dict[str, list[tuple[list[str | None], int, list[str]]]] = {}
+        for account, batch, users, positions in work:
+            for i in positions:
+                by_account.setdefault(account, []).append((users, i, self._group(batch, i)))
+        for account, items in by_account.items():
+            found, merges = await self.resolve(account, [group for _, _, group in items])
+            for (users, i, _), user in zip(items, found):
+                users[i] = user
+            if merges:
+                merging.append(asyncio.ensure_future(self._merges.complete(merges)))
 
     async def _deliver(
         self, call_id: str, uploads: list[tuple[str, RoutableBatch, list[str]]], merging: list[asyncio.Future[None]]
@@ -175,13 +187,8 @@ class Ingestor:
             if not any(refused):
                 return
             # Their users were merged away: find where they went, and send them there.
-            for u, (account, batch, users) in enumerate(uploads):
-                if refused[u]:
-                    self.rerouted += len(refused[u])
-                    found, merges = await self.resolve(account, [self._group(batch, i) for i in refused[u]])
-                    for i, user in zip(refused[u], found):
-                        users[i] = user
-                    if merges:
-                        merging.append(asyncio.ensure_future(self._merges.complete(merges)))
+            self.rerouted += sum(len(r) for r in refused)
+            await self._resolve_in_place(
+                [(account, batch, users, refused[u]) for u, (account, batch, users) in enumerate(uploads)], merging)
             only = refused
         raise RuntimeError(f"records still refused after {self.MAX_REROUTES} reroutes: their users keep merging")

@@ -35,7 +35,7 @@ class MergeGraph(Protocol):
 
     async def pending_merges(self) -> list[Merge]: ...
 
-    async def finish_merge(self, merge: Merge) -> None: ...
+    async def finish_merges(self, merges: list[Merge]) -> None: ...
 
 
 class MergeFailed(RuntimeError):
@@ -70,7 +70,7 @@ class MergeCoordinator:
             return
         sealed = await self._seal(merges)
         await self._absorb(sealed)
-        await asyncio.gather(*(self._graph.finish_merge(m) for m in merges))
+        await self._graph.finish_merges(merges)
         self.merges_completed += len(merges)
 
     async def demerge(self, account: str, user: str) -> bool:
@@ -89,7 +89,7 @@ class MergeCoordinator:
         fresh = dict(split.parts)
         work = [(split.account, fresh.get(source, split.into), export) for source, export in exports.items()]
         await self._absorb(work)
-        await self._graph.finish_merge(split)
+        await self._graph.finish_merges([split])
 
     async def _seal(self, merges: list[Merge]) -> list[tuple[str, str, UserExport]]:
         groups: dict[tuple[str, int], list[Merge]] = {}
@@ -118,8 +118,11 @@ class MergeCoordinator:
             if not moved:
                 return
             # The survivor was merged away meanwhile: follow it.
-            targets = await asyncio.gather(*(self._graph.current(account, into) for account, into, _ in moved))
-            work = [(account, target, export) for (account, _, export), target in zip(moved, targets)]
+            targets: dict[tuple[str, str], str] = {}
+            for account, into, _ in moved:
+                if (account, into) not in targets:
+                    targets[(account, into)] = await self._graph.current(account, into)
+            work = [(account, targets[(account, into)], export) for account, into, export in moved]
         raise MergeFailed(f"{len(work)} merged users still had no survivor after {self.MAX_HOPS} hops")
 
     async def sweep(self, older_than_s: float) -> int:

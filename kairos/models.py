@@ -132,19 +132,20 @@ class UserExport(msgspec.Struct, array_like=True, gc=False):
 
 
 class SealEntry(msgspec.Struct, tag="s", array_like=True, gc=False):
-    """Log entry: `user` has been merged into `into`; its records go there from now on."""
+    """Log entry: each `users[i]` has been merged into `into[i]`; their records go there
+    from now on."""
 
     account: str
-    user: str
-    into: str
+    users: list[str]
+    into: list[str]
 
 
 class AbsorbEntry(msgspec.Struct, tag="a", array_like=True, gc=False):
-    """Log entry: the sealed user `data.source` is merged into `user` with all it held."""
+    """Log entry: each sealed `data[i].source` is merged into `users[i]` with all it held."""
 
     account: str
-    user: str
-    data: UserExport
+    users: list[str]
+    data: list[UserExport]
 
 
 LogEntry = LogBatch | SealEntry | AbsorbEntry

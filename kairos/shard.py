@@ -15,7 +15,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+import uuid
+from typing import Any, Callable, TypeVar
 
 import numpy as np
 
@@ -28,6 +29,7 @@ from kairos.partitions import PartitionMap
 from kairos.store.partition import PartitionState
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class WrongShard(LookupError):
@@ -121,9 +123,16 @@ class UserShard:
         """Seal each (user, into) pair - from now on records of `user` are refused - and
         return what each user held, for `absorb` on the shard of `into`."""
         await self.ready()
-        entries = [SealEntry(account, user, into) for user, into in merges]
-        await self._submit([self._control_blob(account, e.user, f"seal/{account}/{e.user}", e) for e in entries])
-        return [self._state(self.partition_map.partition_of(account, e.user)).export(account, e.user) for e in entries]
+        by_partition = self._by_partition(account, merges)
+        await self._submit([
+            self._control_blob(p, SealEntry(account, [u for u, _ in pairs], [i for _, i in pairs]))
+            for p, pairs in by_partition.items()
+        ])
+        exports: dict[str, UserExport] = {}
+        for partition, pairs in by_partition.items():
+            users = [user for user, _ in pairs]
+            exports.update(zip(users, self._states[partition].export(account, users)))
+        return [exports[user] for user, _ in merges]
 
     async def constituents(self, account: str, user: str) -> list[tuple[str, list[str]]]:
         """The users merged into `user`, each with the identifiers it brought."""
@@ -134,24 +143,42 @@ class UserShard:
         """Seal a merged user (its stray records go to `into`, the part that keeps its
         own identifiers) and return its parts, for `absorb` into fresh users."""
         await self.ready()
-        entry = SealEntry(account, user, into)
-        await self._submit([self._control_blob(account, user, f"seal/{account}/{user}", entry)])
-        return self._state(self.partition_map.partition_of(account, user)).split(account, user)
+        partition = self.partition_map.partition_of(account, user)
+        await self._submit([self._control_blob(partition, SealEntry(account, [user], [into]))])
+        return self._state(partition).split(account, user)
 
     async def absorb(self, account: str, items: list[tuple[str, UserExport]]) -> list[bool]:
         """Merge each export into its user. False for a user that was itself merged away
         meanwhile: the caller finds where it went and absorbs there."""
         await self.ready()
+        by_partition = self._by_partition(account, items)
         blobs = [
-            self._control_blob(account, user, f"absorb/{account}/{data.source}/{user}", AbsorbEntry(account, user, data))
-            for user, data in items
+            self._control_blob(p, AbsorbEntry(account, [u for u, _ in part], [d for _, d in part]))
+            for p, part in by_partition.items()
         ]
         refused = await self._submit(blobs)
-        return [blob.batch_id not in refused for blob in blobs]
+        moved = {
+            (p, i) for blob, p in zip(blobs, by_partition) for i in refused.get(blob.batch_id, ())
+        }
+        positions: dict[int, int] = {}
+        accepted = []
+        for user, _ in items:
+            p = self.partition_map.partition_of(account, user)
+            i = positions.get(p, 0)
+            positions[p] = i + 1
+            accepted.append((p, i) not in moved)
+        return accepted
 
-    def _control_blob(self, account: str, user: str, batch_id: str, entry: LogEntry) -> ShardBlob:
-        partition = self.partition_map.partition_of(account, user)
-        return ShardBlob(partition, batch_id, record_list_encoder.encode(entry))
+    def _by_partition(self, account: str, pairs: list[tuple[str, T]]) -> dict[int, list[tuple[str, T]]]:
+        grouped: dict[int, list[tuple[str, T]]] = {}
+        for user, value in pairs:
+            grouped.setdefault(self.partition_map.partition_of(account, user), []).append((user, value))
+        return grouped
+
+    def _control_blob(self, partition: int, entry: LogEntry) -> ShardBlob:
+        # Seals and absorbs are idempotent by state (a sealed user stays sealed, an
+        # absorbed source is remembered), so each call's entry has an id of its own.
+        return ShardBlob(partition, f"ctl/{uuid.uuid4().hex}", record_list_encoder.encode(entry))
 
     async def _submit(self, blobs: list[ShardBlob]) -> dict[str, list[int]]:
         for blob in blobs:
@@ -184,16 +211,32 @@ class UserShard:
             entry = LogBatch(account, [entry.users[i] for i in kept], [entry.records[i] for i in kept], refused)
             return entry, record_list_encoder.encode(entry), refused
         if type(entry) is SealEntry:
-            if (entry.account, entry.user) in sealing or state.is_sealed(entry.account, entry.user):
-                return None, payload, []  # sealed already: a retried merge
-            sealing.add((entry.account, entry.user))
+            account = entry.account
+            fresh = [
+                (user, into) for user, into in zip(entry.users, entry.into)
+                if (account, user) not in sealing and not state.is_sealed(account, user)
+            ]
+            if not fresh:
+                return None, payload, []  # all sealed already: a retried merge
+            sealing.update((account, user) for user, _ in fresh)
+            if len(fresh) < len(entry.users):
+                entry = SealEntry(account, [u for u, _ in fresh], [i for _, i in fresh])
+                payload = record_list_encoder.encode(entry)
             return entry, payload, []
         assert type(entry) is AbsorbEntry
-        if state.is_absorbed(entry.account, entry.data.source):
-            return None, payload, []
-        if (entry.account, entry.user) in sealing or state.is_sealed(entry.account, entry.user):
-            return None, payload, [0]
-        return entry, payload, []
+        account = entry.account
+        refused, kept = [], []
+        for i, (user, data) in enumerate(zip(entry.users, entry.data)):
+            if (account, user) in sealing or state.is_sealed(account, user):
+                refused.append(i)
+            elif not state.is_absorbed(account, data.source):
+                kept.append(i)
+        if not kept:
+            return None, payload, refused
+        if len(kept) < len(entry.users):
+            entry = AbsorbEntry(account, [entry.users[i] for i in kept], [entry.data[i] for i in kept])
+            payload = record_list_encoder.encode(entry)
+        return entry, payload, refused
 
     async def _flush_pending(self) -> None:
         while self._pending:

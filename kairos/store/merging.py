@@ -48,45 +48,78 @@ def _stamps(store: AccountStore, user: int, props: dict[str, Any]) -> dict[str, 
     return {name: store.profile[code(name)].stamp(user) for name in props}
 
 
-def export(store: AccountStore, key: str) -> UserExport:
-    """Everything `key` holds here, events oldest row first (message ids and the users it
-    absorbed are the partition's to add)."""
-    user = store.user_index.get(key)
-    if user is None:
-        return UserExport(key, [], [], {}, {}, NEVER, -NEVER, [], [])
-    rows = _rows(store, user)
-    props = store.profile_properties(user)
-    parts = [
-        Constituent(c.source, c.identifiers, c.props, c.prop_ts, spans.rows_to_positions(c.spans, rows))
-        for c in store.constituents.get(user, ())
-    ]
-    return UserExport(
-        key, store.identifiers(user), _events(store, user, rows), props, _stamps(store, user, props),
-        int(store.first_seen.values[user]), int(store.last_seen.values[user]), [], [], parts,
-    )
+def export(store: AccountStore, keys: list[str]) -> list[UserExport]:
+    """Everything each of `keys` holds here, events oldest row first (message ids and the
+    users it absorbed are the partition's to add). The events of all of them are read in
+    one pass over the property columns: a pass costs about the same for one user as for
+    hundreds."""
+    users = [store.user_index.get(key) for key in keys]
+    rows = [_rows(store, user) if user is not None else np.empty(0, np.int64) for user in users]
+    everything = np.concatenate(rows) if rows else np.empty(0, np.int64)
+    order = np.argsort(everything, kind="stable")
+    raw = store.raw_events(everything[order])
+    events: list[Any] = [None] * everything.size
+    for position, event in zip(order.tolist(), raw):
+        events[position] = event
+    out: list[UserExport] = []
+    at = 0
+    for key, user, user_rows in zip(keys, users, rows):
+        mine, at = events[at : at + user_rows.size], at + user_rows.size
+        if user is None:
+            out.append(UserExport(key, [], [], {}, {}, NEVER, -NEVER, [], []))
+            continue
+        identifier = store.primary[user]
+        props = store.profile_properties(user)
+        parts = [
+            Constituent(c.source, c.identifiers, c.props, c.prop_ts, spans.rows_to_positions(c.spans, user_rows))
+            for c in store.constituents.get(user, ())
+        ]
+        out.append(UserExport(
+            key, store.identifiers(user), [EventRecord(identifier, e["ts_ms"], e["name"], e["props"]) for e in mine],
+            props, _stamps(store, user, props), int(store.first_seen.values[user]), int(store.last_seen.values[user]),
+            [], [], parts,
+        ))
+    return out
 
 
-def absorb(store: AccountStore, key: str, data: UserExport) -> None:
-    """Merge a sealed user's export into `key`: its events join the user's history and
-    each property keeps the later-written of the two values."""
-    user = store.user_slot(key, data.identifiers[0] if data.identifiers else key)
-    for identifier in data.identifiers:
-        store.add_identifier(user, identifier)
+def absorb(store: AccountStore, items: list[tuple[str, UserExport]]) -> list[tuple[str, UserExport]]:
+    """Merge sealed users' exports into their survivors: the events join the survivors'
+    histories (all items' events in one append) and each property keeps the
+    later-written of the two values. Returns the items applied: a source absorbed
+    before is skipped, so a repeated merge changes nothing."""
+    applied: list[tuple[str, UserExport]] = []
+    for key, data in items:
+        if data.source not in store.absorbed_sources:
+            store.absorbed_sources.add(data.source)
+            applied.append((key, data))
+    slots = [store.user_slot(key, data.identifiers[0] if data.identifiers else key) for key, data in applied]
     row0 = store.event_count
-    if data.events:
-        store.apply_events(data.events, [key] * len(data.events))
+    store.apply_events(
+        [event for _, data in applied for event in data.events],
+        [key for key, data in applied for _ in data.events],
+    )
     first, last = store.first_seen.values, store.last_seen.values
-    first[user] = min(int(first[user]), data.first_seen)
-    last[user] = max(int(last[user]), data.last_seen)
-    store.set_properties(user, data.props, data.prop_ts, overwrite=False)
-    sources = store.absorbed.setdefault(key, [])
-    for source in (data.source, *data.absorbed):
-        if source not in store.absorbed_sources:
-            store.absorbed_sources.add(source)
-            sources.append(source)
-    if data.restores:
-        return
-    # The source splits back into its own earlier constituents and what it held itself.
+    for (key, data), user in zip(applied, slots):
+        for identifier in data.identifiers:
+            store.add_identifier(user, identifier)
+        first[user] = min(int(first[user]), data.first_seen)
+        last[user] = max(int(last[user]), data.last_seen)
+        store.set_properties(user, data.props, data.prop_ts, overwrite=False)
+        sources = store.absorbed.setdefault(key, [])
+        sources.append(data.source)
+        for source in data.absorbed:
+            if source not in store.absorbed_sources:
+                store.absorbed_sources.add(source)
+                sources.append(source)
+        if not data.restores:
+            _remember_constituents(store, user, data, row0)
+        row0 += len(data.events)
+    return applied
+
+
+def _remember_constituents(store: AccountStore, user: int, data: UserExport, row0: int) -> None:
+    """The source splits back into its own earlier constituents and what it held itself;
+    its events are the rows [row0, row0 + len(events))."""
     nested = [
         Constituent(c.source, c.identifiers, c.props, c.prop_ts, spans.shift(c.spans, row0))
         for c in data.constituents

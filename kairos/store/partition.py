@@ -158,7 +158,9 @@ class PartitionState:
             self._apply_records(entry)
         elif type(entry) is SealEntry:
             self.batch_ids.add(batch_id)
-            merging.seal(self.store_of(entry.account), entry.user, entry.into)
+            store = self.store_of(entry.account)
+            for user, into in zip(entry.users, entry.into):
+                merging.seal(store, user, into)
             self.records_since_snapshot += 1
         else:
             assert type(entry) is AbsorbEntry
@@ -195,13 +197,14 @@ class PartitionState:
                 store.apply_profile(record, user)
         store.apply_events(events, event_users)
 
-    def export(self, account: str, user: str) -> UserExport:
-        """What a sealed user held here, for the user it was merged into."""
+    def export(self, account: str, users: list[str]) -> list[UserExport]:
+        """What sealed users held here, for the users they were merged into."""
         store = self.store_of(account)
-        data = merging.export(store, user)
-        data.message_ids = self.message_ids.of_user(account, user)
-        data.absorbed = list(store.absorbed.get(user, ()))
-        return data
+        exports = merging.export(store, users)
+        for user, data in zip(users, exports):
+            data.message_ids = self.message_ids.of_user(account, user)
+            data.absorbed = list(store.absorbed.get(user, ()))
+        return exports
 
     def split(self, account: str, user: str) -> dict[str, UserExport]:
         """A sealed merged user's parts (see kairos.store.merging.split)."""
@@ -213,13 +216,11 @@ class PartitionState:
 
     def _absorb(self, entry: AbsorbEntry) -> None:
         store = self.store_of(entry.account)
-        data = entry.data
-        if data.source in store.absorbed_sources:
-            return  # a repeated merge: its data is here already
-        merging.absorb(store, entry.user, data)
-        for kind, message_id in data.message_ids:
-            self.message_ids.add(entry.account, entry.user, kind, message_id)
-        self.records_since_snapshot += len(data.events) + 1
+        items = merging.absorb(store, list(zip(entry.users, entry.data)))
+        for user, data in items:
+            for kind, message_id in data.message_ids:
+                self.message_ids.add(entry.account, user, kind, message_id)
+            self.records_since_snapshot += len(data.events) + 1
 
     # --- memory and snapshot ---------------------------------------------------
 

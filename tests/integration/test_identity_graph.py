@@ -51,7 +51,7 @@ async def test_a_record_tying_two_users_merges_the_younger_into_the_older(graph:
     assert await graph.identifiers(account, "3") == []
     pending = [m for m in await graph.pending_merges() if m.account == account]
     assert [(m.user, m.into, m.since) for m in pending] == [("3", "1", 1000.0)]
-    await graph.finish_merge(pending[0])
+    await graph.finish_merges(pending)
     assert [m for m in await graph.pending_merges() if m.account == account] == []
 
 
@@ -98,8 +98,7 @@ async def test_accounts_have_separate_graphs(graph: IdentityGraph, account: str)
 async def test_split_gives_each_part_a_fresh_user_and_forwards_the_rest(graph: IdentityGraph, account: str) -> None:
     await graph.resolve(account, [["identity:1"], ["objectId:d"], ["anonymousId:x"]])
     await graph.resolve(account, [["identity:1", "objectId:d", "anonymousId:x", "Email:a@x.co"]])
-    for merge in [m for m in await graph.pending_merges() if m.account == account]:
-        await graph.finish_merge(merge)
+    await graph.finish_merges([m for m in await graph.pending_merges() if m.account == account])
 
     split = await graph.split(account, "1", [("2", ["objectId:d"]), ("3", ["anonymousId:x"])])
 

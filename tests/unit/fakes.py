@@ -140,5 +140,6 @@ class FakeGraph:
     async def pending_merges(self) -> list[Merge]:
         return list(self.pending.values())
 
-    async def finish_merge(self, merge: Merge) -> None:
-        self.pending.pop((merge.account, merge.user), None)
+    async def finish_merges(self, merges: list[Merge]) -> None:
+        for merge in merges:
+            self.pending.pop((merge.account, merge.user), None)
