@@ -11,7 +11,6 @@ rest silently.
 from __future__ import annotations
 
 import base64
-import binascii
 from typing import Any
 
 import msgspec
@@ -25,7 +24,8 @@ from kairos.accounts import Accounts
 from kairos.identity import ANONYMOUS_ID, user_key
 from kairos.models import encode_upload
 from kairos.segment import (
-    CALLS, MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, Message, MessageError, batch_decoder, message_decoder, to_records,
+    CALLS, MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, Message, MessageError, batch_decoder, identifier, message_decoder,
+    to_records,
 )
 
 _SUCCESS = {"success": True}
@@ -81,18 +81,30 @@ class SegmentApi:
 
     async def _ingest(self, account: str, messages: list[tuple[str, Message]], sent_at: Any, context: Any) -> None:
         with self.admission.admit(account):
-            # An alias's previousId may be a user id seen before or an anonymous id.
-            known: dict[str, str] = {}
-            for call, message in messages:
-                previous = message.previousId
-                if call == "alias" and isinstance(previous, (str, int)) and not isinstance(previous, bool):
-                    as_user = await self.backend.user_of(account, user_key("identity", str(previous)))
-                    known[str(previous)] = "identity" if as_user is not None else ANONYMOUS_ID
+            kinds = await self._previous_id_kinds(account, messages)
             try:
-                records = to_records(messages, sent_at, context, lambda p: known.get(p, ANONYMOUS_ID))
+                records = to_records(messages, sent_at, context, lambda previous: kinds.get(previous, ANONYMOUS_ID))
             except MessageError as exc:
                 raise ApiError(400, str(exc)) from None
             await self.backend.ingest(account, encode_upload(records))
+
+    async def _previous_id_kinds(self, account: str, messages: list[tuple[str, Message]]) -> dict[str, str]:
+        """An alias's previousId is a user id if the graph knows it as one, or an earlier
+        message of the same request used it as a userId; else an anonymous id."""
+        kinds: dict[str, str] = {}
+        user_ids: set[str] = set()
+        for call, message in messages:
+            try:
+                previous = identifier(message.previousId, "previousId") if call == "alias" else None
+                user_id = identifier(message.userId, "userId")
+            except MessageError:
+                continue  # to_records names the bad field
+            if previous is not None and previous not in kinds:
+                known = previous in user_ids or await self.backend.user_of(account, user_key("identity", previous))
+                kinds[previous] = "identity" if known else ANONYMOUS_ID
+            if user_id is not None:
+                user_ids.add(user_id)
+        return kinds
 
 
 def _basic_user(header: str) -> str | None:
@@ -101,7 +113,7 @@ def _basic_user(header: str) -> str | None:
         return None
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode()
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # bad base64 (binascii.Error), non-ASCII text, undecodable bytes
         raise ApiError(401, "Authorization header is not valid HTTP Basic") from None
     return decoded.partition(":")[0] or None
 

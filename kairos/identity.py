@@ -10,6 +10,8 @@ business (kairos.identity_graph).
 
 from __future__ import annotations
 
+import re
+
 # CleverTap's record-level identifiers, in its order of precedence.
 IDENTIFIER_KINDS = ("identity", "objectId", "FBID", "GPID")
 # Profile properties that identify a person too: a profile carrying one of these is
@@ -17,6 +19,12 @@ IDENTIFIER_KINDS = ("identity", "objectId", "FBID", "GPID")
 IDENTIFYING_PROPERTIES = ("Email", "Phone")
 # Segment's anonymous device id. Segment's userId maps to `identity`.
 ANONYMOUS_ID = "anonymousId"
+
+# What an email or phone number must look like to identify anyone: junk such as "n/a"
+# would otherwise merge every profile that carries it.
+EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+PHONE_RE = re.compile(r"\+[0-9]{6,15}")
+IDENTIFYING_FORMATS = {"Email": EMAIL_RE, "Phone": PHONE_RE}
 
 
 def user_key(kind: str, value: str) -> str:

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from kairos.identity import IDENTIFYING_PROPERTIES, user_key
+from kairos.identity import IDENTIFYING_FORMATS, IDENTIFYING_PROPERTIES, user_key
 
 # --- CleverTap upload (input) ----------------------------------------------------
 
@@ -194,7 +194,7 @@ def record_identifiers(record: Record) -> list[str]:
     if type(record) is ProfileRecord:
         for name in IDENTIFYING_PROPERTIES:
             value = record.props.get(name)
-            if isinstance(value, str) and value:
+            if isinstance(value, str) and IDENTIFYING_FORMATS[name].fullmatch(value):
                 found.append(user_key(name, value))
     return list(dict.fromkeys(found))
 

@@ -22,14 +22,15 @@ Timestamps follow Segment: with `sentAt` the device clock's skew is removed,
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
 import msgspec
 
 from kairos.identity import ANONYMOUS_ID, user_key
 from kairos.models import EventRecord, ProfileRecord, Record
-from kairos.upload import EMAIL_RE, MAX_IDENTIFIER_CHARS, MAX_NESTING, PHONE_RE
+from kairos.identity import EMAIL_RE, PHONE_RE
+from kairos.upload import MAX_IDENTIFIER_CHARS, MAX_INT, MAX_NESTING, MIN_INT, RESTRICTED_EVENTS
 
 MAX_MESSAGE_BYTES = 32 * 1024
 MAX_BATCH_BYTES = 500 * 1024
@@ -39,6 +40,8 @@ CALLS = ("track", "identify", "alias", "page", "screen", "group")
 PAGE_EVENT, SCREEN_EVENT = "Page Viewed", "Screen Viewed"
 # Segment's reserved traits that have a CleverTap profile field of their own.
 _TRAIT_FIELDS = {"email": ("Email", EMAIL_RE), "phone": ("Phone", PHONE_RE), "name": ("Name", None)}
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_YEAR_10000_MS = 253_402_300_800_000
 
 
 class MessageError(ValueError):
@@ -92,7 +95,13 @@ def parse_time(value: Any, field: str) -> int | None:
         raise MessageError(f"{field} must be an ISO-8601 time, got {value!r}") from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=timezone.utc)
-    return int(parsed.timestamp() * 1000)
+    try:
+        ms = (parsed - _EPOCH) // timedelta(milliseconds=1)  # exact, unlike float seconds
+    except OverflowError:
+        ms = -1
+    if not 0 <= ms < _YEAR_10000_MS:
+        raise MessageError(f"{field} must be between 1970 and 9999, got {value!r}")
+    return ms
 
 
 def event_time_ms(message: Message, batch_sent_at: Any, received_ms: int) -> int:
@@ -106,10 +115,13 @@ def event_time_ms(message: Message, batch_sent_at: Any, received_ms: int) -> int
         return received_ms
     if sent is None:
         return happened
-    return max(0, received_ms - (sent - happened))
+    corrected = received_ms - (sent - happened)
+    if corrected < 0:
+        raise MessageError("sentAt is so far after the message's timestamp that the corrected time is before 1970")
+    return corrected
 
 
-def _identifier(value: Any, field: str) -> str | None:
+def identifier(value: Any, field: str) -> str | None:
     if value is None or value == "":
         return None
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
@@ -125,17 +137,25 @@ def _object(value: Any, field: str) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise MessageError(f"{field} must be an object")
-    if _depth(value) > MAX_NESTING:
-        raise MessageError(f"{field} nests deeper than {MAX_NESTING} levels")
+    _check_values(value, field)
     return value
 
 
-def _depth(value: Any) -> int:
-    if isinstance(value, dict):
-        return 1 + max((_depth(v) for v in value.values()), default=0)
-    if isinstance(value, list):
-        return 1 + max((_depth(v) for v in value), default=0)
-    return 0
+def _check_values(value: dict[str, Any], field: str) -> None:
+    """Nesting within MAX_NESTING and integers within what the log's msgpack holds.
+    Walked with a stack, not recursion: the JSON parser accepts far deeper nesting
+    than Python's stack would."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise MessageError(f"{field} nests deeper than {MAX_NESTING} levels")
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, (dict, list)):
+                stack.append((child, depth + 1))
+            elif isinstance(child, int) and not isinstance(child, bool) and not MIN_INT <= child <= MAX_INT:
+                raise MessageError(f"{field} holds the integer {child}, outside [-2^63, 2^64-1]")
 
 
 def flatten(prefix: str, value: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +194,10 @@ def to_records(
     received_ms = int(clock() * 1000)
     shared_context = _object(batch_context, "context")
     records: list[Record] = []
-    contexts: dict[str, ProfileRecord] = {}
+    # Each message's context is kept as a profile write right after it; of several for
+    # one user in a request only the last is written, as it would win anyway.
+    last_context: dict[str, int] = {}  # user -> position in `records` of its last context write
+    context_of: dict[int, str] = {}  # position of each context write -> its user
     for position, (call, message) in enumerate(messages):
         try:
             context = {**shared_context, **_object(message.context, "context")}
@@ -191,22 +214,24 @@ def to_records(
             if isinstance(record, ProfileRecord) and call == "identify":
                 record.props.update({k: v for k, v in flat.items() if k not in record.props})
             else:
-                contexts[record.user] = ProfileRecord(record.user, record.ts_ms, flat)
-    return records + list(contexts.values())
+                last_context[record.user] = len(records)
+                context_of[len(records)] = record.user
+                records.append(ProfileRecord(record.user, record.ts_ms, flat))
+    return [r for i, r in enumerate(records) if i not in context_of or last_context[context_of[i]] == i]
 
 
 def _to_record(call: str, message: Message, batch_sent_at: Any, received_ms: int,
                previous_kind: Callable[[str], str]) -> Record:
     if message.type is not None and message.type != call:
         raise MessageError(f"type is {message.type!r} but the call is {call!r}")
-    user_id = _identifier(message.userId, "userId")
-    anonymous_id = _identifier(message.anonymousId, "anonymousId")
+    user_id = identifier(message.userId, "userId")
+    anonymous_id = identifier(message.anonymousId, "anonymousId")
     message_id = message.messageId
     if message_id is not None and (not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID_CHARS):
         raise MessageError(f"messageId must be a string of 1-{MAX_MESSAGE_ID_CHARS} characters")
     ts_ms = event_time_ms(message, batch_sent_at, received_ms)
     if call == "alias":
-        previous = _identifier(message.previousId, "previousId")
+        previous = identifier(message.previousId, "previousId")
         if user_id is None or previous is None:
             raise MessageError("alias needs both userId and previousId")
         return ProfileRecord(user_key("identity", user_id), ts_ms, {}, {previous_kind(previous): previous}, message_id)
@@ -220,6 +245,8 @@ def _to_record(call: str, message: Message, batch_sent_at: Any, received_ms: int
             raise MessageError("event is required and must be a non-empty string")
         if len(name) > MAX_EVENT_NAME_CHARS:
             raise MessageError(f"event must be at most {MAX_EVENT_NAME_CHARS} characters")
+        if name in RESTRICTED_EVENTS:
+            raise MessageError(f"{name!r} is a restricted system event")
         return EventRecord(primary, ts_ms, name, _object(message.properties, "properties"), message_id, aliases)
     if call in ("page", "screen"):
         props = dict(_object(message.properties, "properties"))
@@ -233,7 +260,7 @@ def _to_record(call: str, message: Message, batch_sent_at: Any, received_ms: int
     if call == "identify":
         return ProfileRecord(primary, ts_ms, _traits(_object(message.traits, "traits")), aliases, message_id)
     if call == "group":
-        group_id = _identifier(message.groupId, "groupId")
+        group_id = identifier(message.groupId, "groupId")
         if group_id is None:
             raise MessageError("groupId is required")
         props = flatten("group", _object(message.traits, "traits"), {"groupId": group_id})

@@ -7,13 +7,12 @@ straight sequence of cheap checks.
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Annotated, Any, Callable, ClassVar
 
 import msgspec
 
-from kairos.identity import IDENTIFIER_KINDS, user_key
+from kairos.identity import EMAIL_RE, IDENTIFIER_KINDS, PHONE_RE, user_key
 from kairos.models import EventRecord, ProfileRecord, Record, UnprocessedRecord, UploadRecord
 
 MAX_RECORDS = 1000
@@ -36,8 +35,6 @@ RESTRICTED_EVENTS = frozenset({
     "Notification Failed", "UTM Visited", "Stayed", "Session Concluded",
 })
 
-EMAIL_RE = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
-PHONE_RE = re.compile(r"\+[0-9]{6,15}")
 
 # Profile fields CleverTap checks, with the code it answers when the value is wrong.
 GENDERS = frozenset({"M", "F", "O", "U"})

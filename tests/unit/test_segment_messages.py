@@ -63,10 +63,11 @@ def test_context_is_kept_on_the_profile_flattened_once_per_user() -> None:
         ("identify", Message(userId="v", traits={"plan": "pro"}, context={"locale": "en-GB"})),
     ]
     records = to_records(messages, batch_context={"library": {"name": "analytics-python"}}, clock=lambda: NOW)
+    # u's context is written once, after u's last message, so it lands in log order.
     assert [type(r).__name__ for r in records] == ["EventRecord", "EventRecord", "ProfileRecord", "ProfileRecord"]
-    assert records[2].props == {"plan": "pro", "context.library.name": "analytics-python", "context.locale": "en-GB"}
-    assert records[3] == ProfileRecord("identity:u", NOW_MS, {
+    assert records[2] == ProfileRecord("identity:u", NOW_MS, {
         "context.library.name": "analytics-python", "context.os.name": "Android"})
+    assert records[3].props == {"plan": "pro", "context.library.name": "analytics-python", "context.locale": "en-GB"}
 
 
 def test_sent_at_corrects_the_device_clock() -> None:
@@ -97,6 +98,22 @@ def test_bad_messages_are_named_with_their_position(call: str, fields: dict[str,
     good = ("track", Message(userId="u", event="Fine"))
     with pytest.raises(MessageError, match=f"message 1 \\({call}\\): {error}"):
         to_records([good, (call, msgspec.convert(fields, Message))], clock=lambda: NOW)
+
+
+def test_values_the_log_cannot_hold_and_odd_times_are_refused() -> None:
+    deep: Any = 1
+    for _ in range(600):  # deeper than Python's stack would walk recursively
+        deep = [deep]
+    for fields, error in (
+        ({"properties": {"n": 2**70}}, "outside \\[-2\\^63, 2\\^64-1\\]"),
+        ({"properties": {"a": deep}}, "nests deeper than 16"),
+        ({"timestamp": "0001-01-01T00:00:00Z"}, "between 1970 and 9999"),
+        ({"timestamp": "2030-01-01T00:00:00Z", "sentAt": "9999-01-01T00:00:00Z"}, "before 1970"),
+        ({"event": "App Launched"}, "restricted system event"),
+    ):
+        with pytest.raises(MessageError, match=error):
+            convert("track", **{"userId": "u", "event": "E", **fields})
+    assert convert("track", userId="u", event="E", timestamp="2004-09-24T17:30:29.518Z")[0].ts_ms == 1_096_047_029_518
 
 
 def test_flatten_keeps_lists_as_values() -> None:

@@ -393,3 +393,12 @@ def test_valid_records_outside_the_fast_path_are_still_accepted(record: dict[str
     accepted, rejected = full_path(body)
     assert rejected == [] and len(accepted) == 1
     assert fast is None or fast == accepted
+
+
+def test_only_well_formed_emails_and_phones_identify_a_profile() -> None:
+    from kairos.models import ProfileRecord, record_identifiers
+
+    junk = ProfileRecord("identity:1", 0, {"Email": "n/a", "Phone": "0"}, {"objectId": "d"})
+    assert record_identifiers(junk) == ["identity:1", "objectId:d"]
+    good = ProfileRecord("identity:1", 0, {"Email": "a@b.co", "Phone": "+447700900123"})
+    assert record_identifiers(good) == ["identity:1", "Email:a@b.co", "Phone:+447700900123"]
