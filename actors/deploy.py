@@ -16,8 +16,8 @@ from kairos.config import Settings
 
 NAMESPACE = names.NAMESPACE
 
-# Shards and ingest actors rebuild themselves after a crash, and every method they
-# expose is idempotent (batch ids dedupe retried appends), so Ray may retry calls.
+# Shards rebuild themselves after a crash, and every method they expose is idempotent
+# (batch ids dedupe retried appends, seals and absorbs go by state), so Ray may retry.
 _RESTARTABLE = {"max_restarts": -1, "max_task_retries": -1}
 # Actors mostly wait on I/O; reserving a whole CPU each would stop five of them from
 # fitting on a 2-core machine. SPREAD places them over a cluster's nodes.
@@ -37,7 +37,11 @@ def ray_system_config() -> dict[str, Any]:
     return dict(RAY_SYSTEM_CONFIG)
 
 UserShardRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT, **_QUIET)(UserShardActor)
-IngestRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT, **_QUIET)(IngestActor)
+# An ingest call is not retried by Ray: its records' users come from the identity graph
+# and the actor's cache, which can change between attempts (a merge in between), so a
+# replay could route a record differently from the first attempt and lose or double it.
+# A failed call answers 503 ("outcome unknown"); clients retry with their messageIds.
+IngestRemote = ray.remote(max_restarts=-1, max_task_retries=0, **_PLACEMENT, **_QUIET)(IngestActor)
 GatewayRemote = ray.remote(max_restarts=-1, **_PLACEMENT, **_QUIET)(GatewayActor)
 
 

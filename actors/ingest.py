@@ -59,7 +59,9 @@ class IngestActor:
 
     async def _sweep_forever(self) -> None:
         # Merges whose coordinator died (this actor's earlier life, or another) are
-        # finished here; a live coordinator finishes its own well within the grace time.
+        # finished here. A live coordinator normally finishes its own in milliseconds;
+        # if a sweep catches one still under way, both carry it out, which is harmless
+        # (each step is idempotent) if wasteful.
         interval = self._settings.merge_sweep_interval_s
         while True:
             try:

@@ -16,7 +16,7 @@ from gateway.auth import ACCOUNT
 from gateway.backend import Backend
 from gateway.body import read_body
 from gateway.errors import ApiError, json_response
-from kairos.identity import IDENTIFIER_KINDS, user_key
+from kairos.identity import IDENTIFIER_KINDS, identifying_key, user_key
 from kairos.models import LooseUploadBody, UploadBody, UploadResponse, encode_upload
 from kairos.timefmt import DateError, day_range_ms
 from kairos.upload import MAX_RECORDS, validate_fast, validate_upload
@@ -125,7 +125,8 @@ class CleverTapApi:
         if not value:
             raise ApiError(400, f"{kind} must not be empty")
         # Email is an identifier too (profiles carry it in profileData).
-        user = await self.backend.user_of(account, user_key("Email" if kind == "email" else kind, value))
+        identifier = identifying_key("Email", value) if kind == "email" else user_key(kind, value)
+        user = await self.backend.user_of(account, identifier)
         record = None
         if user is not None:
             shard = self.backend.partition_map.shard_of(self.backend.partition_map.partition_of(account, user))
@@ -153,7 +154,7 @@ class CleverTapApi:
         for identity in identities:
             user = await self.backend.user_of(account, user_key("identity", identity))
             if user is None:
-                user = await self.backend.user_of(account, user_key("Email", identity))
+                user = await self.backend.user_of(account, identifying_key("Email", identity))
             if user is None:
                 unprocessed.append({"identity": identity, "error": "no profile has this identity or email"})
             else:

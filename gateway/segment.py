@@ -3,14 +3,15 @@
 Authentication is the account's write key, in the body (`writeKey`) or as HTTP Basic
 user name with an empty password, as Segment's and RudderStack's libraries send it.
 Errors use Segment's shape, `{"code": ..., "message": ...}`, which those libraries read.
-A request with any bad message is refused whole with 400, naming the message: the
-libraries drop a 4xx batch rather than retry it, so a partial accept would lose the
-rest silently.
+A batch keeps its good messages when some are bad: the libraries drop a batch answered
+4xx rather than retry it, so refusing it whole would lose the good ones. The bad ones
+are named in the answer (`rejected`) and logged; a batch with no good message is 400.
 """
 
 from __future__ import annotations
 
 import base64
+import logging
 from typing import Any
 
 import msgspec
@@ -29,6 +30,7 @@ from kairos.segment import (
 )
 
 _SUCCESS = {"success": True}
+logger = logging.getLogger(__name__)
 
 
 class SegmentApi:
@@ -58,15 +60,23 @@ class SegmentApi:
         if not batch.batch:
             raise ApiError(400, "batch must hold at least one message")
         messages: list[tuple[str, Message]] = []
+        positions: list[int] = []
+        rejected: list[tuple[int, str]] = []
         for position, raw in enumerate(batch.batch):
-            if len(raw) > MAX_MESSAGE_BYTES:
-                raise ApiError(400, f"message {position} is {len(raw)} bytes; at most {MAX_MESSAGE_BYTES} are allowed")
-            message = _decode(message_decoder, bytes(raw), f"message {position}")
-            if message.type not in CALLS:
-                raise ApiError(400, f"message {position}: type must be one of {', '.join(CALLS)}, got {message.type!r}")
-            messages.append((message.type, message))
-        await self._ingest(account, messages, batch.sentAt, batch.context)
-        return json_response(_SUCCESS)
+            try:
+                messages.append(_batch_message(position, raw))
+                positions.append(position)
+            except ApiError as exc:
+                rejected.append((position, exc.message))
+        rejected = await self._ingest(account, messages, batch.sentAt, batch.context, rejected, positions)
+        if not rejected:
+            return json_response(_SUCCESS)
+        rejected.sort()
+        if len(rejected) == len(batch.batch):
+            raise ApiError(400, f"no message in the batch could be taken; {rejected[0][1]}")
+        logger.warning("account %s: %d of %d messages of a batch refused; first: %s",
+                       account, len(rejected), len(batch.batch), rejected[0][1])
+        return json_response({"success": True, "rejected": [{"index": i, "message": m} for i, m in rejected]})
 
     async def _authenticate(self, request: web.Request, body_key: Any) -> str:
         write_key = _basic_user(request.headers.get("Authorization", ""))
@@ -79,14 +89,22 @@ class SegmentApi:
             raise ApiError(401, "invalid write key")
         return account
 
-    async def _ingest(self, account: str, messages: list[tuple[str, Message]], sent_at: Any, context: Any) -> None:
+    async def _ingest(
+        self, account: str, messages: list[tuple[str, Message]], sent_at: Any, context: Any,
+        rejected: list[tuple[int, str]] | None = None, positions: list[int] | None = None,
+    ) -> list[tuple[int, str]]:
+        """Store the messages; a bad one is a 400, or - given a `rejected` list - is
+        skipped and added to it. Returns that list."""
         with self.admission.admit(account):
             kinds = await self._previous_id_kinds(account, messages)
             try:
-                records = to_records(messages, sent_at, context, lambda previous: kinds.get(previous, ANONYMOUS_ID))
+                records = to_records(messages, sent_at, context, lambda previous: kinds.get(previous, ANONYMOUS_ID),
+                                     rejected=rejected, positions=positions)
             except MessageError as exc:
                 raise ApiError(400, str(exc)) from None
-            await self.backend.ingest(account, encode_upload(records))
+            if records:
+                await self.backend.ingest(account, encode_upload(records))
+        return rejected or []
 
     async def _previous_id_kinds(self, account: str, messages: list[tuple[str, Message]]) -> dict[str, str]:
         """An alias's previousId is a user id if the graph knows it as one, or an earlier
@@ -105,6 +123,15 @@ class SegmentApi:
             if user_id is not None:
                 user_ids.add(user_id)
         return kinds
+
+
+def _batch_message(position: int, raw: msgspec.Raw) -> tuple[str, Message]:
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise ApiError(400, f"message {position} is {len(raw)} bytes; at most {MAX_MESSAGE_BYTES} are allowed")
+    message = _decode(message_decoder, bytes(raw), f"message {position}")
+    if message.type not in CALLS:
+        raise ApiError(400, f"message {position}: type must be one of {', '.join(CALLS)}, got {message.type!r}")
+    return message.type, message
 
 
 def _basic_user(header: str) -> str | None:

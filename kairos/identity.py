@@ -34,3 +34,9 @@ def user_key(kind: str, value: str) -> str:
 def split_user_key(key: str) -> tuple[str, str]:
     kind, _, value = key.partition(":")
     return kind, value
+
+
+def identifying_key(name: str, value: str) -> str:
+    """The identifier of an identifying property's value. Emails differ only in letter
+    case as typed, not as people: `Ann@Example.com` and `ann@example.com` are one."""
+    return user_key(name, value.lower() if name == "Email" else value)

@@ -18,6 +18,7 @@ from typing import Callable
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from kairos import keys
 
@@ -100,8 +101,12 @@ end
 redis.call('DEL', members_key)
 redis.call('HSET', fwd_key, user, remainder)
 redis.call('HSET', merges_key, account .. '\\0' .. user, cjson.encode({account, user, remainder, now, parts}))
-return remainder
+return {remainder, parts}
 """
+
+
+class MergedAway(LookupError):
+    """The user was merged into another (or split) already: there is nothing to split."""
 
 
 class Merge(msgspec.Struct, frozen=True, array_like=True):
@@ -145,12 +150,14 @@ class IdentityGraph:
         args: list[str | int] = [keys.identity_prefix(account), keys.PENDING_MERGES, account, repr(self._clock()), user]
         for source, identifiers in parts:
             args.extend([len(identifiers), source, *identifiers])
-        remainder = (await self._split(args=args)).decode()
-        return (await self._pending(account, user)) or Merge(account, user, remainder, self._clock())
-
-    async def _pending(self, account: str, user: str) -> Merge | None:
-        raw = await self._redis.hget(keys.PENDING_MERGES, f"{account}\x00{user}")
-        return _decode_merge(raw) if raw is not None else None
+        try:
+            remainder, parts_made = await self._split(args=args)
+        except ResponseError as exc:
+            if "merged away" in str(exc):
+                raise MergedAway(str(exc)) from None
+            raise
+        made = tuple((source.decode(), fresh.decode()) for source, fresh in parts_made)
+        return Merge(account, user, remainder.decode(), self._clock(), made)
 
     async def lookup(self, account: str, identifiers: list[str]) -> list[str | None]:
         """The users of known identifiers (None for unknown ones), creating nothing."""

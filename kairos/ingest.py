@@ -85,9 +85,9 @@ class Ingestor:
     ) -> tuple[dict[int, list[ShardBlob]], dict[str, tuple[str, int]]]:
         """One blob per (account, partition), grouped by owning shard; `users[i]` is record
         i's user, and `only`, if given, picks the records of each upload to send. Records
-        move as undecoded msgpack. Batch ids derive from the call id, so a retried call
-        yields the same ids and is applied once. Also returns each blob's (account,
-        partition), for `positions_of`."""
+        move as undecoded msgpack. Batch ids derive from the call id, so a shard call
+        retried after the shard restarted is applied once. Also returns each blob's
+        (account, partition), for `positions_of`."""
         groups: dict[tuple[str, int], tuple[list[str], list]] = {}
         for u, (account, batch, users) in enumerate(uploads):
             places = self._places_of(account)
@@ -119,12 +119,12 @@ class Ingestor:
         """The (upload, record) positions `route` put in the blob of (account, partition),
         in blob order. Rebuilt only when a shard refuses some of a blob's records, so the
         hot path keeps no per-record bookkeeping."""
-        places = self._places_of(account)
+        partition_of = self.partition_map.partition_of  # not the cache: it may have been reset since
         return [
             (u, i)
             for u, (acc, batch, users) in enumerate(uploads) if acc == account
             for i in (range(len(batch.records)) if only is None else only[u])
-            if places[users[i]] == partition
+            if partition_of(account, users[i]) == partition
         ]
 
     def _places_of(self, account: str) -> dict[str, int]:
@@ -144,14 +144,21 @@ class Ingestor:
             users = self.cached_users(account, batch)
             missing.append((account, batch, users, [i for i, user in enumerate(users) if user is None]))
             resolved.append((account, batch, users))  # type: ignore[arg-type]
-        await self._resolve_in_place(missing, merging)
+        delivered: BaseException | None = None
         try:
+            await self._resolve_in_place(missing, merging)
             await self._deliver(call_id, resolved, merging)
-        finally:
-            # Merges this call started must be done before its records are acknowledged:
-            # a read right after sees the whole merged profile.
-            if merging:
-                await asyncio.gather(*merging)
+        except Exception as exc:
+            delivered = exc
+        # Merges this call started must be done before its records are acknowledged: a
+        # read right after sees the whole merged profile. A failed merge stays pending
+        # and a sweep finishes it; the delivery's own error, if any, is the one to report.
+        outcomes = await asyncio.gather(*merging, return_exceptions=True)
+        if delivered is not None:
+            raise delivered
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException):
+                raise outcome
         return sum(len(batch.records) for _, batch in decoded)
 
     async def _resolve_in_place(

@@ -48,4 +48,6 @@ def identity_prefix(account_id: str) -> str:
     return f"{PREFIX}a:{account_id}:"
 
 
-PENDING_MERGES = PREFIX + "merges"  # hash: account \0 merged user -> [account, user, into, since]
+# hash: account \0 merged user -> JSON [account, user, into, since] for a merge, plus
+# [[source, fresh user], ...] for a demerge (see kairos.identity_graph.Merge).
+PENDING_MERGES = PREFIX + "merges"

@@ -18,13 +18,15 @@ meanwhile, its shard refuses the absorb and the data follows it to where it went
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from typing import Any, Awaitable, Callable, Protocol
 
-from kairos.identity_graph import Merge
+from kairos.identity_graph import Merge, MergedAway
 from kairos.models import UserExport
 from kairos.partitions import PartitionMap
 
+logger = logging.getLogger(__name__)
 CallShard = Callable[..., Awaitable[Any]]  # (shard, method, *args) -> result
 
 
@@ -80,7 +82,11 @@ class MergeCoordinator:
         parts: list[tuple[str, list[str]]] = await self._call(shard, "constituents", account, user)
         if not parts:
             return False
-        await self._complete_split(await self._graph.split(account, user, parts))
+        try:
+            split = await self._graph.split(account, user, parts)
+        except MergedAway:
+            return False  # split (or merged away) meanwhile, e.g. by a concurrent demerge
+        await self._complete_split(split)
         return True
 
     async def _complete_split(self, split: Merge) -> None:
@@ -130,5 +136,13 @@ class MergeCoordinator:
         died, or its call failed). Returns how many were finished."""
         cutoff = self._clock() - older_than_s
         stale = [m for m in await self._graph.pending_merges() if m.since <= cutoff]
-        await self.complete(stale)
-        return len(stale)
+        finished = 0
+        for merge in stale:
+            # One at a time: a merge that keeps failing must not hold back the others.
+            try:
+                await self.complete([merge])
+                finished += 1
+            except Exception:
+                logger.exception("pending merge of user %s into %s (account %s) failed again",
+                                 merge.user, merge.into, merge.account)
+        return finished

@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from kairos.identity import IDENTIFYING_FORMATS, IDENTIFYING_PROPERTIES, user_key
+from kairos.identity import IDENTIFYING_FORMATS, IDENTIFYING_PROPERTIES, identifying_key, user_key
 
 # --- CleverTap upload (input) ----------------------------------------------------
 
@@ -195,7 +195,7 @@ def record_identifiers(record: Record) -> list[str]:
         for name in IDENTIFYING_PROPERTIES:
             value = record.props.get(name)
             if isinstance(value, str) and IDENTIFYING_FORMATS[name].fullmatch(value):
-                found.append(user_key(name, value))
+                found.append(identifying_key(name, value))
     return list(dict.fromkeys(found))
 
 

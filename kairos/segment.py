@@ -27,9 +27,8 @@ from typing import Any, Callable
 
 import msgspec
 
-from kairos.identity import ANONYMOUS_ID, user_key
+from kairos.identity import ANONYMOUS_ID, EMAIL_RE, PHONE_RE, user_key
 from kairos.models import EventRecord, ProfileRecord, Record
-from kairos.identity import EMAIL_RE, PHONE_RE
 from kairos.upload import MAX_IDENTIFIER_CHARS, MAX_INT, MAX_NESTING, MIN_INT, RESTRICTED_EVENTS
 
 MAX_MESSAGE_BYTES = 32 * 1024
@@ -187,10 +186,13 @@ def to_records(
     batch_context: Any = None,
     previous_kind: Callable[[str], str] = lambda _: ANONYMOUS_ID,
     clock: Callable[[], float] = time.time,
+    rejected: list[tuple[int, str]] | None = None,
+    positions: list[int] | None = None,
 ) -> list[Record]:
-    """Records for `(call, message)` pairs, in order; `MessageError` names the first bad
-    message by its position. `previous_kind` tells which identifier kind an alias's
-    `previousId` is (a known user id, or else an anonymous id)."""
+    """Records for `(call, message)` pairs, in order. A bad message raises
+    `MessageError` naming it by its position (`positions[i]`, if given) - or, when a
+    `rejected` list is given, is skipped and listed there. `previous_kind` tells which
+    identifier kind an alias's `previousId` is (a known user id, or else an anonymous id)."""
     received_ms = int(clock() * 1000)
     shared_context = _object(batch_context, "context")
     records: list[Record] = []
@@ -198,7 +200,8 @@ def to_records(
     # one user in a request only the last is written, as it would win anyway.
     last_context: dict[str, int] = {}  # user -> position in `records` of its last context write
     context_of: dict[int, str] = {}  # position of each context write -> its user
-    for position, (call, message) in enumerate(messages):
+    for index, (call, message) in enumerate(messages):
+        position = positions[index] if positions is not None else index
         try:
             context = {**shared_context, **_object(message.context, "context")}
             # RudderStack sends identify traits in context.traits; Segment allows it too.
@@ -207,7 +210,10 @@ def to_records(
                 message.traits = {**context_traits, **_object(message.traits, "traits")}
             record = _to_record(call, message, batch_sent_at, received_ms, previous_kind)
         except MessageError as exc:
-            raise MessageError(f"message {position} ({call}): {exc}") from None
+            if rejected is None:
+                raise MessageError(f"message {position} ({call}): {exc}") from None
+            rejected.append((position, f"message {position} ({call}): {exc}"))
+            continue
         records.append(record)
         if context:
             flat = flatten("context", context, {})

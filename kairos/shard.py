@@ -277,7 +277,7 @@ class UserShard:
                 # Either the append failed - and MULTI/EXEC may still have committed before
                 # the reply was lost - or a durable batch could not be applied. Memory may
                 # now disagree with the log; only a restart that replays the log is honest.
-                # The callers' retries carry the same batch ids, so nothing counts twice.
+                # A shard call retried by Ray carries the same batch ids, so nothing counts twice.
                 self._failure = exc
                 logger.exception("shard %s failed to make a batch durable and applied", self.shard_id)
                 error = ShardFailed(f"shard {self.shard_id} failed: {exc!r}")

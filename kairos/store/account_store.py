@@ -112,13 +112,18 @@ class AccountStore:
         return user
 
     def add_identifier(self, user: int, identifier: str) -> None:
-        if identifier != self.primary[user]:
+        if not identifier:
+            return
+        if not self.primary[user]:
+            self.primary[user] = identifier  # a user made by a merge before any identifier
+        elif identifier != self.primary[user]:
             more = self.more_identifiers.setdefault(user, [])
             if identifier not in more:
                 more.append(identifier)
 
     def identifiers(self, user: int) -> list[str]:
-        return [self.primary[user], *self.more_identifiers.get(user, ())]
+        first = [self.primary[user]] if self.primary[user] else []
+        return [*first, *self.more_identifiers.get(user, ())]
 
     def apply_events(self, events: list[EventRecord], users_of: list[str] | None = None) -> None:
         """Append a batch of events; `users_of[i]` is event i's canonical user (by default
@@ -128,7 +133,7 @@ class AccountStore:
             return
         strings = self.codec.strings
         codes, code_of, encode = strings.codes, strings.code, self.codec.encode
-        user_index, user_slot = self.user_index, self.user_slot
+        user_index, user_slot, primary = self.user_index, self.user_slot, self.primary
         count = len(events)
         row0 = len(self.ev_user)
         users, names, stamps = [0] * count, [0] * count, [0] * count
@@ -138,8 +143,10 @@ class AccountStore:
             user = user_index.get(key)
             if user is None:
                 user = user_slot(key, event.user)
-            # An event names its user by an identifier the user already has here: the
-            # first it was seen with, one a linking record added, or one a merge brought.
+            elif event.user != primary[user]:
+                # Usually one this user has here already; but a record refused by a
+                # merged-away user and sent on brings an identifier new to this shard.
+                self.add_identifier(user, event.user)
             if event.aliases:
                 for kind, value in event.aliases.items():
                     self.add_identifier(user, user_key(kind, value))

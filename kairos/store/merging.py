@@ -13,7 +13,9 @@ when it was merged.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
+
+import msgspec
 
 import numpy as np
 
@@ -26,8 +28,9 @@ REMAINDER = ""
 
 
 def seal(store: AccountStore, key: str, into: str) -> None:
-    """`key` was merged into `into`: hide it from lookups and scans. Its rows stay, so
-    `export` can still read them until the merge is complete."""
+    """`key` was merged into `into`: hide it from lookups and scans. Its rows stay where
+    they are (columns are append-only), skipped by every scan; `export` reads them, as
+    often as a repeated merge asks."""
     store.sealed[key] = into
     user = store.user_index.get(key)
     if user is not None:
@@ -38,8 +41,9 @@ def _rows(store: AccountStore, user: int) -> np.ndarray:
     return np.asarray(store.user_event_rows(user)[::-1], dtype=np.int64)
 
 
-def _events(store: AccountStore, user: int, rows: np.ndarray) -> list[EventRecord]:
-    identifier = store.primary[user]
+def _events(store: AccountStore, identifier: str, rows: np.ndarray) -> list[EventRecord]:
+    """The events at `rows`, each named by `identifier`: one the receiving user will
+    have anyway, so the events add no identifier to it."""
     return [EventRecord(identifier, e["ts_ms"], e["name"], e["props"]) for e in store.raw_events(rows)]
 
 
@@ -48,9 +52,12 @@ def _stamps(store: AccountStore, user: int, props: dict[str, Any]) -> dict[str, 
     return {name: store.profile[code(name)].stamp(user) for name in props}
 
 
-def export(store: AccountStore, keys: list[str]) -> list[UserExport]:
-    """Everything each of `keys` holds here, events oldest row first (message ids and the
-    users it absorbed are the partition's to add). The events of all of them are read in
+def export(
+    store: AccountStore, keys: list[str], message_ids: Callable[[str], dict[int, str]] = lambda _: {},
+) -> list[UserExport]:
+    """Everything each of `keys` holds here, events oldest row first, each with its
+    `messageId` (`message_ids(key)` maps rows to them); the other remembered ids and the
+    users it absorbed are the partition's to add. The events of all of them are read in
     one pass over the property columns: a pass costs about the same for one user as for
     hundreds."""
     users = [store.user_index.get(key) for key in keys]
@@ -69,37 +76,44 @@ def export(store: AccountStore, keys: list[str]) -> list[UserExport]:
             out.append(UserExport(key, [], [], {}, {}, NEVER, -NEVER, [], []))
             continue
         identifier = store.primary[user]
+        ids_at = message_ids(key)
         props = store.profile_properties(user)
         parts = [
             Constituent(c.source, c.identifiers, c.props, c.prop_ts, spans.rows_to_positions(c.spans, user_rows))
             for c in store.constituents.get(user, ())
         ]
         out.append(UserExport(
-            key, store.identifiers(user), [EventRecord(identifier, e["ts_ms"], e["name"], e["props"]) for e in mine],
+            key, store.identifiers(user),
+            [EventRecord(identifier, e["ts_ms"], e["name"], e["props"], ids_at.get(row))
+             for e, row in zip(mine, user_rows.tolist())],
             props, _stamps(store, user, props), int(store.first_seen.values[user]), int(store.last_seen.values[user]),
             [], [], parts,
         ))
     return out
 
 
-def absorb(store: AccountStore, items: list[tuple[str, UserExport]]) -> list[tuple[str, UserExport]]:
+def absorb(store: AccountStore, items: list[tuple[str, UserExport]]) -> list[tuple[str, UserExport, int]]:
     """Merge sealed users' exports into their survivors: the events join the survivors'
-    histories (all items' events in one append) and each property keeps the
-    later-written of the two values. Returns the items applied: a source absorbed
-    before is skipped, so a repeated merge changes nothing."""
+    histories (all items' events in one append) and each property keeps the value with
+    the later write time. Returns the items applied, each with the row its first event
+    landed at: a source absorbed before is skipped, so a repeated merge changes nothing."""
     applied: list[tuple[str, UserExport]] = []
     for key, data in items:
         if data.source not in store.absorbed_sources:
             store.absorbed_sources.add(data.source)
             applied.append((key, data))
-    slots = [store.user_slot(key, data.identifiers[0] if data.identifiers else key) for key, data in applied]
+    # A survivor new to this shard takes its first identifier from the export (none
+    # when the merged-away user had no records yet: the survivor's own first record names it).
+    slots = [store.user_slot(key, data.identifiers[0] if data.identifiers else "") for key, data in applied]
     row0 = store.event_count
     store.apply_events(
         [event for _, data in applied for event in data.events],
         [key for key, data in applied for _ in data.events],
     )
     first, last = store.first_seen.values, store.last_seen.values
+    done: list[tuple[str, UserExport, int]] = []
     for (key, data), user in zip(applied, slots):
+        done.append((key, data, row0))
         for identifier in data.identifiers:
             store.add_identifier(user, identifier)
         first[user] = min(int(first[user]), data.first_seen)
@@ -114,7 +128,18 @@ def absorb(store: AccountStore, items: list[tuple[str, UserExport]]) -> list[tup
         if not data.restores:
             _remember_constituents(store, user, data, row0)
         row0 += len(data.events)
-    return applied
+    return done
+
+
+def without_events(data: UserExport, kept: list[bool]) -> UserExport:
+    """The export with only the events marked kept; constituents' spans follow."""
+    mask = np.asarray(kept, dtype=bool)
+    parts = [
+        Constituent(c.source, c.identifiers, c.props, c.prop_ts, spans.keep(c.spans, mask))
+        for c in data.constituents
+    ]
+    events = [event for event, keep in zip(data.events, kept) if keep]
+    return msgspec.structs.replace(data, events=events, constituents=parts)
 
 
 def _remember_constituents(store: AccountStore, user: int, data: UserExport, row0: int) -> None:
@@ -153,7 +178,7 @@ def split(store: AccountStore, key: str, message_ids: list[tuple[str, str]]) -> 
         part_rows = spans.take(rows, c.spans)
         claimed.extend(c.spans)
         taken.update(c.identifiers)
-        events = _events(store, user, part_rows)
+        events = _events(store, c.identifiers[0] if c.identifiers else "", part_rows)
         stamps = [e.ts_ms for e in events] + list(c.prop_ts.values())
         parts[c.source] = UserExport(
             f"{key}/split/{c.source}", c.identifiers, events, c.props, c.prop_ts,
@@ -162,10 +187,11 @@ def split(store: AccountStore, key: str, message_ids: list[tuple[str, str]]) -> 
     end = int(rows[-1]) + 1 if rows.size else 0
     rest = spans.take(rows, spans.complement(claimed, 0, end))
     props = store.profile_properties(user)
-    events = _events(store, user, rest)
+    kept = [i for i in store.identifiers(user) if i not in taken]
+    events = _events(store, kept[0] if kept else "", rest)
     stamps = [e.ts_ms for e in events] + list(_stamps(store, user, props).values())
     parts[REMAINDER] = UserExport(
-        f"{key}/split/", [i for i in store.identifiers(user) if i not in taken], events, props,
+        f"{key}/split/", kept, events, props,
         _stamps(store, user, props), min(stamps, default=NEVER), max(stamps, default=-NEVER), message_ids, [],
         restores=True,
     )

@@ -16,91 +16,9 @@ from kairos.models import (
     AbsorbEntry, EventRecord, LogBatch, LogEntry, ProfileRecord, SealEntry, UserExport,
 )
 from kairos.store import merging
+from kairos.store.dedupe import BoundedIdSet, MessageIdWindow
 from kairos.store.account_store import AccountStore
 from kairos.store.columns import StringTable, ValueCodec
-
-
-class BoundedIdSet:
-    """The most recent `capacity` ids, oldest evicted first, each with an optional note."""
-
-    __slots__ = ("capacity", "_ids")
-
-    def __init__(self, capacity: int, ids: list[str] | dict[str, Any] | None = None) -> None:
-        self.capacity = capacity
-        self._ids: dict[str, Any] = dict(ids) if isinstance(ids, dict) else dict.fromkeys(ids or [])
-
-    def __contains__(self, item: str) -> bool:
-        return item in self._ids
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def get(self, item: str) -> Any:
-        return self._ids.get(item)
-
-    def add(self, item: str, note: Any = None) -> str | None:
-        """Remember `item`; returns the id evicted to make room, if any."""
-        self._ids[item] = note
-        if len(self._ids) > self.capacity:
-            oldest = next(iter(self._ids))
-            del self._ids[oldest]
-            return oldest
-        return None
-
-    def to_list(self) -> list[str]:
-        return list(self._ids)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self._ids.items() if v is not None}
-
-
-class MessageIdWindow:
-    """Client record ids (`messageId`) recently applied, scoped to (account, user, kind),
-    with an index by user so that a merge carries a user's ids to the user it joins."""
-
-    __slots__ = ("_ids", "_by_user")
-
-    def __init__(self, capacity: int, ids: list[str] | None = None) -> None:
-        self._ids = BoundedIdSet(capacity)
-        self._by_user: dict[str, dict[str, None]] = {}
-        for key in ids or []:
-            self._remember(key)
-
-    @staticmethod
-    def _key(account: str, user: str, kind: str, message_id: str) -> str:
-        return f"{account}\x00{user}\x00{kind}\x00{message_id}"
-
-    @staticmethod
-    def _user_of(key: str) -> str:
-        account, user, _ = key.split("\x00", 2)
-        return f"{account}\x00{user}"
-
-    def __len__(self) -> int:
-        return len(self._ids)
-
-    def seen(self, account: str, user: str, kind: str, message_id: str) -> bool:
-        return self._key(account, user, kind, message_id) in self._ids
-
-    def add(self, account: str, user: str, kind: str, message_id: str) -> None:
-        self._remember(self._key(account, user, kind, message_id))
-
-    def _remember(self, key: str) -> None:
-        evicted = self._ids.add(key)
-        self._by_user.setdefault(self._user_of(key), {})[key] = None
-        if evicted is not None:
-            owner = self._user_of(evicted)
-            keys = self._by_user[owner]
-            del keys[evicted]
-            if not keys:
-                del self._by_user[owner]
-
-    def of_user(self, account: str, user: str) -> list[tuple[str, str]]:
-        """The (kind, message id) pairs remembered for a user."""
-        keys = self._by_user.get(f"{account}\x00{user}", {})
-        return [tuple(key.split("\x00", 3)[2:]) for key in keys]  # type: ignore[misc]
-
-    def to_list(self) -> list[str]:
-        return self._ids.to_list()
 
 
 class PartitionState:
@@ -118,6 +36,7 @@ class PartitionState:
         self.last_log_id = "0-0"
         self.records_since_snapshot = 0
         self.duplicates_dropped = 0
+        self.sealed_users = 0
 
     def account(self, account_id: str) -> AccountStore | None:
         return self.accounts.get(account_id)
@@ -137,7 +56,7 @@ class PartitionState:
 
     @property
     def has_sealed_users(self) -> bool:
-        return any(store.sealed for store in self.accounts.values())
+        return self.sealed_users > 0
 
     def is_sealed(self, account: str, user: str) -> bool:
         store = self.accounts.get(account)
@@ -161,6 +80,7 @@ class PartitionState:
             store = self.store_of(entry.account)
             for user, into in zip(entry.users, entry.into):
                 merging.seal(store, user, into)
+            self.sealed_users = sum(len(s.sealed) for s in self.accounts.values())
             self.records_since_snapshot += 1
         else:
             assert type(entry) is AbsorbEntry
@@ -176,6 +96,14 @@ class PartitionState:
             return
         events: list[EventRecord] = []
         event_users: list[str] = []
+
+        def flush() -> None:
+            row0 = store.event_count
+            store.apply_events(events, event_users)
+            for i, (event, user) in enumerate(zip(events, event_users)):
+                if event.message_id is not None:
+                    self.message_ids.set_row(account, user, event.message_id, row0 + i)
+
         for record, user in zip(batch.records, batch.users):
             if record.message_id is not None:
                 # Scoped to the record's user and kind: a retry of the same record is
@@ -192,34 +120,52 @@ class PartitionState:
             else:
                 assert type(record) is ProfileRecord
                 # Keep log order between this profile write and earlier events' user creation.
-                store.apply_events(events, event_users)
+                flush()
                 events, event_users = [], []
                 store.apply_profile(record, user)
-        store.apply_events(events, event_users)
+        flush()
 
     def export(self, account: str, users: list[str]) -> list[UserExport]:
         """What sealed users held here, for the users they were merged into."""
         store = self.store_of(account)
-        exports = merging.export(store, users)
+        exports = merging.export(store, users, lambda user: self.message_ids.event_rows(account, user))
         for user, data in zip(users, exports):
             data.message_ids = self.message_ids.of_user(account, user)
             data.absorbed = list(store.absorbed.get(user, ()))
         return exports
 
     def split(self, account: str, user: str) -> dict[str, UserExport]:
-        """A sealed merged user's parts (see kairos.store.merging.split)."""
-        return merging.split(self.store_of(account), user, self.message_ids.of_user(account, user))
+        """A sealed merged user's parts (see kairos.store.merging.split). The remainder
+        remembers every user this one absorbed: a late repeat of one of those merges
+        follows the forward to the remainder and must find it done, not apply it again."""
+        store = self.store_of(account)
+        parts = merging.split(store, user, self.message_ids.of_user(account, user))
+        if merging.REMAINDER in parts:
+            parts[merging.REMAINDER].absorbed = list(store.absorbed.get(user, ()))
+        return parts
 
     def constituents(self, account: str, user: str) -> list[tuple[str, list[str]]]:
         store = self.accounts.get(account)
         return merging.constituents(store, user) if store is not None else []
 
     def _absorb(self, entry: AbsorbEntry) -> None:
-        store = self.store_of(entry.account)
-        items = merging.absorb(store, list(zip(entry.users, entry.data)))
-        for user, data in items:
+        store, account = self.store_of(entry.account), entry.account
+        items = []
+        for user, data in zip(entry.users, entry.data):
+            # An event retried while its user was being merged may have reached the
+            # survivor already (the retry resolved to it): keep one copy.
+            kept = [e.message_id is None or not self.message_ids.seen(account, user, "e", e.message_id)
+                    for e in data.events]
+            if not all(kept):
+                self.duplicates_dropped += kept.count(False)
+                data = merging.without_events(data, kept)
+            items.append((user, data))
+        for user, data, row0 in merging.absorb(store, items):
             for kind, message_id in data.message_ids:
-                self.message_ids.add(entry.account, user, kind, message_id)
+                self.message_ids.add(account, user, kind, message_id)
+            for i, event in enumerate(data.events):
+                if event.message_id is not None:
+                    self.message_ids.add(account, user, "e", event.message_id, row0 + i)
             self.records_since_snapshot += len(data.events) + 1
 
     # --- memory and snapshot ---------------------------------------------------
@@ -249,6 +195,7 @@ class PartitionState:
             "batch_ids": self.batch_ids.to_list(),
             "refusals": self.batch_ids.to_dict(),
             "message_ids": self.message_ids.to_list(),
+            "message_rows": self.message_ids.rows(),
             "accounts": accounts,
             "chunks": list(arrays),
         })
@@ -265,9 +212,10 @@ class PartitionState:
         state.codec = ValueCodec(StringTable(raw["strings"]), list(raw["others"]))
         refusals = raw["refusals"]
         state.batch_ids = BoundedIdSet(cls.BATCH_ID_WINDOW, {b: refusals.get(b) for b in raw["batch_ids"]})
-        state.message_ids = MessageIdWindow(dedupe_window, raw["message_ids"])
+        state.message_ids = MessageIdWindow(dedupe_window, raw["message_ids"], raw["message_rows"])
         state.last_log_id = raw["last_log_id"]
         state.accounts = {a: AccountStore.from_state(state.codec, s, chunks) for a, s in raw["accounts"].items()}
+        state.sealed_users = sum(len(s.sealed) for s in state.accounts.values())
         return state
 
     def to_bytes(self) -> bytes:

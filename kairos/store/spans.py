@@ -45,3 +45,10 @@ def take(rows: np.ndarray, spans: list[Span]) -> np.ndarray:
     for start, end in spans:
         keep[np.searchsorted(rows, start):np.searchsorted(rows, end)] = True
     return rows[keep]
+
+
+def keep(spans: list[Span], kept: np.ndarray) -> list[Span]:
+    """Spans of positions after dropping the positions where `kept` is False."""
+    before = np.concatenate(([0], np.cumsum(kept)))  # kept positions before each position
+    out = [(int(before[a]), int(before[b])) for a, b in spans]
+    return [(a, b) for a, b in out if b > a]

@@ -191,6 +191,15 @@ async def test_errors_have_segment_shape(make_api: Any, kairos: Kairos, http: ai
     assert status == 400 and "larger than 512000" in body["message"]
     status, body = await post(http, kairos, "/v1/batch", {"batch": [{**ok, "type": "launch"}]}, key)
     assert status == 400 and "type must be one of" in body["message"]
+    # A batch keeps its good messages and names the bad ones: the libraries drop a batch
+    # answered 4xx whole, which would lose the good ones.
+    mixed = {"batch": [{**ok, "type": "track", "event": "Kept"}, 5, {"type": "track", "event": "Kept"},
+                       {**ok, "type": "track", "event": "Kept", "properties": {"n": 2**70}}]}
+    status, body = await post(http, kairos, "/v1/batch", mixed, key)
+    assert status == 200 and body["success"] is True
+    assert [r["index"] for r in body["rejected"]] == [1, 2, 3]
+    assert "userId or anonymousId is required" in body["rejected"][1]["message"]
+    assert await api.count_events("Kept") == 1
     status, body = await post(http, kairos, "/v1/track", None, key, raw=b"\x1f\x8b not gzip",
                               headers={"Content-Encoding": "gzip"})
     assert status == 400 and body["code"] == "invalid_request"

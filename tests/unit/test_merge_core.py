@@ -338,3 +338,66 @@ async def test_a_demerge_cut_off_midway_is_finished_by_the_sweep() -> None:
     device_profile = await cluster.profile(device)
     assert device_profile is not None and device_profile["events"]["Opened"]["count"] == 5
     assert await cluster.count("Opened") == opened
+
+
+# --- races found in review -----------------------------------------------------------
+
+
+async def test_a_message_id_retried_while_its_merge_is_half_done_counts_once() -> None:
+    cluster = Cluster()
+    device, _ = await anonymous_then_known(cluster, n_anonymous=1)
+    await cluster.upload([ev(device, "Tap", message_id="m-1")])
+    cluster.fail_absorb = 1  # sealed, not yet absorbed
+    with pytest.raises(ConnectionError):
+        await cluster.upload([login("cust", device.split(":", 1)[1])])
+    # The client never saw the first answer; its retry now resolves to the survivor.
+    await cluster.upload([ev(device, "Tap", message_id="m-1")])
+    assert await cluster.coordinator.sweep(older_than_s=0) == 1
+    assert await cluster.count("Tap") == 1
+    profile = await cluster.profile(device)
+    assert profile is not None and profile["events"]["Tap"]["count"] == 1
+
+
+async def test_a_merge_repeated_after_a_demerge_changes_nothing() -> None:
+    cluster = Cluster()
+    device, customer = await anonymous_then_known(cluster)
+    await cluster.upload([login("cust", device.split(":", 1)[1])])
+    merge = cluster.graph.merges[-1]
+    cluster.graph.pending[(merge.account, merge.user)] = merge  # as if clearing it had failed
+    await cluster.coordinator.complete([])  # nothing else pending meanwhile
+    merged = cluster.user_of(customer)
+    del cluster.graph.pending[(merge.account, merge.user)]
+    assert await cluster.coordinator.demerge(ACCOUNT, merged)
+    opened, purchased = await cluster.count("Opened"), await cluster.count("Purchased")
+    # The old merge is finished again: its survivor was split, so it follows the forward
+    # to the part that kept the survivor's identifiers, which must know it is done.
+    await cluster.coordinator.complete([merge])
+    assert (await cluster.count("Opened"), await cluster.count("Purchased")) == (opened, purchased)
+    customer_profile = await cluster.profile(customer)
+    assert customer_profile is not None and "Opened" not in customer_profile["events"]
+
+
+async def test_a_rerouted_record_adds_its_identifier_to_the_survivor() -> None:
+    cluster = Cluster()
+    stale = cluster.ingestor()
+    await cluster.upload([ev("identity:a", "A")])
+    await cluster.upload([ev("objectId:b", "B")], via=stale)  # stale caches b's user
+    await cluster.upload([ProfileRecord("identity:a", T0, {}, {"objectId": "b"})], via=cluster.ingestor())
+    await cluster.upload([ev("objectId:b", "Late")], via=stale)  # refused, sent on to a
+    profile = await cluster.profile("identity:a")
+    assert profile is not None
+    assert profile["identities"] == {"identity": ["a"], "objectId": ["b"]}
+
+
+def test_refusals_map_back_even_after_the_placement_cache_was_reset() -> None:
+    from kairos.models import encode_upload as encode, routable_decoder
+
+    cluster = Cluster()
+    core = cluster.ingestor()
+    records = [ev(f"identity:{i}") for i in range(10)]
+    batch = routable_decoder.decode(encode(records))
+    uploads = [(ACCOUNT, batch, [str(i) for i in range(10)])]
+    _, blobs_of = core.route("c", uploads)
+    core._places.clear()  # the cache is bounded: it may be dropped between route and refusal
+    carried = {key: core.positions_of(uploads, None, *where) for key, where in blobs_of.items()}
+    assert sorted(i for positions in carried.values() for _, i in positions) == list(range(10))
