@@ -392,7 +392,9 @@ class AccountStore:
         columns = self.first_seen.nbytes + self.last_seen.nbytes + self.last_row.nbytes + self.live.nbytes
         columns += sum(p.nbytes for p in self.profile.values())
         more = sum(sys.getsizeof(m) + sum(sys.getsizeof(i) for i in m) for m in self.more_identifiers.values())
-        return index + columns + more + sys.getsizeof(self.more_identifiers) + sys.getsizeof(self.sealed)
+        # Merge bookkeeping, roughly: its encoded size stands for its objects.
+        merges = len(msgspec.msgpack.encode([self.sealed, self.absorbed, self.constituents]))
+        return index + columns + more + sys.getsizeof(self.more_identifiers) + merges
 
     # --- snapshot ---------------------------------------------------------------
     # Event columns are chunked and append-only: a snapshot names each sealed chunk by a

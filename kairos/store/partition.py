@@ -76,7 +76,7 @@ class PartitionState:
             self.batch_ids.add(batch_id, entry.refused or None)
             self._apply_records(entry)
         elif type(entry) is SealEntry:
-            self.batch_ids.add(batch_id)
+            # Seals and absorbs are idempotent by state: their ids need no room in the window.
             store = self.store_of(entry.account)
             for user, into in zip(entry.users, entry.into):
                 merging.seal(store, user, into)
@@ -84,7 +84,6 @@ class PartitionState:
             self.records_since_snapshot += 1
         else:
             assert type(entry) is AbsorbEntry
-            self.batch_ids.add(batch_id)
             self._absorb(entry)
 
     def _apply_records(self, batch: LogBatch) -> None:
