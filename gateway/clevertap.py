@@ -16,7 +16,7 @@ from gateway.auth import ACCOUNT
 from gateway.backend import Backend
 from gateway.body import read_body
 from gateway.errors import ApiError, json_response
-from kairos.identity import IDENTIFIER_KINDS, identifying_key, user_key
+from kairos.identity import ANONYMOUS_ID, IDENTIFIER_KINDS, identifying_key, user_key
 from kairos.models import LooseUploadBody, UploadBody, UploadResponse, encode_upload
 from kairos.timefmt import DateError, day_range_ms
 from kairos.upload import MAX_RECORDS, validate_fast, validate_upload
@@ -40,6 +40,8 @@ class DemergeBody(msgspec.Struct):
 
 
 MAX_DEMERGE = 100
+# CleverTap's lookups, and Kairos's: phone, and Segment's anonymousId.
+LOOKUP_PARAMETERS = (*IDENTIFIER_KINDS, "email", "phone", ANONYMOUS_ID)
 
 
 class ExportCursor(msgspec.Struct, array_like=True):
@@ -117,15 +119,18 @@ class CleverTapApi:
     async def profile(self, request: web.Request) -> web.Response:
         account: str = request[ACCOUNT]
         query = request.query
-        given = [k for k in (*IDENTIFIER_KINDS, "email") if k in query]
+        given = [k for k in LOOKUP_PARAMETERS if k in query]
         if len(given) != 1:
-            raise ApiError(400, "give exactly one of identity, objectId, FBID, GPID or email")
+            raise ApiError(400, f"give exactly one of {', '.join(LOOKUP_PARAMETERS)}")
         kind = given[0]
         value = query[kind]
         if not value:
             raise ApiError(400, f"{kind} must not be empty")
-        # Email is an identifier too (profiles carry it in profileData).
-        identifier = identifying_key("Email", value) if kind == "email" else user_key(kind, value)
+        # Email and Phone are identifiers too (profiles carry them in profileData).
+        if kind in ("email", "phone"):
+            identifier = identifying_key(kind.capitalize(), value)
+        else:
+            identifier = user_key(kind, value)
         user = await self.backend.user_of(account, identifier)
         record = None
         if user is not None:

@@ -21,12 +21,17 @@ def _settings(args: argparse.Namespace) -> Settings:
     )
 
 
-def _create_account(settings: Settings, name: str) -> Credentials:
+def _create_account(settings: Settings, name: str) -> tuple[Credentials, str]:
+    """The new account, and where it was written (so a user in the wrong directory sees it)."""
     with ExitStack() as stack:
         url = settings.redis_url or running_url(settings.data_path)
+        where = f"Redis at {url}" if url else ""
         if not url:
             # Kairos is not running: open its data directory with a Redis of our own.
             url = stack.enter_context(EmbeddedRedis(settings.data_path, settings.redis_fsync)).url
+            where = f"data directory {settings.data_path} (Kairos is not running on it)"
+        elif not settings.redis_url:
+            where = f"the Kairos running on data directory {settings.data_path}"
 
         async def create() -> Credentials:
             client = aioredis.Redis.from_url(url)
@@ -35,7 +40,7 @@ def _create_account(settings: Settings, name: str) -> Credentials:
             finally:
                 await client.aclose()
 
-        return asyncio.run(create())
+        return asyncio.run(create()), where
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,8 +65,9 @@ def main(argv: list[str] | None = None) -> int:
 
             run_up(settings, demo=args.demo, on_ready=lambda s: print(s, flush=True))
         else:
-            creds = _create_account(settings, args.name)
+            creds, where = _create_account(settings, args.name)
             print(f"account id: {creds.account_id}\npasscode:   {creds.passcode}\nwrite key:  {creds.write_key}")
+            print(f"Created in {where}.")
             print("Keep the passcode and write key: Kairos stores only their hashes and cannot show them again.")
     except (ConfigError, AccountError) as exc:
         print(f"kairos: {exc}", file=sys.stderr)

@@ -89,12 +89,14 @@ async def test_writers_racing_a_merge_lose_and_double_nothing(make_api: Any, kai
 
 async def test_a_profile_with_an_email_already_known_merges_into_its_owner(make_api: Any) -> None:
     api = await make_api()
-    await api.upload([{"type": "profile", "identity": "web-7", "profileData": {"Email": "x@y.co", "Plan": "pro"}}])
+    await api.upload([{"type": "profile", "identity": "web-7",
+                       "profileData": {"Email": "x@y.co", "Phone": "+447700900123", "Plan": "pro"}}])
     await api.upload([event("app-7", "Opened"), event("app-7", "Opened")])
     await api.upload([{"type": "profile", "identity": "app-7", "profileData": {"Email": "x@y.co"}}])
     _, web = await api.profile(identity="web-7")
     _, app = await api.profile(identity="app-7")
-    assert web == app
+    _, by_phone = await api.profile(phone="%2B447700900123")
+    assert web == app == by_phone
     assert web["record"]["events"]["Opened"]["count"] == 2
     assert sorted(web["record"]["identities"]["identity"]) == ["app-7", "web-7"]
     assert web["record"]["profileData"]["Plan"] == "pro"

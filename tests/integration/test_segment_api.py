@@ -67,8 +67,9 @@ async def test_segment_library_anonymous_then_identified_user_is_one_profile(mak
 
     status, by_user = await api.profile(identity="user-1")
     assert status == 200
-    _, by_email = await api.profile(email="ada@example.com")
-    assert by_email == by_user
+    _, by_email = await api.profile(email="ADA@example.com")  # emails identify case-insensitively
+    _, by_anonymous_id = await api.profile(anonymousId="anon-1")
+    assert by_email == by_anonymous_id == by_user
     record = by_user["record"]
     counts = {name: e["count"] for name, e in record["events"].items()}
     assert counts == {"Page Viewed": 1, "Trial Started": 1, "Order Completed": 1, "Screen Viewed": 1}
