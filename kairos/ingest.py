@@ -9,7 +9,7 @@ refuses its records, and they are resolved afresh and sent to where the user wen
 from __future__ import annotations
 
 import asyncio
-from typing import Awaitable, Callable, Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 from kairos.identity_graph import Merge
 from kairos.models import RawLogBatch, RoutableBatch, ShardBlob, record_list_encoder, routable_decoder
@@ -48,10 +48,14 @@ class Ingestor:
     # --- identity -------------------------------------------------------------------
 
     def _cached_users(self, account: str) -> dict[str, str]:
-        users = self._users.get(account)
-        if users is None or len(users) > self.CACHE_SIZE:
-            users = self._users[account] = {}
-        return users
+        return self._bounded(self._users, account)
+
+    def _bounded(self, caches: dict[str, dict[str, Any]], account: str) -> dict[str, Any]:
+        """The account's cache in `caches`, dropped and begun afresh once over CACHE_SIZE."""
+        cache = caches.get(account)
+        if cache is None or len(cache) > self.CACHE_SIZE:
+            cache = caches[account] = {}
+        return cache
 
     def cached_users(self, account: str, batch: RoutableBatch) -> list[str | None]:
         """Each record's user from the cache alone: None where an identifier is new, or
@@ -128,10 +132,7 @@ class Ingestor:
         ]
 
     def _places_of(self, account: str) -> dict[str, int]:
-        places = self._places.get(account)
-        if places is None or len(places) > self.CACHE_SIZE:
-            places = self._places[account] = {}
-        return places
+        return self._bounded(self._places, account)
 
     async def ingest(self, call_id: str, uploads: list[tuple[str, bytes]]) -> int:
         """Route uploads (account, encoded `UploadBatch`); returns once every record is

@@ -41,10 +41,10 @@ def _rows(store: AccountStore, user: int) -> np.ndarray:
     return np.asarray(store.user_event_rows(user)[::-1], dtype=np.int64)
 
 
-def _events(store: AccountStore, identifier: str, rows: np.ndarray) -> list[EventRecord]:
-    """The events at `rows`, each named by `identifier`: one the receiving user will
-    have anyway, so the events add no identifier to it."""
-    return [EventRecord(identifier, e["ts_ms"], e["name"], e["props"]) for e in store.raw_events(rows)]
+def _events(raw: list[dict[str, Any]], identifier: str) -> list[EventRecord]:
+    """Events read by `raw_events`, each named by `identifier`: one the receiving user
+    will have anyway, so the events add no identifier to it."""
+    return [EventRecord(identifier, e["ts_ms"], e["name"], e["props"]) for e in raw]
 
 
 def _stamps(store: AccountStore, user: int, props: dict[str, Any]) -> dict[str, int]:
@@ -171,14 +171,19 @@ def split(store: AccountStore, key: str, message_ids: list[tuple[str, str]]) -> 
     if user is None:
         return {}
     rows = _rows(store, user)
+    # One pass over the property columns for the whole user; each part takes its rows.
+    raw = store.raw_events(rows)
+
+    def raw_at(part_rows: np.ndarray) -> list[dict[str, Any]]:
+        return [raw[p] for p in np.searchsorted(rows, part_rows).tolist()]
+
     parts: dict[str, UserExport] = {}
     claimed: list[tuple[int, int]] = []
     taken: set[str] = set()
     for c in store.constituents.get(user, ()):
-        part_rows = spans.take(rows, c.spans)
         claimed.extend(c.spans)
         taken.update(c.identifiers)
-        events = _events(store, c.identifiers[0] if c.identifiers else "", part_rows)
+        events = _events(raw_at(spans.take(rows, c.spans)), c.identifiers[0] if c.identifiers else "")
         stamps = [e.ts_ms for e in events] + list(c.prop_ts.values())
         parts[c.source] = UserExport(
             f"{key}/split/{c.source}", c.identifiers, events, c.props, c.prop_ts,
@@ -188,7 +193,7 @@ def split(store: AccountStore, key: str, message_ids: list[tuple[str, str]]) -> 
     rest = spans.take(rows, spans.complement(claimed, 0, end))
     props = store.profile_properties(user)
     kept = [i for i in store.identifiers(user) if i not in taken]
-    events = _events(store, kept[0] if kept else "", rest)
+    events = _events(raw_at(rest), kept[0] if kept else "")
     stamps = [e.ts_ms for e in events] + list(_stamps(store, user, props).values())
     parts[REMAINDER] = UserExport(
         f"{key}/split/", kept, events, props,

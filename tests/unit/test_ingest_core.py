@@ -10,7 +10,7 @@ import pytest
 from kairos.identity_graph import Merge
 from kairos.ingest import Ingestor
 from kairos.models import (
-    EventRecord, LogBatch, ProfileRecord, Record, RoutableBatch, ShardBlob, encode_upload, log_entry_decoder,
+    EventRecord, LogBatch, ProfileRecord, Record, ShardBlob, encode_upload, log_entry_decoder,
     routable_decoder,
 )
 from kairos.partitions import PartitionMap, partition_of
