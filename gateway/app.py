@@ -11,7 +11,7 @@ from gateway.admission import Admission
 from gateway.auth import Handler, auth_middleware
 from gateway.backend import Backend, BackendUnavailable
 from gateway.clevertap import CleverTapApi
-from gateway.segment import SegmentApi
+from gateway.segment_api import SegmentApi
 from gateway.errors import ApiError, error_for, json_response
 from kairos.accounts import Accounts
 from kairos.config import Settings

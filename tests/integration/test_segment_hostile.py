@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 
 from conftest import Api, Kairos
-from kairos.segment import parse_time
+from kairos.segment_messages import parse_time
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

@@ -8,7 +8,7 @@ import msgspec
 import pytest
 
 from kairos.models import EventRecord, ProfileRecord, Record
-from kairos.segment import Message, MessageError, event_time_ms, flatten, to_records
+from kairos.segment_messages import Message, MessageError, event_time_ms, flatten, to_records
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -24,7 +24,7 @@ from gateway.errors import ApiError, json_response
 from kairos.accounts import Accounts
 from kairos.identity import ANONYMOUS_ID, user_key
 from kairos.models import encode_upload
-from kairos.segment import (
+from kairos.segment_messages import (
     CALLS, MAX_BATCH_BYTES, MAX_MESSAGE_BYTES, Message, MessageError, batch_decoder, identifier, message_decoder,
     to_records,
 )

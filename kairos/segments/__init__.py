@@ -1,0 +1,1 @@
+"""Segmentation: the definition language, and its evaluation over the shards' columns."""

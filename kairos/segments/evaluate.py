@@ -1,0 +1,319 @@
+"""Evaluates segment conditions over one account's columns in one partition.
+
+Every condition becomes a boolean mask over the store's user slots, computed with
+whole-column numpy operations: no Python loop runs per event or per user. Event
+conditions select rows by name and time chunk by chunk, filter them through the
+sparse property columns, and reduce per user with bincount / minimum.at. Users merged
+away (sealed) are never members.
+
+A `StoreQuery` can also be scoped to a few users (`only_users`): the same operations
+then run over just those users' rows, read through the per-user `prev` chain, which is
+how live segments re-evaluate the users a batch touched without a scan.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from kairos.segments.definition import (
+    AllOf, AnyOf, Condition, EventCondition, FirstLastCondition, Not, ProfileCondition, PropertyFilter,
+    SequenceCondition,
+)
+from kairos.segments.timing import date_value_ms, resolve_bound, resolve_window
+from kairos.store.account_store import AccountStore, SparseValues
+from kairos.store.columns import TAG_BOOL, TAG_FLOAT, TAG_INT, TAG_MISSING, TAG_NULL, TAG_STR
+
+_NUMERIC = (TAG_INT, TAG_FLOAT)
+
+
+class EventRows(NamedTuple):
+    rows: np.ndarray  # global row numbers, ascending
+    users: np.ndarray
+    ts: np.ndarray
+
+    def where(self, keep: np.ndarray) -> "EventRows":
+        return EventRows(self.rows[keep], self.users[keep], self.ts[keep])
+
+
+def compare(values: np.ndarray, op: str, operand: object) -> np.ndarray:
+    """`values op operand` elementwise, for the comparison operators."""
+    if op == "between":
+        low, high = operand  # type: ignore[misc]
+        return (values >= low) & (values <= high)
+    if op == "eq":
+        return values == operand
+    if op == "ne":
+        return values != operand
+    if op == "gt":
+        return values > operand
+    if op == "gte":
+        return values >= operand
+    if op == "lt":
+        return values < operand
+    assert op == "lte", op
+    return values <= operand
+
+
+class StoreQuery:
+    def __init__(self, store: AccountStore, now_ms: int, tz: ZoneInfo, only_users: np.ndarray | None = None) -> None:
+        self.store = store
+        self.now_ms = now_ms
+        self.tz = tz
+        self.size = store.user_count
+        self.live = store.live.values[: self.size].copy()
+        self._strings = store.codec.strings
+        self._dates: dict[int, float] = {}
+        self._scope: np.ndarray | None = None
+        if only_users is not None:
+            rows = [store.user_event_rows(int(u)) for u in only_users]
+            flat = np.asarray([r for user_rows in rows for r in user_rows], dtype=np.int64)
+            self._scope = np.sort(flat)
+
+    # --- conditions ------------------------------------------------------------------
+
+    def users(self, condition: Condition) -> np.ndarray:
+        """Mask over user slots: live users meeting `condition`."""
+        kind = type(condition)
+        if kind is AllOf:
+            mask = self.live.copy()
+            for item in condition.items:  # type: ignore[union-attr]
+                mask &= self.users(item)
+            return mask
+        if kind is AnyOf:
+            mask = np.zeros(self.size, dtype=bool)
+            for item in condition.items:  # type: ignore[union-attr]
+                mask |= self.users(item)
+            return mask
+        if kind is Not:
+            return ~self.users(condition.item) & self.live  # type: ignore[union-attr]
+        if kind is ProfileCondition:
+            return self._profile(condition.filter) & self.live  # type: ignore[union-attr]
+        if kind is EventCondition:
+            return self._event(condition) & self.live  # type: ignore[arg-type]
+        if kind is FirstLastCondition:
+            return self._first_last(condition) & self.live  # type: ignore[arg-type]
+        assert kind is SequenceCondition, kind
+        return self._sequence(condition) & self.live  # type: ignore[arg-type]
+
+    def _event(self, condition: EventCondition) -> np.ndarray:
+        from_ms, to_ms = resolve_window(condition.window, self.now_ms, self.tz)
+        selected = self.matching(condition.event, condition.where, from_ms, to_ms)
+        if condition.metric == "count":
+            counts = np.bincount(selected.users, minlength=self.size)[: self.size]
+            mask = compare(counts, condition.op, condition.value)
+        else:
+            assert condition.metric_property is not None
+            has, numbers = self.numeric(selected, condition.metric_property)
+            users, numbers = selected.users[has], numbers[has]
+            carrying = np.bincount(users, minlength=self.size)[: self.size] > 0
+            if condition.metric in ("sum", "avg"):
+                totals = np.bincount(users, weights=numbers, minlength=self.size)[: self.size]
+                if condition.metric == "avg":
+                    counts = np.bincount(users, minlength=self.size)[: self.size]
+                    totals = totals / np.maximum(counts, 1)
+            else:
+                fill = np.inf if condition.metric == "min" else -np.inf
+                totals = np.full(self.size, fill)
+                reduce = np.minimum if condition.metric == "min" else np.maximum
+                reduce.at(totals, users, numbers)
+            mask = carrying & compare(totals, condition.op, condition.value)
+        return ~mask if condition.negate else mask
+
+    def _first_last(self, condition: FirstLastCondition) -> np.ndarray:
+        every = self.matching(condition.event, condition.where, -np.iinfo(np.int64).max, np.iinfo(np.int64).max)
+        from_ms, to_ms = resolve_window(condition.window, self.now_ms, self.tz)
+        if condition.first:
+            moment = np.full(self.size, np.iinfo(np.int64).max, dtype=np.int64)
+            np.minimum.at(moment, every.users, every.ts)
+        else:
+            moment = np.full(self.size, np.iinfo(np.int64).min, dtype=np.int64)
+            np.maximum.at(moment, every.users, every.ts)
+        return (moment >= from_ms) & (moment < to_ms)
+
+    def _sequence(self, condition: SequenceCondition) -> np.ndarray:
+        """Keep, for each occurrence of a step, the latest first-step time of any valid
+        chain ending there: the latest start leaves the most room for `gap`."""
+        from_ms, to_ms = resolve_window(condition.window, self.now_ms, self.tz)
+        steps = [self.matching(s.event, s.where, from_ms, to_ms) for s in condition.steps]
+        if any(step.rows.size == 0 for step in steps):
+            return np.zeros(self.size, dtype=bool)
+        base = int(min(step.ts.min() for step in steps)) - 1
+        span = int(max(step.ts.max() for step in steps)) - base + 1
+        if span * (self.size + 1) >= 1 << 62:
+            raise ValueError("events span too long a time for a sequence over this many users")
+        previous = steps[0]
+        start = previous.ts - base  # > 0: the chain's first time, offset
+        for step in steps[1:]:
+            if not previous.rows.size:
+                break
+            order = np.lexsort((previous.ts, previous.users))
+            users, times, starts = previous.users[order], previous.ts[order], start[order]
+            keys = users * span + (times - base)
+            # Best start among the user's earlier occurrences: a running max that cannot
+            # leak across users, since each user's values sit above all earlier users'.
+            best = np.maximum.accumulate(users * span + starts)
+            at = np.searchsorted(keys, step.users * span + (step.ts - base), side="left") - 1
+            found = at >= 0
+            at = np.maximum(at, 0)
+            found &= users[at] == step.users
+            chain_start = np.where(found, best[at] - step.users * span, 0)
+            valid = found & (chain_start > 0) & (step.ts - base - chain_start <= condition.gap_ms)
+            previous, start = step.where(valid), chain_start[valid]
+        mask = np.zeros(self.size, dtype=bool)
+        mask[previous.users] = True
+        return mask
+
+    # --- events ----------------------------------------------------------------------
+
+    def matching(self, event: str, where: tuple[PropertyFilter, ...], from_ms: int, to_ms: int) -> EventRows:
+        selected = self.select(event, from_ms, to_ms)
+        for flt in where:
+            if not selected.rows.size:
+                break
+            selected = selected.where(self.rows_matching(selected, flt))
+        return selected
+
+    def select(self, event: str, from_ms: int, to_ms: int) -> EventRows:
+        """Rows of events named `event` with from_ms <= ts < to_ms."""
+        store = self.store
+        code = self._strings.find(event)
+        if code is None:
+            return _no_rows()
+        if self._scope is not None:
+            rows = self._scope
+            names, stamps = store.ev_name.take(rows), store.ev_ts.take(rows)
+            keep = (names == code) & (stamps >= from_ms) & (stamps < to_ms)
+            return EventRows(rows[keep], store.ev_user.take(rows[keep]).astype(np.int64), stamps[keep])
+        parts_rows, parts_users, parts_ts = [], [], []
+        chunks = zip(store.ev_name.chunks(), store.ev_ts.chunks(), store.ev_user.chunks())
+        for (offset, names), (_, stamps), (_, users) in chunks:
+            hit = names == code
+            if from_ms > -np.iinfo(np.int64).max:
+                hit &= stamps >= from_ms
+            if to_ms < np.iinfo(np.int64).max:
+                hit &= stamps < to_ms
+            found = np.flatnonzero(hit)
+            parts_rows.append(found + offset)
+            parts_users.append(users[found])
+            parts_ts.append(stamps[found])
+        if not parts_rows:
+            return _no_rows()
+        return EventRows(np.concatenate(parts_rows).astype(np.int64), np.concatenate(parts_users).astype(np.int64),
+                         np.concatenate(parts_ts))
+
+    def _entries_at(self, column: SparseValues, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """For each of `rows`: whether the property is set there, and its tag and value."""
+        size = len(column.rows)
+        if rows.size * 8 > size:
+            # Many rows: spread the property over a dense row mask, chunk by chunk.
+            position = np.full(self.store.event_count, -1, dtype=np.int64)
+            for start, r in column.rows.chunks():
+                position[r] = np.arange(start, start + r.size)
+            at = position[rows]
+            found = at >= 0
+        else:
+            at = column.rows.searchsorted(rows)
+            found = at < size
+            found[found] = column.rows.take(at[found]) == rows[found]
+        tags = np.full(rows.size, TAG_MISSING, dtype=np.int8)
+        values = np.zeros(rows.size, dtype=np.float64)
+        if found.any():
+            tags[found] = column.tags.take(at[found])
+            values[found] = column.values.take(at[found])
+        return found, tags, values
+
+    def rows_matching(self, selected: EventRows, flt: PropertyFilter) -> np.ndarray:
+        code = self._strings.find(flt.name)
+        column = self.store.ev_props.get(code) if code is not None else None
+        if column is None:
+            return np.full(selected.rows.size, flt.op == "not_exists")
+        _, tags, values = self._entries_at(column, selected.rows)
+        return self.match(tags, values, flt)
+
+    def numeric(self, selected: EventRows, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Which selected rows carry `name` as a number, and the numbers."""
+        code = self._strings.find(name)
+        column = self.store.ev_props.get(code) if code is not None else None
+        if column is None:
+            return np.zeros(selected.rows.size, dtype=bool), np.zeros(selected.rows.size)
+        _, tags, values = self._entries_at(column, selected.rows)
+        return np.isin(tags, _NUMERIC), values
+
+    # --- profiles --------------------------------------------------------------------
+
+    def _profile(self, flt: PropertyFilter) -> np.ndarray:
+        code = self._strings.find(flt.name)
+        column = self.store.profile.get(code) if code is not None else None
+        tags = np.full(self.size, TAG_MISSING, dtype=np.int8)
+        values = np.zeros(self.size, dtype=np.float64)
+        if column is not None:
+            held = min(len(column.tags), self.size)
+            tags[:held] = column.tags.values[:held]
+            values[:held] = column.values.values[:held]
+        return self.match(tags, values, flt)
+
+    # --- values ----------------------------------------------------------------------
+
+    def match(self, tags: np.ndarray, values: np.ndarray, flt: PropertyFilter) -> np.ndarray:
+        """Which (tag, value) entries satisfy the filter; the semantics are the README's."""
+        op, operand = flt.op, flt.value
+        present = (tags != TAG_MISSING) & (tags != TAG_NULL)
+        if op == "exists":
+            return present
+        if op == "not_exists":
+            return ~present
+        numeric = (tags == TAG_INT) | (tags == TAG_FLOAT)
+        if op in ("gt", "gte", "lt", "lte", "between"):
+            return numeric & compare(values, op, operand)
+        if op in ("eq", "ne"):
+            equal = self._equal(tags, values, numeric, operand)
+            return equal if op == "eq" else present & ~equal
+        if op in ("in", "not_in"):
+            hit = np.zeros(tags.size, dtype=bool)
+            for each in operand:
+                hit |= self._equal(tags, values, numeric, each)
+            return hit if op == "in" else present & ~hit
+        if op == "contains":
+            strings = tags == TAG_STR
+            codes = np.unique(values[strings]).astype(np.int64)
+            needle = str(operand).casefold()
+            table = self._strings.values
+            wanted = [c for c in codes.tolist() if needle in table[c].casefold()]
+            return strings & np.isin(values, np.asarray(wanted, dtype=np.float64))
+        assert op in ("before", "after"), op
+        moment = self._as_dates(tags, values)
+        bound = resolve_bound(operand, self.now_ms, self.tz)
+        with np.errstate(invalid="ignore"):
+            return moment < bound if op == "before" else moment > bound
+
+    def _equal(self, tags: np.ndarray, values: np.ndarray, numeric: np.ndarray, operand: object) -> np.ndarray:
+        if isinstance(operand, bool):
+            return (tags == TAG_BOOL) & (values == float(operand))
+        if isinstance(operand, str):
+            code = self._strings.find(operand)
+            if code is None:
+                return np.zeros(tags.size, dtype=bool)
+            return (tags == TAG_STR) & (values == code)
+        return numeric & (values == operand)
+
+    def _as_dates(self, tags: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """Each entry as a date in epoch ms (NaN where it is none)."""
+        moment = np.full(tags.size, np.nan)
+        numeric = (tags == TAG_INT) | (tags == TAG_FLOAT)
+        moment[numeric] = values[numeric] * 1000.0
+        strings = tags == TAG_STR
+        if strings.any():
+            codes = values[strings].astype(np.int64)
+            unique, inverse = np.unique(codes, return_inverse=True)
+            table = self._strings.values
+            parsed = np.array([self._dates.setdefault(c, date_value_ms(table[c])) for c in unique.tolist()])
+            moment[strings] = parsed[inverse]
+        return moment
+
+
+def _no_rows() -> EventRows:
+    empty = np.empty(0, dtype=np.int64)
+    return EventRows(empty, empty, empty)

@@ -1,0 +1,123 @@
+"""Time for queries: windows resolved against `now` and a time zone, calendar buckets
+(days, weeks, hours) in that zone, and date values read from properties."""
+
+from __future__ import annotations
+
+import re
+from datetime import date, datetime, timedelta, timezone
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import numpy as np
+
+from kairos.segments.definition import Bound, SegmentError, Window
+
+UTC = ZoneInfo("UTC")
+NO_END = np.iinfo(np.int64).max
+_CLEVERTAP_DATE = re.compile(r"^\$D_(-?\d{1,12})$")
+
+
+def zone(name: str | None, path: str = "tz") -> ZoneInfo:
+    if not name:
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SegmentError(path, f"{name!r} is not an IANA time zone such as 'Asia/Kolkata'") from None
+
+
+def midnight_ms(day: date, tz: ZoneInfo) -> int:
+    """The first instant of `day` in `tz` (midnight, or the first valid time after a gap)."""
+    local = datetime(day.year, day.month, day.day, tzinfo=tz)
+    return int(local.astimezone(timezone.utc).timestamp() * 1000)
+
+
+def resolve_bound(bound: Bound, now_ms: int, tz: ZoneInfo, end_of_day: bool = False) -> int:
+    if bound.ago_ms is not None:
+        return now_ms - bound.ago_ms
+    if bound.at_ms is not None:
+        return bound.at_ms
+    assert bound.day is not None
+    day = date.fromisoformat(bound.day)
+    return midnight_ms(day + timedelta(days=1) if end_of_day else day, tz)
+
+
+def resolve_window(window: Window | None, now_ms: int, tz: ZoneInfo) -> tuple[int, int]:
+    """[from_ms, to_ms); no window is all time."""
+    if window is None:
+        return -NO_END, NO_END
+    start = resolve_bound(window.start, now_ms, tz) if window.start is not None else -NO_END
+    end = resolve_bound(window.end, now_ms, tz, window.end_inclusive_day) if window.end is not None else NO_END
+    return start, end
+
+
+def date_value_ms(value: object) -> float:
+    """A property value read as a date, in epoch ms: numbers are epoch seconds; strings
+    are CleverTap's `$D_<epoch seconds>`, an ISO date (midnight UTC) or an ISO datetime
+    with an offset. NaN for anything else."""
+    if isinstance(value, bool):
+        return float("nan")
+    if isinstance(value, (int, float)):
+        return float(value) * 1000.0
+    if not isinstance(value, str):
+        return float("nan")
+    match = _CLEVERTAP_DATE.match(value)
+    if match:
+        return float(int(match.group(1)) * 1000)
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value)
+            return float(midnight_ms(day, UTC))
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return float("nan")
+    if moment.tzinfo is None:
+        return float("nan")
+    return moment.timestamp() * 1000.0
+
+
+class Calendar:
+    """Bucket boundaries in a time zone over a span of time: days, ISO weeks (from
+    Monday) or hours. `index(ts)` gives each instant's bucket number, exactly across
+    daylight-saving changes."""
+
+    def __init__(self, unit: str, tz: ZoneInfo, from_ms: int, to_ms: int) -> None:
+        if unit not in ("hour", "day", "week"):
+            raise SegmentError("by", f"{unit!r} is not one of hour, day, week")
+        self.unit = unit
+        self.tz = tz
+        starts: list[int] = []
+        if unit == "hour":
+            # Local hours: in zones offset by half hours they begin at :30 UTC.
+            t = _local_hour_floor(from_ms, tz)
+            while t < to_ms:
+                starts.append(t)
+                following = _local_hour_floor(t + 3_600_000, tz)
+                t = following if following > t else t + 3_600_000
+        else:
+            day = datetime.fromtimestamp(from_ms / 1000, tz).date()
+            if unit == "week":
+                day -= timedelta(days=day.weekday())
+            step = timedelta(days=7 if unit == "week" else 1)
+            while not starts or starts[-1] < to_ms:
+                starts.append(midnight_ms(day, tz))
+                day += step
+            starts.pop()  # the first start at or past `to_ms`
+        self.starts = np.asarray(starts, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return int(self.starts.size)
+
+    def index(self, ts: np.ndarray) -> np.ndarray:
+        """Bucket of each instant (-1 before the first bucket)."""
+        return np.searchsorted(self.starts, ts, side="right").astype(np.int64) - 1
+
+    def label(self, i: int) -> str:
+        moment = datetime.fromtimestamp(int(self.starts[i]) / 1000, self.tz)
+        if self.unit == "hour":
+            return moment.strftime("%Y-%m-%dT%H:00%z")
+        return moment.date().isoformat()
+
+
+def _local_hour_floor(ts_ms: int, tz: ZoneInfo) -> int:
+    local = datetime.fromtimestamp(ts_ms / 1000, tz)
+    return ts_ms - (local.minute * 60 + local.second) * 1000 - local.microsecond // 1000
