@@ -66,6 +66,12 @@ class UserShardActor:
     async def export_profiles(self, *args: Any) -> tuple[list[dict[str, Any]], int | None]:
         return await self._guard(self.core.export_profiles(*args))
 
+    async def segment_count(self, *args: Any) -> int:
+        return await self._guard(self.core.segment_count(*args))
+
+    async def segment_members(self, *args: Any) -> tuple[list[dict[str, Any]], int | None]:
+        return await self._guard(self.core.segment_members(*args))
+
     async def snapshot_all(self) -> None:
         await self._guard(self.core.snapshot_all())
 

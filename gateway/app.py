@@ -13,8 +13,12 @@ from gateway.backend import Backend, BackendUnavailable
 from gateway.clevertap import CleverTapApi
 from gateway.segment_api import SegmentApi
 from gateway.errors import ApiError, error_for, json_response
+from gateway.kairos_api import KairosApi
+from gateway.openapi import openapi_document
 from kairos.accounts import Accounts
 from kairos.config import Settings
+from kairos.query_coordinator import QueryCoordinator
+from kairos.segments.catalog import SegmentCatalog
 
 logger = logging.getLogger(__name__)
 ADMISSION = web.AppKey("admission", Admission)
@@ -27,7 +31,7 @@ def _error_middleware(max_body_bytes: int) -> Callable[[web.Request, Handler], A
         try:
             return await handler(request)
         except ApiError as exc:
-            response = error_for(path, exc.status, exc.message)
+            response = error_for(path, exc.status, exc.message, exc.path)
             if exc.close_connection:
                 response.force_close()
             return response
@@ -54,7 +58,7 @@ async def _health(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-def create_app(settings: Settings, backend: Backend, accounts: Accounts) -> web.Application:
+def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog: SegmentCatalog) -> web.Application:
     admission = Admission(settings.max_inflight_uploads, settings.max_inflight_uploads_per_account)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -64,4 +68,7 @@ def create_app(settings: Settings, backend: Backend, accounts: Accounts) -> web.
     app.add_routes([web.get("/healthz", _health)])
     app.add_routes(CleverTapApi(backend, admission, settings.max_body_bytes).routes())
     app.add_routes(SegmentApi(backend, accounts, admission, settings.max_body_bytes).routes())
+    coordinator = QueryCoordinator(backend.partition_map, backend.call_shard)
+    app.add_routes(KairosApi(coordinator, catalog).routes())
+    app.add_routes([web.get("/api/openapi.json", openapi_document)])
     return app

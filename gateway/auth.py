@@ -1,4 +1,5 @@
-"""CleverTap-style authentication: account id and passcode headers on every `/1/` call."""
+"""CleverTap-style authentication: account id and passcode headers on every `/1/` and
+`/api/` call."""
 
 from __future__ import annotations
 
@@ -15,12 +16,14 @@ ACCOUNT_HEADER = "X-CleverTap-Account-Id"
 PASSCODE_HEADER = "X-CleverTap-Passcode"
 # The authenticated account of a request; handlers read it, never the raw header.
 ACCOUNT = web.RequestKey("account", str)
+# The API's own description is public, as an API's documentation usually is.
+PUBLIC_PATHS = frozenset({"/api/openapi.json"})
 
 
 def auth_middleware(accounts: Accounts) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path.startswith("/1/"):
+        if request.path.startswith(("/1/", "/api/")) and request.path not in PUBLIC_PATHS:
             account = request.headers.get(ACCOUNT_HEADER, "")
             passcode = request.headers.get(PASSCODE_HEADER, "")
             if not account or not passcode:

@@ -51,3 +51,8 @@ def identity_prefix(account_id: str) -> str:
 # hash: account \0 merged user -> JSON [account, user, into, since] for a merge, plus
 # [[source, fresh user], ...] for a demerge (see kairos.identity_graph.Merge).
 PENDING_MERGES = PREFIX + "merges"
+
+
+def segments(account_id: str) -> str:
+    """Hash of the account's saved segments: name -> msgpack `SavedSegment`."""
+    return f"{PREFIX}a:{account_id}:segments"

@@ -26,6 +26,8 @@ from kairos.models import (
     AbsorbEntry, LogBatch, LogEntry, SealEntry, ShardBlob, UserExport, log_entry_decoder, record_list_encoder,
 )
 from kairos.partitions import PartitionMap
+from kairos.segments import partials
+from kairos.segments.definition import parse_segment
 from kairos.store.partition import PartitionState
 
 logger = logging.getLogger(__name__)
@@ -399,6 +401,17 @@ class UserShard:
         records = [store.profile_record(int(u)) for u in page] if store is not None else []
         more = first + limit < users.size
         return records, int(page[-1]) + 1 if more else None
+
+    async def segment_count(self, account: str, definition: Any, now_ms: int, tz: str) -> int:
+        await self.ready()
+        return partials.segment_count(self._states.values(), account, parse_segment(definition), now_ms, tz)
+
+    async def segment_members(
+        self, account: str, definition: Any, now_ms: int, tz: str, partition: int, start: int, limit: int,
+    ) -> tuple[list[dict[str, Any]], int | None]:
+        await self.ready()
+        return partials.segment_members(self._state(partition), account, parse_segment(definition), now_ms, tz,
+                                        start, limit)
 
     async def memory(self) -> dict[str, int]:
         await self.ready()

@@ -305,9 +305,10 @@ class AccountStore:
             }
         return summary
 
-    def profile_record(self, user: int) -> dict[str, Any]:
+    def profile_record(self, user: int, with_events: bool = True) -> dict[str, Any]:
         """A profile in CleverTap's download shape (one value per identifier kind at the
-        top level), every identifier under `identities`, and first / last seen."""
+        top level), every identifier under `identities`, first / last seen and, unless
+        left out, the per-event summary."""
         props = self.profile_properties(user)
         record: dict[str, Any] = {}
         identities: dict[str, list[str]] = {}
@@ -322,7 +323,8 @@ class AccountStore:
         if "Name" in props:
             record["name"] = props["Name"]
         record["profileData"] = props
-        record["events"] = self.event_summary(user)
+        if with_events:
+            record["events"] = self.event_summary(user)
         record["first_seen"] = int(self.first_seen.values[user]) // 1000
         record["last_seen"] = int(self.last_seen.values[user]) // 1000
         return record

@@ -1,0 +1,207 @@
+"""The Kairos API under `/api/`: saved segments and segment queries.
+
+Same credentials as CleverTap's API (account id and passcode headers). Errors are
+`{"status": "fail", "code": C, "error": "...", "path": "..."}`, where `path` locates
+the offending part of the request body (for instance `segment.all[2].within`).
+Documented in `gateway/openapi.yaml`, served at `/api/openapi.json`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import time
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from gateway.auth import ACCOUNT
+from gateway.body import read_body
+from gateway.errors import ApiError, json_response
+from kairos.query_coordinator import QueryCoordinator
+from kairos.segments.catalog import SegmentCatalog, check_name
+from kairos.segments.definition import SegmentError, parse_instant, parse_segment
+from kairos.segments.timing import zone
+
+MAX_QUERY_BYTES = 256 * 1024
+MAX_MEMBERS_PAGE = 5000
+
+
+class MembersCursor(msgspec.Struct, array_like=True):
+    """Where the next page starts, the instant the query is evaluated at (so every page
+    sees the same windows), and a digest of the query it belongs to."""
+
+    partition: int
+    start: int
+    now_ms: int
+    query: str
+
+    def encode(self) -> str:
+        return base64.urlsafe_b64encode(msgspec.msgpack.encode(self)).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: Any, query: str, partitions: int) -> "MembersCursor":
+        try:
+            raw = base64.urlsafe_b64decode(str(text) + "=" * (-len(str(text)) % 4))
+            cursor = msgspec.msgpack.decode(raw, type=cls)
+        except (binascii.Error, ValueError, msgspec.DecodeError):
+            raise ApiError(400, "cursor is not valid", path="cursor") from None
+        if cursor.query != query or not (0 <= cursor.partition < partitions and cursor.start >= 0):
+            raise ApiError(400, "cursor is not valid for this query (send the same segment, tz and limit)",
+                           path="cursor")
+        return cursor
+
+
+class KairosApi:
+    def __init__(self, coordinator: QueryCoordinator, catalog: SegmentCatalog) -> None:
+        self.coordinator = coordinator
+        self.catalog = catalog
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/api/segments", self.list_segments),
+            web.put("/api/segments/{name}", self.save_segment),
+            web.get("/api/segments/{name}", self.get_segment),
+            web.delete("/api/segments/{name}", self.delete_segment),
+            web.post("/api/segments/count", self.count),
+            web.post("/api/segments/members", self.members),
+        ]
+
+    # --- saved segments ---------------------------------------------------------------
+
+    async def list_segments(self, request: web.Request) -> web.Response:
+        saved = await self.catalog.all(request[ACCOUNT])
+        return json_response({"segments": saved})
+
+    async def save_segment(self, request: web.Request) -> web.Response:
+        name = _checked(check_name, request.match_info["name"])
+        body = await _json_object(request)
+        unknown = sorted(set(body) - {"definition", "live", "description"})
+        if unknown:
+            raise ApiError(400, f"{unknown[0]!r} is not a field of a saved segment", path=unknown[0])
+        if "definition" not in body:
+            raise ApiError(400, "a saved segment needs 'definition'", path="definition")
+        live, description = body.get("live", False), body.get("description", "")
+        if not isinstance(live, bool):
+            raise ApiError(400, "'live' must be true or false", path="live")
+        if not isinstance(description, str):
+            raise ApiError(400, "'description' must be a string", path="description")
+        try:
+            saved = await self.catalog.save(request[ACCOUNT], name, body["definition"], live, description)
+        except SegmentError as exc:
+            raise _bad(exc, "definition") from None
+        return json_response(saved)
+
+    async def get_segment(self, request: web.Request) -> web.Response:
+        saved = await self.catalog.get(request[ACCOUNT], request.match_info["name"])
+        if saved is None:
+            raise ApiError(404, f"no saved segment named {request.match_info['name']!r}")
+        return json_response(saved)
+
+    async def delete_segment(self, request: web.Request) -> web.Response:
+        if not await self.catalog.delete(request[ACCOUNT], request.match_info["name"]):
+            raise ApiError(404, f"no saved segment named {request.match_info['name']!r}")
+        return json_response({"status": "success"})
+
+    # --- queries ------------------------------------------------------------------------
+
+    async def count(self, request: web.Request) -> web.Response:
+        account = request[ACCOUNT]
+        body = await _json_object(request)
+        _only(body, {"segment", "name", "tz", "as_of"})
+        definition = await self._definition(account, body)
+        tz, now_ms = _tz(body), _as_of(body)
+        total = await self.coordinator.segment_count(account, definition, now_ms, tz)
+        return json_response({"count": total, "as_of": now_ms})
+
+    async def members(self, request: web.Request) -> web.Response:
+        account = request[ACCOUNT]
+        body = await _json_object(request)
+        _only(body, {"segment", "name", "tz", "as_of", "limit", "cursor"})
+        definition = await self._definition(account, body)
+        tz = _tz(body)
+        limit = body.get("limit", 100)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_MEMBERS_PAGE:
+            raise ApiError(400, f"'limit' must be an integer from 1 to {MAX_MEMBERS_PAGE}", path="limit")
+        digest = hashlib.sha256(msgspec.json.encode([definition, tz, limit])).hexdigest()[:16]
+        if "cursor" in body:
+            cursor = MembersCursor.decode(body["cursor"], digest, self.coordinator.partition_map.partitions)
+            partition, start, now_ms = cursor.partition, cursor.start, cursor.now_ms
+        else:
+            partition, start, now_ms = 0, 0, _as_of(body)
+        page, following = await self.coordinator.segment_members(
+            account, definition, now_ms, tz, partition, start, limit)
+        next_cursor = MembersCursor(*following, now_ms, digest).encode() if following else None
+        return json_response({"members": page, "next_cursor": next_cursor, "as_of": now_ms})
+
+    async def _definition(self, account: str, body: dict[str, Any]) -> Any:
+        """The segment of a query: inline under 'segment', or saved under 'name'."""
+        if ("segment" in body) == ("name" in body):
+            raise ApiError(400, "give either 'segment' (a definition) or 'name' (a saved segment)", path="segment")
+        if "name" in body:
+            name = body["name"]
+            saved = await self.catalog.get(account, name) if isinstance(name, str) else None
+            if saved is None:
+                raise ApiError(404, f"no saved segment named {name!r}", path="name")
+            return saved.definition
+        try:
+            parse_segment(body["segment"])
+        except SegmentError as exc:
+            raise _bad(exc) from None
+        return body["segment"]
+
+
+def _bad(exc: SegmentError, root: str | None = None) -> ApiError:
+    """The definition's error, its path rooted where the definition sits in the body."""
+    path = exc.path if root is None else root + exc.path.removeprefix("segment")
+    return ApiError(400, f"{path}: {exc.message}", path=path)
+
+
+def _checked(check: Any, value: Any) -> Any:
+    try:
+        return check(value)
+    except SegmentError as exc:
+        raise _bad(exc) from None
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request, MAX_QUERY_BYTES)
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+    if not isinstance(decoded, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return decoded
+
+
+def _only(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(400, f"{unknown[0]!r} is not a field here (allowed: {', '.join(sorted(allowed))})",
+                       path=unknown[0])
+
+
+def _tz(body: dict[str, Any]) -> str:
+    name = body.get("tz", "UTC")
+    if not isinstance(name, str):
+        raise ApiError(400, "'tz' must be an IANA time zone name", path="tz")
+    _checked(lambda n: zone(n, "tz"), name)
+    return name
+
+
+def _as_of(body: dict[str, Any]) -> int:
+    """The instant relative windows ('7d') count back from: now, unless the query fixes it
+    (an ISO-8601 datetime with offset, or epoch seconds) to make an answer reproducible."""
+    raw = body.get("as_of")
+    if raw is None:
+        return int(time.time() * 1000)
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0 <= raw < 253402300800:
+        return int(raw * 1000)
+    if isinstance(raw, str):
+        return _checked(lambda text: parse_instant(text, "as_of"), raw)
+    raise ApiError(400, "'as_of' must be an ISO-8601 datetime with offset or epoch seconds", path="as_of")

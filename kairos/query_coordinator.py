@@ -1,0 +1,46 @@
+"""Scatter-gather for queries: ask every shard for its exact part, then combine.
+
+Plain Python over a `call_shard` function, so the gateway (and tests) drive it without
+Ray. There is no coordinator actor: each gateway process coordinates its own requests,
+so no single actor stands in every query's path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+from kairos.partitions import PartitionMap
+
+CallShard = Callable[..., Awaitable[Any]]
+
+
+class QueryCoordinator:
+    def __init__(self, partition_map: PartitionMap, call_shard: CallShard) -> None:
+        self.partition_map = partition_map
+        self._call = call_shard
+
+    async def scatter(self, method: str, *args: Any) -> list[Any]:
+        shards = range(self.partition_map.shards)
+        return list(await asyncio.gather(*(self._call(s, method, *args) for s in shards)))
+
+    async def segment_count(self, account: str, definition: Any, now_ms: int, tz: str) -> int:
+        return sum(await self.scatter("segment_count", account, definition, now_ms, tz))
+
+    async def segment_members(
+        self, account: str, definition: Any, now_ms: int, tz: str, partition: int, start: int, limit: int,
+    ) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
+        """Up to `limit` members, partition by partition from (partition, start), and where
+        the next page begins (None at the end)."""
+        members: list[dict[str, Any]] = []
+        partitions = self.partition_map.partitions
+        while partition < partitions and len(members) < limit:
+            shard = self.partition_map.shard_of(partition)
+            page, next_start = await self._call(
+                shard, "segment_members", account, definition, now_ms, tz, partition, start, limit - len(members))
+            members.extend(page)
+            if next_start is None:
+                partition, start = partition + 1, 0
+            else:
+                start = next_start
+        return members, (partition, start) if partition < partitions else None

@@ -1,0 +1,84 @@
+"""Saved segments: named definitions kept per account in Redis.
+
+A definition is stored as the JSON its author sent (re-validated whenever it is
+read), so what `GET` returns is exactly what was saved. Each save bumps `version`.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from kairos import keys
+from kairos.segments.definition import Condition, SegmentError, parse_segment
+
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,119}$")
+MAX_SEGMENTS = 1000
+
+
+class SavedSegment(msgspec.Struct):
+    name: str
+    definition: Any
+    live: bool = False
+    description: str = ""
+    version: int = 1
+    created_ms: int = 0
+    updated_ms: int = 0
+
+    def condition(self) -> Condition:
+        return parse_segment(self.definition)
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name):
+        raise SegmentError("name", f"{name[:130]!r} is not a segment name: 1-120 letters, digits, space, _ . : -,"
+                                   " starting with a letter or digit")
+    return name
+
+
+class SegmentCatalog:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._redis = client
+
+    async def save(self, account: str, name: str, definition: Any, live: bool, description: str) -> SavedSegment:
+        check_name(name)
+        parse_segment(definition)
+        if len(description) > 1000:
+            raise SegmentError("description", "is longer than 1000 characters")
+        key = keys.segments(account)
+        now = int(time.time() * 1000)
+        # WATCH makes the version bump and the limit check safe against a concurrent save.
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    old_raw = await pipe.hget(key, name)
+                    if old_raw is None and await pipe.hlen(key) >= MAX_SEGMENTS:
+                        raise SegmentError("name", f"the account already has {MAX_SEGMENTS} saved segments")
+                    old = msgspec.msgpack.decode(old_raw, type=SavedSegment) if old_raw else None
+                    saved = SavedSegment(
+                        name, definition, live, description, old.version + 1 if old else 1,
+                        old.created_ms if old else now, now,
+                    )
+                    pipe.multi()
+                    pipe.hset(key, name, msgspec.msgpack.encode(saved))
+                    await pipe.execute()
+                    return saved
+                except aioredis.WatchError:
+                    continue
+
+    async def get(self, account: str, name: str) -> SavedSegment | None:
+        raw = await self._redis.hget(keys.segments(account), name)
+        return msgspec.msgpack.decode(raw, type=SavedSegment) if raw else None
+
+    async def all(self, account: str) -> list[SavedSegment]:
+        raw = await self._redis.hgetall(keys.segments(account))
+        found = [msgspec.msgpack.decode(v, type=SavedSegment) for v in raw.values()]
+        return sorted(found, key=lambda s: s.name)
+
+    async def delete(self, account: str, name: str) -> bool:
+        return bool(await self._redis.hdel(keys.segments(account), name))

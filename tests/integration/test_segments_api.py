@@ -1,0 +1,147 @@
+"""Segments over HTTP with real Ray and Redis: counts and member pages equal the
+reference's answers, saved segments, errors that name their path, and isolation."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from kairos.segments.definition import parse_segment
+from tests.integration.conftest import event
+from tests.unit.segment_reference import RefAccount
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+AS_OF = 1_790_000_000  # epoch seconds
+DAY_S = 86_400
+
+
+def history(seed: int) -> tuple[list[dict[str, Any]], RefAccount]:
+    """Random uploads for 40 users and the same history in the reference."""
+    rng = random.Random(seed)
+    ref, records = RefAccount(), []
+    for i in range(600):
+        user = f"seg-{rng.randrange(40)}"
+        ts = AS_OF - rng.randrange(30 * DAY_S)
+        if i % 10 == 0:
+            props = {"City": rng.choice(["Paris", "Pune", "Lyon"]), "Age": rng.randrange(18, 70)}
+            records.append({"identity": user, "type": "profile", "ts": ts, "profileData": props})
+            ref.profile(f"identity:{user}", ts * 1000, props)
+        else:
+            name = rng.choice(["Charged", "Added To Cart", "Product Viewed"])
+            props = {"Amount": rng.randrange(1, 300), "Category": rng.choice(["Shoes", "Bags"])}
+            records.append(event(user, name, ts, **props))
+            ref.event(f"identity:{user}", name, ts * 1000, props)
+    return records, ref
+
+
+QUERIES = [
+    {"profile": "City", "op": "eq", "value": "Paris"},
+    {"did": "Charged", "within": "7d", "count": {"op": "gte", "value": 2}},
+    {"did": "Charged", "where": [{"property": "Category", "op": "eq", "value": "Shoes"}],
+     "sum": "Amount", "op": "gte", "value": 400, "within": "30d"},
+    {"all": [{"profile": "Age", "op": "lt", "value": 40}, {"did_not": "Product Viewed", "within": "5d"}]},
+    {"sequence": ["Added To Cart", "Charged"], "gap": "3d"},
+    {"first_time": "Product Viewed", "within": {"from": "2026-09-10", "to": "2026-09-15"}},
+]
+
+
+async def loaded(make_api: Any, seed: int) -> tuple[Any, RefAccount]:
+    api = await make_api()
+    records, ref = history(seed)
+    for start in range(0, len(records), 200):
+        status, body = await api.upload(records[start : start + 200])
+        assert (status, body["status"]) == (200, "success"), body
+    return api, ref
+
+
+async def test_counts_and_member_pages_equal_the_reference(make_api: Any) -> None:
+    api, ref = await loaded(make_api, 1)
+    for definition in QUERIES:
+        for tz in ("UTC", "Asia/Kolkata"):
+            expected = {k.split(":", 1)[1] for k in ref.members(parse_segment(definition), AS_OF * 1000, ZoneInfo(tz))}
+            status, body = await api.request("POST", "/api/segments/count", {"segment": definition, "tz": tz,
+                                                                          "as_of": AS_OF})
+            assert status == 200, body
+            assert body == {"count": len(expected), "as_of": AS_OF * 1000}, definition
+            query: dict[str, Any] = {"segment": definition, "tz": tz, "as_of": AS_OF, "limit": 7}
+            seen: list[str] = []
+            while True:
+                status, page = await api.request("POST", "/api/segments/members", query)
+                assert status == 200, page
+                assert len(page["members"]) <= 7
+                seen.extend(m["identity"] for m in page["members"])
+                if page["next_cursor"] is None:
+                    break
+                query["cursor"] = page["next_cursor"]
+            assert sorted(seen) == sorted(expected), definition
+
+
+async def test_a_cursor_only_serves_its_own_query(make_api: Any) -> None:
+    api, _ = await loaded(make_api, 2)
+    query = {"segment": {"did": "Charged"}, "limit": 3}
+    status, page = await api.request("POST", "/api/segments/members", query)
+    assert status == 200 and page["next_cursor"]
+    other = {"segment": {"did": "Product Viewed"}, "limit": 3, "cursor": page["next_cursor"]}
+    status, body = await api.request("POST", "/api/segments/members", other)
+    assert (status, body["path"]) == (400, "cursor"), body
+    status, body = await api.request("POST", "/api/segments/members", {**query, "cursor": "not-a-cursor"})
+    assert (status, body["path"]) == (400, "cursor"), body
+
+
+async def test_saved_segments_round_trip_and_count_by_name(make_api: Any) -> None:
+    api, ref = await loaded(make_api, 3)
+    definition = {"did": "Charged", "within": "7d"}
+    status, saved = await api.request("PUT", "/api/segments/Recent buyers", {"definition": definition, "live": True,
+                                                                             "description": "bought this week"})
+    assert status == 200, saved
+    assert (saved["name"], saved["definition"], saved["live"], saved["version"]) == ("Recent buyers", definition, True, 1)
+    status, again = await api.request("PUT", "/api/segments/Recent buyers", {"definition": definition})
+    assert (again["version"], again["live"], again["created_ms"]) == (2, False, saved["created_ms"])
+    status, listed = await api.request("GET", "/api/segments")
+    assert [s["name"] for s in listed["segments"]] == ["Recent buyers"]
+    status, body = await api.request("POST", "/api/segments/count", {"name": "Recent buyers", "as_of": AS_OF})
+    assert status == 200
+    assert body["count"] == len(ref.members(parse_segment(definition), AS_OF * 1000, ZoneInfo("UTC")))
+    other = await make_api()
+    status, body = await other.request("GET", "/api/segments/Recent buyers")
+    assert status == 404  # another account's segment does not exist for this one
+    status, body = await other.request("POST", "/api/segments/count", {"segment": {"did": "Charged"}})
+    assert body["count"] == 0  # and it sees none of this account's users
+    status, _ = await api.request("DELETE", "/api/segments/Recent buyers")
+    assert status == 200
+    status, body = await api.request("GET", "/api/segments/Recent buyers")
+    assert status == 404 and body["status"] == "fail"
+
+
+@pytest.mark.parametrize("method, path, body, status, at", [
+    ("POST", "/api/segments/count", {"segment": {"all": [{"did": "A", "within": "7x"}]}}, 400, "segment.all[0].within"),
+    ("POST", "/api/segments/count", {"segment": {"did": "A"}, "tz": "Mars/Olympus"}, 400, "tz"),
+    ("POST", "/api/segments/count", {"segment": {"did": "A"}, "as_of": "yesterday"}, 400, "as_of"),
+    ("POST", "/api/segments/count", {"segment": {"did": "A"}, "name": "x"}, 400, "segment"),
+    ("POST", "/api/segments/count", {"segment": {"did": "A"}, "extra": 1}, 400, "extra"),
+    ("POST", "/api/segments/count", {"name": "nobody saved this"}, 404, "name"),
+    ("POST", "/api/segments/members", {"segment": {"did": "A"}, "limit": 0}, 400, "limit"),
+    ("PUT", "/api/segments/ok", {"definition": {"profile": "Age", "op": "gt", "value": "x"}}, 400, "definition.value"),
+    ("PUT", "/api/segments/ok", {"definition": {"did": "A"}, "live": "yes"}, 400, "live"),
+    ("PUT", "/api/segments/ok", {"live": True}, 400, "definition"),
+    ("PUT", "/api/segments/%20bad", {"definition": {"did": "A"}}, 400, "name"),
+])
+async def test_bad_requests_name_what_is_wrong(make_api: Any, method: str, path: str, body: Any, status: int,
+                                               at: str) -> None:
+    api = await make_api()
+    got, answer = await api.request(method, path, body)
+    assert (got, answer["status"], answer["code"], answer["path"]) == (status, "fail", status, at), answer
+
+
+async def test_malformed_json_and_missing_credentials(make_api: Any) -> None:
+    api = await make_api()
+    status, body = await api.request("POST", "/api/segments/count", raw=b"{nope")
+    assert status == 400 and "malformed JSON" in body["error"]
+    status, body = await api.request("POST", "/api/segments/count", {"segment": {"did": "A"}}, headers={})
+    assert status == 401 and body["status"] == "fail"
+    status, document = await api.request("GET", "/api/openapi.json", headers={})
+    assert status == 200 and document["openapi"].startswith("3.")
