@@ -72,6 +72,9 @@ class UserShardActor:
     async def segment_members(self, *args: Any) -> tuple[list[dict[str, Any]], int | None]:
         return await self._guard(self.core.segment_members(*args))
 
+    async def analytics(self, *args: Any) -> list[Any]:
+        return await self._guard(self.core.analytics(*args))
+
     async def snapshot_all(self) -> None:
         await self._guard(self.core.snapshot_all())
 

@@ -10,7 +10,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Awaitable, Callable
 
+from kairos.analytics import funnels, retention, rfm, trends
+from kairos.analytics.common import calendar, date_range
+from kairos.analytics.partials import PARSERS
 from kairos.partitions import PartitionMap
+from kairos.segments.timing import zone
 
 CallShard = Callable[..., Awaitable[Any]]
 
@@ -44,3 +48,34 @@ class QueryCoordinator:
             else:
                 start = next_start
         return members, (partition, start) if partition < partitions else None
+
+    async def _partials(self, kind: str, account: str, query: Any, now_ms: int, tz: str, *extra: Any) -> list[Any]:
+        answers = await self.scatter("analytics", account, kind, query, now_ms, tz, *extra)
+        return [part for answer in answers for part in answer]
+
+    async def analytics(self, kind: str, account: str, raw_query: Any, now_ms: int, tz: str) -> Any:
+        """A trend, funnel, retention or RFM answer (raw_query is validated first)."""
+        query, tzinfo = PARSERS[kind if kind != "rfm" else "rfm_segments"](raw_query), zone(tz)
+        check_ranges(kind, query, now_ms, tzinfo)  # a bad range is the caller's 400, not a shard's failure
+        if kind == "trend":
+            return trends.combine_trend(await self._partials(kind, account, raw_query, now_ms, tz), query, now_ms, tzinfo)
+        if kind == "funnel":
+            return funnels.combine_funnel(await self._partials(kind, account, raw_query, now_ms, tz), query)
+        if kind == "retention":
+            parts = await self._partials(kind, account, raw_query, now_ms, tz)
+            return retention.combine_retention(parts, query, now_ms, tzinfo)
+        assert kind == "rfm", kind
+        histograms = await self._partials("rfm_histograms", account, raw_query, now_ms, tz)
+        if not histograms:
+            return rfm.combine_segments([])
+        scores = rfm.combine_histograms(histograms)
+        return rfm.combine_segments(await self._partials("rfm_segments", account, raw_query, now_ms, tz, scores))
+
+
+def check_ranges(kind: str, query: Any, now_ms: int, tz: Any) -> None:
+    if kind == "retention":
+        retention.retention_calendar(query, now_ms, tz)
+        return
+    from_ms, to_ms = date_range(query.window, now_ms, tz)
+    if kind == "trend" and query.by != "property":
+        calendar(query.by, from_ms, to_ms, tz)

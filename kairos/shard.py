@@ -26,6 +26,7 @@ from kairos.models import (
     AbsorbEntry, LogBatch, LogEntry, SealEntry, ShardBlob, UserExport, log_entry_decoder, record_list_encoder,
 )
 from kairos.partitions import PartitionMap
+from kairos.analytics.partials import analytics_partials
 from kairos.segments import partials
 from kairos.segments.definition import parse_segment
 from kairos.store.partition import PartitionState
@@ -412,6 +413,11 @@ class UserShard:
         await self.ready()
         return partials.segment_members(self._state(partition), account, parse_segment(definition), now_ms, tz,
                                         start, limit)
+
+    async def analytics(self, account: str, kind: str, query: Any, now_ms: int, tz: str, *extra: Any) -> list[Any]:
+        """Partial answers (one per partition) to a trend, funnel, retention or RFM query."""
+        await self.ready()
+        return analytics_partials(self._states.values(), account, kind, query, now_ms, tz, *extra)
 
     async def memory(self) -> dict[str, int]:
         await self.ready()

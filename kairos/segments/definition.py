@@ -149,15 +149,15 @@ def parse_window(raw: Any, path: str) -> Window:
         return Window(Bound(ago_ms=parse_duration(raw, path)), None)
     if not isinstance(raw, dict):
         raise SegmentError(path, "must be a duration such as '7d' or an object with 'from' and/or 'to'")
-    _no_extra(raw, {"from", "to"}, path)
+    no_extra_fields(raw, {"from", "to"}, path)
     if "from" not in raw and "to" not in raw:
         raise SegmentError(path, "needs 'from', 'to' or both")
-    start = _bound(raw["from"], f"{path}.from") if "from" in raw else None
-    end = _bound(raw["to"], f"{path}.to") if "to" in raw else None
+    start = parse_bound(raw["from"], f"{path}.from") if "from" in raw else None
+    end = parse_bound(raw["to"], f"{path}.to") if "to" in raw else None
     return Window(start, end, end is not None and end.day is not None)
 
 
-def _bound(raw: Any, path: str) -> Bound:
+def parse_bound(raw: Any, path: str) -> Bound:
     if isinstance(raw, bool):
         raise SegmentError(path, "must be a duration ago, a date, an ISO datetime or epoch seconds")
     if isinstance(raw, int) and 19000101 <= raw <= 99991231:
@@ -213,34 +213,34 @@ def _condition(raw: Any, path: str, depth: int, counter: list[int]) -> Condition
         raise SegmentError(path, f"must have exactly one of {', '.join(repr(k) for k in _KINDS)} (found {found})")
     kind = kinds[0]
     if kind in ("all", "any"):
-        _no_extra(raw, {kind}, path)
+        no_extra_fields(raw, {kind}, path)
         items = raw[kind]
         if not isinstance(items, list) or not items:
             raise SegmentError(f"{path}.{kind}", "must be a non-empty list of conditions")
         parsed = tuple(_condition(c, f"{path}.{kind}[{i}]", depth + 1, counter) for i, c in enumerate(items))
         return AllOf(parsed) if kind == "all" else AnyOf(parsed)
     if kind == "not":
-        _no_extra(raw, {"not"}, path)
+        no_extra_fields(raw, {"not"}, path)
         return Not(_condition(raw["not"], f"{path}.not", depth + 1, counter))
     if kind == "profile":
-        _no_extra(raw, {"profile", "op", "value"}, path)
+        no_extra_fields(raw, {"profile", "op", "value"}, path)
         return ProfileCondition(_filter(raw, "profile", path))
     if kind in ("did", "did_not"):
         return _event_condition(raw, kind, path)
     if kind in ("first_time", "last_time"):
-        _no_extra(raw, {kind, "where", "within"}, path)
+        no_extra_fields(raw, {kind, "where", "within"}, path)
         if "within" not in raw:
             raise SegmentError(path, f"'{kind}' needs 'within': when the {kind.replace('_', ' ')} must fall")
-        return FirstLastCondition(kind == "first_time", _event_name(raw[kind], f"{path}.{kind}"),
-                                  _where(raw.get("where"), f"{path}.where"), parse_window(raw["within"], f"{path}.within"))
+        return FirstLastCondition(kind == "first_time", event_name(raw[kind], f"{path}.{kind}"),
+                                  parse_where(raw.get("where"), f"{path}.where"), parse_window(raw["within"], f"{path}.within"))
     return _sequence(raw, path)
 
 
 def _event_condition(raw: dict[str, Any], kind: str, path: str) -> EventCondition:
     allowed = {kind, "where", "within", "count", *METRICS[1:], "op", "value"}
-    _no_extra(raw, allowed, path)
-    event = _event_name(raw[kind], f"{path}.{kind}")
-    where = _where(raw.get("where"), f"{path}.where")
+    no_extra_fields(raw, allowed, path)
+    event = event_name(raw[kind], f"{path}.{kind}")
+    where = parse_where(raw.get("where"), f"{path}.where")
     window = parse_window(raw["within"], f"{path}.within") if "within" in raw else None
     aggregates = [m for m in METRICS[1:] if m in raw]
     if len(aggregates) > 1 or (aggregates and "count" in raw):
@@ -261,7 +261,7 @@ def _event_condition(raw: dict[str, Any], kind: str, path: str) -> EventConditio
         count = raw["count"]
         if not isinstance(count, dict):
             raise SegmentError(f"{path}.count", "must be an object with 'op' and 'value'")
-        _no_extra(count, {"op", "value"}, f"{path}.count")
+        no_extra_fields(count, {"op", "value"}, f"{path}.count")
         if "op" not in count or "value" not in count:
             raise SegmentError(f"{path}.count", "needs 'op' and 'value'")
         op, value = _comparison(count["op"], count["value"], f"{path}.count")
@@ -270,7 +270,7 @@ def _event_condition(raw: dict[str, Any], kind: str, path: str) -> EventConditio
 
 
 def _sequence(raw: dict[str, Any], path: str) -> SequenceCondition:
-    _no_extra(raw, {"sequence", "gap", "within"}, path)
+    no_extra_fields(raw, {"sequence", "gap", "within"}, path)
     steps_raw = raw["sequence"]
     if not isinstance(steps_raw, list) or not 2 <= len(steps_raw) <= 10:
         raise SegmentError(f"{path}.sequence", "must be a list of 2 to 10 steps")
@@ -278,12 +278,12 @@ def _sequence(raw: dict[str, Any], path: str) -> SequenceCondition:
     for i, step in enumerate(steps_raw):
         step_path = f"{path}.sequence[{i}]"
         if isinstance(step, str):
-            steps.append(Step(_event_name(step, step_path), ()))
+            steps.append(Step(event_name(step, step_path), ()))
         elif isinstance(step, dict):
-            _no_extra(step, {"event", "where"}, step_path)
+            no_extra_fields(step, {"event", "where"}, step_path)
             if "event" not in step:
                 raise SegmentError(step_path, "needs 'event'")
-            steps.append(Step(_event_name(step["event"], f"{step_path}.event"), _where(step.get("where"), f"{step_path}.where")))
+            steps.append(Step(event_name(step["event"], f"{step_path}.event"), parse_where(step.get("where"), f"{step_path}.where")))
         else:
             raise SegmentError(step_path, "must be an event name or an object with 'event' and 'where'")
     if "gap" not in raw:
@@ -292,7 +292,7 @@ def _sequence(raw: dict[str, Any], path: str) -> SequenceCondition:
     return SequenceCondition(tuple(steps), parse_duration(raw["gap"], f"{path}.gap"), window)
 
 
-def _event_name(raw: Any, path: str) -> str:
+def event_name(raw: Any, path: str) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise SegmentError(path, "must be an event name")
     if len(raw) > MAX_TEXT_CHARS:
@@ -300,7 +300,7 @@ def _event_name(raw: Any, path: str) -> str:
     return raw
 
 
-def _where(raw: Any, path: str) -> tuple[PropertyFilter, ...]:
+def parse_where(raw: Any, path: str) -> tuple[PropertyFilter, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -310,7 +310,7 @@ def _where(raw: Any, path: str) -> tuple[PropertyFilter, ...]:
         item_path = f"{path}[{i}]"
         if not isinstance(item, dict):
             raise SegmentError(item_path, "must be an object with 'property', 'op' and 'value'")
-        _no_extra(item, {"property", "op", "value"}, item_path)
+        no_extra_fields(item, {"property", "op", "value"}, item_path)
         filters.append(_filter(item, "property", item_path))
     return tuple(filters)
 
@@ -345,7 +345,7 @@ def _filter(raw: dict[str, Any], name_key: str, path: str) -> PropertyFilter:
             raise SegmentError(value_path, "'contains' needs a non-empty string")
         return PropertyFilter(name, op, _text(value, value_path))
     if op in ("before", "after"):
-        return PropertyFilter(name, op, _bound(value, value_path))
+        return PropertyFilter(name, op, parse_bound(value, value_path))
     return PropertyFilter(name, op, _scalar(value, value_path))
 
 
@@ -386,7 +386,7 @@ def _text(value: str, path: str) -> str:
     return value
 
 
-def _no_extra(raw: dict[str, Any], allowed: set[str], path: str) -> None:
+def no_extra_fields(raw: dict[str, Any], allowed: set[str], path: str) -> None:
     extra = sorted(str(k) for k in raw if k not in allowed)
     if extra:
-        raise SegmentError(f"{path}.{extra[0]}", f"is not a field here (allowed: {', '.join(sorted(allowed))})")
+        raise SegmentError(f"{path}.{extra[0]}" if path else extra[0], f"is not a field here (allowed: {', '.join(sorted(allowed))})")

@@ -233,13 +233,18 @@ class StoreQuery:
         _, tags, values = self._entries_at(column, selected.rows)
         return self.match(tags, values, flt)
 
-    def numeric(self, selected: EventRows, name: str) -> tuple[np.ndarray, np.ndarray]:
-        """Which selected rows carry `name` as a number, and the numbers."""
+    def values_at(self, selected: EventRows, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """The (tag, value) of property `name` at each selected row (TAG_MISSING where unset)."""
         code = self._strings.find(name)
         column = self.store.ev_props.get(code) if code is not None else None
         if column is None:
-            return np.zeros(selected.rows.size, dtype=bool), np.zeros(selected.rows.size)
+            return np.full(selected.rows.size, TAG_MISSING, dtype=np.int8), np.zeros(selected.rows.size)
         _, tags, values = self._entries_at(column, selected.rows)
+        return tags, values
+
+    def numeric(self, selected: EventRows, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """Which selected rows carry `name` as a number, and the numbers."""
+        tags, values = self.values_at(selected, name)
         return np.isin(tags, _NUMERIC), values
 
     # --- profiles --------------------------------------------------------------------

@@ -1,0 +1,1 @@
+"""Exact analytics over the live shards: trends, funnels, retention and RFM."""
