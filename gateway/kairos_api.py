@@ -1,4 +1,5 @@
-"""The Kairos API under `/api/`: saved segments and segment queries.
+"""The Kairos API under `/api/`: saved segments, segment queries and analytics (trends,
+funnels, retention, RFM).
 
 Same credentials as CleverTap's API (account id and passcode headers). Errors are
 `{"status": "fail", "code": C, "error": "...", "path": "..."}`, where `path` locates
@@ -67,6 +68,10 @@ class KairosApi:
             web.delete("/api/segments/{name}", self.delete_segment),
             web.post("/api/segments/count", self.count),
             web.post("/api/segments/members", self.members),
+            web.post("/api/query/trends", self._analytics("trend", "buckets")),
+            web.post("/api/query/funnel", self._analytics("funnel", "steps")),
+            web.post("/api/query/retention", self._analytics("retention", None)),
+            web.post("/api/query/rfm", self._analytics("rfm", None)),
         ]
 
     # --- saved segments ---------------------------------------------------------------
@@ -135,6 +140,20 @@ class KairosApi:
             account, definition, now_ms, tz, partition, start, limit)
         next_cursor = MembersCursor(*following, now_ms, digest).encode() if following else None
         return json_response({"members": page, "next_cursor": next_cursor, "as_of": now_ms})
+
+    def _analytics(self, kind: str, field: str | None) -> Any:
+        async def handle(request: web.Request) -> web.Response:
+            body = await _json_object(request)
+            tz, now_ms = _tz(body), _as_of(body)
+            query = {k: v for k, v in body.items() if k not in ("tz", "as_of")}
+            try:
+                answer = await self.coordinator.analytics(kind, request[ACCOUNT], query, now_ms, tz)
+            except SegmentError as exc:
+                raise _bad(exc) from None
+            payload = {field: answer} if field else dict(answer)
+            return json_response({**payload, "as_of": now_ms, "tz": tz})
+
+        return handle
 
     async def _definition(self, account: str, body: dict[str, Any]) -> Any:
         """The segment of a query: inline under 'segment', or saved under 'name'."""

@@ -134,17 +134,17 @@ def parse_segment(raw: Any, path: str = "segment") -> Condition:
     return _condition(raw, path, 0, counter)
 
 
-def parse_duration(text: Any, path: str) -> int:
+def parse_duration(text: Any, path: str, allow_zero: bool = False) -> int:
     """'30m', '24h', '7d', '2w' -> milliseconds."""
     match = _DURATION.match(text) if isinstance(text, str) else None
-    if match is None or int(match.group(1)) == 0:
+    if match is None or (int(match.group(1)) == 0 and not allow_zero):
         raise SegmentError(path, f"{text!r} is not a duration such as '30m', '24h', '7d' or '2w'")
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
 
 
 def parse_window(raw: Any, path: str) -> Window:
     """'7d' (the last 7 days), or {"from": ..., "to": ...} where each end is a duration
-    ago ('60d'), a date ('2026-01-31', 20260131), an ISO datetime or epoch seconds."""
+    ago ('60d'), 'now', a date ('2026-01-31', 20260131), an ISO datetime or epoch seconds."""
     if isinstance(raw, str):
         return Window(Bound(ago_ms=parse_duration(raw, path)), None)
     if not isinstance(raw, dict):
@@ -167,8 +167,10 @@ def parse_bound(raw: Any, path: str) -> Bound:
             raise SegmentError(path, f"{raw!r} is not epoch seconds between 1970 and 9999")
         return Bound(at_ms=int(round(raw * 1000)))
     if isinstance(raw, str):
+        if raw == "now":
+            return Bound(ago_ms=0)
         if _DURATION.match(raw):
-            return Bound(ago_ms=parse_duration(raw, path))
+            return Bound(ago_ms=parse_duration(raw, path, allow_zero=True))
         if len(raw) in (8, 10):
             return Bound(day=_iso_day(raw, path))
         return Bound(at_ms=parse_instant(raw, path))
