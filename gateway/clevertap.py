@@ -18,6 +18,9 @@ from gateway.body import read_body
 from gateway.errors import ApiError, json_response
 from kairos.identity import ANONYMOUS_ID, IDENTIFIER_KINDS, identifying_key, user_key
 from kairos.models import LooseUploadBody, UploadBody, UploadResponse, encode_upload
+from kairos.segments.clevertap_query import event_filters, profile_condition
+from kairos.segments.definition import SegmentError, parse_segment, parse_where
+from kairos.segments.downloads import ExportQuery
 from kairos.timefmt import DateError, day_range_ms
 from kairos.upload import MAX_RECORDS, validate_fast, validate_upload
 
@@ -27,7 +30,7 @@ MAX_BATCH_SIZE = 5000
 DEFAULT_BATCH_SIZE = 10
 
 
-class ExportQuery(msgspec.Struct):
+class QueryBody(msgspec.Struct):
     event_name: Any = None
     from_: Any = msgspec.field(default=None, name="from")
     to: Any = None
@@ -47,9 +50,7 @@ LOOKUP_PARAMETERS = (*IDENTIFIER_KINDS, "email", "phone", ANONYMOUS_ID)
 class ExportCursor(msgspec.Struct, array_like=True):
     account: str
     kind: str
-    event_name: str
-    from_ms: int
-    to_ms: int
+    query: ExportQuery
     batch_size: int
     partition: int
     position: int
@@ -65,6 +66,12 @@ class ExportCursor(msgspec.Struct, array_like=True):
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
             cursor = msgspec.msgpack.decode(raw, type=cls)
         except (binascii.Error, ValueError, msgspec.DecodeError):
+            raise ApiError(400, "cursor is not valid") from None
+        try:
+            parse_where(cursor.query.where, "event_properties")
+            if cursor.query.profile is not None:
+                parse_segment(cursor.query.profile)
+        except SegmentError:
             raise ApiError(400, "cursor is not valid") from None
         valid = (
             cursor.account == account
@@ -189,9 +196,9 @@ class CleverTapApi:
             return await self._page(cursor)
         if request.method != "POST":
             raise ApiError(400, "start a download with POST and a query body, then GET with its cursor")
-        name, from_ms, to_ms = await _parse_query(request, self.max_body_bytes)
+        query = await _parse_query(request, self.max_body_bytes)
         batch_size = _batch_size(request.query.get("batch_size"))
-        cursor = ExportCursor(account, kind, name, from_ms, to_ms, batch_size, 0, 0)
+        cursor = ExportCursor(account, kind, query, batch_size, 0, 0)
         return json_response({"status": "success", "cursor": cursor.encode()})
 
     async def _page(self, cursor: ExportCursor) -> web.Response:
@@ -201,8 +208,8 @@ class CleverTapApi:
         partition, position = cursor.partition, cursor.position
         while partition < pmap.partitions and len(records) < cursor.batch_size:
             page, next_position = await self.backend.call_shard(
-                pmap.shard_of(partition), method, cursor.account, cursor.event_name,
-                cursor.from_ms, cursor.to_ms, partition, position, cursor.batch_size - len(records),
+                pmap.shard_of(partition), method, cursor.account, cursor.query,
+                partition, position, cursor.batch_size - len(records),
             )
             records.extend(page)
             if next_position is None:
@@ -217,13 +224,13 @@ class CleverTapApi:
     # --- counts -----------------------------------------------------------------
 
     async def count_events(self, request: web.Request) -> web.Response:
-        name, from_ms, to_ms = await _parse_query(request, self.max_body_bytes)
-        parts = await self._scatter("count_events", request[ACCOUNT], name, from_ms, to_ms)
+        query = await _parse_query(request, self.max_body_bytes)
+        parts = await self._scatter("count_events", request[ACCOUNT], query)
         return json_response({"status": "success", "count": sum(parts)})
 
     async def count_profiles(self, request: web.Request) -> web.Response:
-        name, from_ms, to_ms = await _parse_query(request, self.max_body_bytes)
-        parts = await self._scatter("count_profiles", request[ACCOUNT], name, from_ms, to_ms)
+        query = await _parse_query(request, self.max_body_bytes)
+        parts = await self._scatter("count_profiles", request[ACCOUNT], query)
         return json_response({"status": "success", "count": sum(parts)})
 
     async def _scatter(self, method: str, *args: Any) -> list[Any]:
@@ -259,26 +266,28 @@ def _decode_upload(body: bytes) -> list[Any]:
     return records
 
 
-async def _parse_query(request: web.Request, limit: int) -> tuple[str, int, int]:
+async def _parse_query(request: web.Request, limit: int) -> ExportQuery:
+    """CleverTap's query body, its property filters translated for the segment engine."""
     try:
-        query = msgspec.json.decode(await read_body(request, limit), type=ExportQuery)
+        body = msgspec.json.decode(await read_body(request, limit), type=QueryBody)
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"query body must be a JSON object: {exc}") from None
     except RecursionError:
         raise ApiError(400, "query body is nested too deeply") from None
     except UnicodeDecodeError:
         raise ApiError(400, "query body is not valid UTF-8") from None
-    if query.common_profile_properties is not None or query.event_properties is not None:
-        # Property filters run on the segment engine, which is not here yet; refusing
-        # beats silently answering an unfiltered query.
-        raise ApiError(400, "property filters (common_profile_properties, event_properties) are not supported yet")
-    if not isinstance(query.event_name, str) or not query.event_name:
+    if not isinstance(body.event_name, str) or not body.event_name:
         raise ApiError(400, "event_name is required")
     try:
-        from_ms, to_ms = day_range_ms(query.from_, query.to)
+        from_ms, to_ms = day_range_ms(body.from_, body.to)
     except DateError as exc:
         raise ApiError(400, str(exc)) from None
-    return query.event_name, from_ms, to_ms
+    try:
+        where = event_filters(body.event_properties)
+        profile = profile_condition(body.common_profile_properties)
+    except SegmentError as exc:
+        raise ApiError(400, str(exc)) from None
+    return ExportQuery(body.event_name, from_ms, to_ms, where, profile)
 
 
 def _batch_size(text: str | None) -> int:

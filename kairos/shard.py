@@ -18,7 +18,6 @@ import time
 import uuid
 from typing import Any, Callable, TypeVar
 
-import numpy as np
 
 from kairos.config import Settings
 from kairos.log import PartitionLog
@@ -27,7 +26,8 @@ from kairos.models import (
 )
 from kairos.partitions import PartitionMap
 from kairos.analytics.partials import analytics_partials
-from kairos.segments import partials
+from kairos.segments import downloads, partials
+from kairos.segments.downloads import ExportQuery
 from kairos.segments.definition import parse_segment
 from kairos.store.partition import PartitionState
 
@@ -72,7 +72,6 @@ class UserShard:
             p: every + every * i // len(self.partitions) for i, p in enumerate(self.partitions)
         }
         self._snapshotter: asyncio.Task[None] | None = None
-        self._profile_cache: dict[tuple[Any, ...], tuple[int, np.ndarray]] = {}
         self.replayed_entries = 0
 
     # --- lifecycle ------------------------------------------------------------
@@ -341,67 +340,25 @@ class UserShard:
         index = store.find_user(user) if store else None
         return store.profile_record(index) if store is not None and index is not None else None
 
-    async def count_events(self, account: str, name: str, from_ms: int, to_ms: int) -> int:
+    async def count_events(self, account: str, query: ExportQuery) -> int:
         await self.ready()
-        stores = (s.account(account) for s in self._states.values())
-        return sum(store.count_events(name, from_ms, to_ms) for store in stores if store is not None)
+        return downloads.count_events(self._states.values(), account, query)
 
     async def export_events(
-        self, account: str, name: str, from_ms: int, to_ms: int, partition: int, start: int, limit: int
+        self, account: str, query: ExportQuery, partition: int, start: int, limit: int
     ) -> tuple[list[dict[str, Any]], int | None]:
-        """Up to `limit` matching events of one partition from row `start` on, and the row
-        to resume from (None when the partition is done)."""
         await self.ready()
-        store = self._state(partition).account(account)
-        if store is None:
-            return [], None
-        taken: list[np.ndarray] = []
-        count = 0
-        for rows in store.match_events(name, from_ms, to_ms, start):
-            taken.append(rows[: limit - count])
-            count += taken[-1].size
-            if count >= limit:
-                break
-        if not taken:
-            return [], None
-        rows = np.concatenate(taken)
-        next_row = int(rows[-1]) + 1 if count >= limit else None
-        return store.event_records(rows), next_row
+        return downloads.export_events(self._state(partition), account, query, start, limit)
 
-    def _users_with_event(self, account: str, partition: int, name: str, from_ms: int, to_ms: int) -> np.ndarray:
-        store = self._state(partition).account(account)
-        if store is None:
-            return np.empty(0, np.int32)
-        # Paging a profile export asks once per page; remember answers while the
-        # partition has no new events.
-        key = (account, partition, name, from_ms, to_ms)
-        cached = self._profile_cache.get(key)
-        if cached is not None and cached[0] == store.event_count:
-            return cached[1]
-        users = store.users_with_event(name, from_ms, to_ms)
-        if len(self._profile_cache) >= 4 * len(self.partitions):
-            self._profile_cache.clear()
-        self._profile_cache[key] = (store.event_count, users)
-        return users
-
-    async def count_profiles(self, account: str, name: str, from_ms: int, to_ms: int) -> int:
+    async def count_profiles(self, account: str, query: ExportQuery) -> int:
         await self.ready()
-        return sum(int(self._users_with_event(account, p, name, from_ms, to_ms).size) for p in self.partitions)
+        return downloads.count_profiles(self._states.values(), account, query)
 
     async def export_profiles(
-        self, account: str, name: str, from_ms: int, to_ms: int, partition: int, start: int, limit: int
+        self, account: str, query: ExportQuery, partition: int, start: int, limit: int
     ) -> tuple[list[dict[str, Any]], int | None]:
-        """Up to `limit` profiles from user index `start` on, and the index to resume from.
-        Paging by user index, not position, so users who qualify between pages neither
-        shift nor repeat the ones already returned."""
         await self.ready()
-        users = self._users_with_event(account, partition, name, from_ms, to_ms)
-        first = int(np.searchsorted(users, start))
-        page = users[first : first + limit]
-        store = self._state(partition).account(account)
-        records = [store.profile_record(int(u)) for u in page] if store is not None else []
-        more = first + limit < users.size
-        return records, int(page[-1]) + 1 if more else None
+        return downloads.export_profiles(self._state(partition), account, query, start, limit)
 
     async def segment_count(self, account: str, definition: Any, now_ms: int, tz: str) -> int:
         await self.ready()

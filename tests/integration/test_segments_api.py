@@ -145,3 +145,53 @@ async def test_malformed_json_and_missing_credentials(make_api: Any) -> None:
     assert status == 401 and body["status"] == "fail"
     status, document = await api.request("GET", "/api/openapi.json", headers={})
     assert status == 200 and document["openapi"].startswith("3.")
+
+
+async def test_clevertap_query_bodies_filter_on_the_segment_engine(make_api: Any) -> None:
+    """/1/counts and /1/*.json downloads with event_properties and profile_fields."""
+    api, ref = await loaded(make_api, 6)
+    body = {"event_name": "Charged", "from": 20260801, "to": 20260922,
+            "event_properties": [{"name": "Category", "operator": "equals", "value": "Shoes"},
+                                 {"name": "Amount", "operator": "greater_than", "value": 100}],
+            "common_profile_properties": {"profile_fields": [{"name": "City", "operator": "equals",
+                                                              "value": ["Paris", "Lyon"]}]}}
+    city = {"profile": "City", "op": "in", "value": ["Paris", "Lyon"]}
+    in_city = ref.members(parse_segment(city), 0, ZoneInfo("UTC"))
+    buyers = {k: u for k, u in ref.users.items() if k in in_city}
+    matching = {k: [e for e in u.events if e.name == "Charged" and e.props["Category"] == "Shoes"
+                    and e.props["Amount"] > 100] for k, u in buyers.items()}
+    expected_events = sum(len(v) for v in matching.values())
+    expected_users = sorted(k.split(":", 1)[1] for k, v in matching.items() if v)
+    assert expected_events and expected_users
+    assert await count(api, "events", body) == expected_events
+    assert await count(api, "profiles", body) == len(expected_users)
+    events = await download(api, "events", body)
+    assert len(events) == expected_events
+    assert all(e["event_props"]["Category"] == "Shoes" and e["event_props"]["Amount"] > 100 for e in events)
+    profiles = await download(api, "profiles", body)
+    assert sorted(p["identity"] for p in profiles) == expected_users
+    bad = {**body, "event_properties": [{"name": "Amount", "operator": "greater", "value": 1}]}
+    status, answer = await api.request("POST", "/1/counts/events.json", bad)
+    assert status == 400 and "event_properties[0].operator" in answer["error"], answer
+    bad = {**body, "common_profile_properties": {"profile_fields": [{"name": "Age", "operator": "less_than",
+                                                                     "value": "old"}]}}
+    status, answer = await api.request("POST", "/1/counts/profiles.json", bad)
+    assert status == 400 and "profile_fields[0].value" in answer["error"], answer
+
+
+async def count(api: Any, kind: str, body: dict[str, Any]) -> int:
+    status, answer = await api.request("POST", f"/1/counts/{kind}.json", body)
+    assert status == 200, answer
+    return int(answer["count"])
+
+
+async def download(api: Any, kind: str, body: dict[str, Any]) -> list[Any]:
+    status, answer = await api.request("POST", f"/1/{kind}.json?batch_size=5", body)
+    assert status == 200, answer
+    records, cursor = [], answer["cursor"]
+    while cursor:
+        status, page = await api.request("GET", f"/1/{kind}.json?cursor={cursor}")
+        assert status == 200, page
+        records.extend(page["records"])
+        cursor = page.get("next_cursor")
+    return records

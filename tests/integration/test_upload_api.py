@@ -215,14 +215,19 @@ async def test_hostile_bodies_get_4xx_never_500(make_api: Any) -> None:
 
 async def test_forged_cursors_are_refused(make_api: Any) -> None:
     from gateway.clevertap import ExportCursor
+    from kairos.segments.downloads import ExportQuery
 
     api = await make_api()
     account = api.creds.account_id
+    query = ExportQuery("E", 0, 2**40)
     for forged in (
-        ExportCursor(account, "events", "E", 0, 2**40, 10**7, 0, 0),  # page size past the limit
-        ExportCursor(account, "events", "E", 0, 2**40, 10, -1, 0),  # no such partition
-        ExportCursor(account, "events", "E", 0, 2**40, 10, 0, -5),  # negative position
-        ExportCursor(account, "events", "E", 0, 2**40, 10, 10_000, 0),
+        ExportCursor(account, "events", query, 10**7, 0, 0),  # page size past the limit
+        ExportCursor(account, "events", query, 10, -1, 0),  # no such partition
+        ExportCursor(account, "events", query, 10, 0, -5),  # negative position
+        ExportCursor(account, "events", query, 10, 10_000, 0),
+        # Filters the shards would choke on: cursors are input, their queries are checked.
+        ExportCursor(account, "events", ExportQuery("E", 0, 2**40, [{"property": "a", "op": "zap"}]), 10, 0, 0),
+        ExportCursor(account, "events", ExportQuery("E", 0, 2**40, [], {"did": 5}), 10, 0, 0),
     ):
         status, body = await api.request("GET", f"/1/events.json?cursor={forged.encode()}")
         assert (status, body["error"]) == (400, "cursor is not valid")

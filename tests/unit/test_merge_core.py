@@ -15,6 +15,7 @@ from kairos.ingest import Ingestor
 from kairos.merge import MergeCoordinator
 from kairos.models import EventRecord, ProfileRecord, Record, ShardBlob, encode_upload
 from kairos.partitions import PartitionMap
+from kairos.segments.downloads import ExportQuery
 from kairos.shard import UserShard
 
 from fakes import FakeGraph, FakeLog
@@ -72,7 +73,7 @@ class Cluster:
         return await self.shard_of(user).get_profile(ACCOUNT, user)
 
     async def count(self, name: str) -> int:
-        return sum([await s.count_events(ACCOUNT, name, *ALL_TIME) for s in self.shards])
+        return sum([await s.count_events(ACCOUNT, ExportQuery(name, *ALL_TIME)) for s in self.shards])
 
     async def restart(self) -> None:
         self.shards = [UserShard(i, SETTINGS, self.logs[i]) for i in range(SETTINGS.shards)]

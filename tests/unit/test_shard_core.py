@@ -10,6 +10,7 @@ import pytest
 from kairos.config import Settings
 from kairos.models import EventRecord, LogBatch, ProfileRecord, Record, ShardBlob, record_list_encoder
 from kairos.partitions import PartitionMap
+from kairos.segments.downloads import ExportQuery
 from kairos.shard import ShardFailed, UserShard, WrongShard
 
 from fakes import FakeLog
@@ -96,8 +97,8 @@ async def test_append_then_get_profile_sees_the_data(log: FakeLog, pmap: Partiti
     assert await shard.get_profile(ACCOUNT, owned_users(pmap, 0, 2)[1]) is None
     other_account = next(a for a in (f"ACC-{i}" for i in range(100)) if pmap.shard_of(pmap.partition_of(a, user)) == 0)
     assert await shard.get_profile(other_account, user) is None
-    assert await shard.count_events(ACCOUNT, "Charged", *ALL_TIME) == 2
-    assert await shard.count_events(ACCOUNT, "Charged", T0 + 2000, T0 + 4000) == 1
+    assert await shard.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == 2
+    assert await shard.count_events(ACCOUNT, ExportQuery("Charged", T0 + 2000, T0 + 4000)) == 1
     assert log.entries() == 1
 
 
@@ -109,7 +110,7 @@ async def test_retried_append_with_same_batch_ids_is_applied_once(log: FakeLog, 
     await shard.append(blobs)
     await shard.append(blobs)  # the ingest hop retried
     await shard.append(blobs[:1])
-    assert await shard.count_events(ACCOUNT, "Charged", *ALL_TIME) == 6
+    assert await shard.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == 6
     assert sorted(log.batch_ids()) == sorted(b.batch_id for b in blobs)  # the retry is not logged again
 
 
@@ -117,7 +118,7 @@ async def test_the_same_blob_twice_in_one_flush_is_applied_once(log: FakeLog, pm
     shard = UserShard(0, settings(), log)
     blobs = blobs_for(pmap, "dup", [ev(u) for u in owned_users(pmap, 0, 4)])
     await asyncio.gather(*(shard.append(blobs) for _ in range(5)))
-    assert await shard.count_events(ACCOUNT, "Charged", *ALL_TIME) == 4
+    assert await shard.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == 4
     assert sorted(log.batch_ids()) == sorted(b.batch_id for b in blobs)
 
 
@@ -126,7 +127,7 @@ async def test_message_id_dedupe_through_the_shard(log: FakeLog, pmap: Partition
     user = owned_users(pmap, 0, 1)[0]
     await shard.append(blobs_for(pmap, "a", [ev(user, message_id="m-1")]))
     await shard.append(blobs_for(pmap, "b", [ev(user, message_id="m-1"), ev(user, message_id="m-2")]))
-    assert await shard.count_events(ACCOUNT, "Charged", *ALL_TIME) == 2
+    assert await shard.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == 2
 
 
 # --- ownership --------------------------------------------------------------------------
@@ -142,11 +143,11 @@ async def test_wrong_shard_for_a_foreign_partition(log: FakeLog, pmap: Partition
     with pytest.raises(WrongShard):
         await shard.append(mixed)
     assert log.append_calls == 0
-    assert await shard.count_events(ACCOUNT, "Charged", *ALL_TIME) == 0
+    assert await shard.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == 0
     with pytest.raises(WrongShard):
         await shard.get_profile(ACCOUNT, foreign_user(pmap, 0))
     with pytest.raises(WrongShard):
-        await shard.export_events(ACCOUNT, "Charged", *ALL_TIME, partition=3, start=0, limit=10)
+        await shard.export_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME), partition=3, start=0, limit=10)
 
 
 # --- log failures ------------------------------------------------------------------------
@@ -167,16 +168,16 @@ async def test_failing_log_append_fails_the_shard_and_a_restart_counts_once(
     # its memory: it refuses everything until restarted.
     assert shard.failed
     with pytest.raises(ShardFailed):
-        await shard.count_events(ACCOUNT, "Charged", *ALL_TIME)
+        await shard.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME))
     # The restart replays whatever was committed; the caller's retry carries the same
     # batch ids and lands exactly once either way.
     log.fail_with = None
     restarted = UserShard(0, settings(), log)
     await restarted.append(blobs)
     await restarted.append(blobs)
-    assert await restarted.count_events(ACCOUNT, "Charged", *ALL_TIME) == 3
+    assert await restarted.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == 3
     again = UserShard(0, settings(), log)
-    assert await again.count_events(ACCOUNT, "Charged", *ALL_TIME) == 3
+    assert await again.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == 3
 
 
 async def test_a_shard_whose_recovery_fails_reports_failure(log: FakeLog) -> None:
@@ -210,7 +211,7 @@ async def test_concurrent_snapshots_of_a_partition_never_regress(log: FakeLog, p
     await asyncio.gather(first, shard.snapshot(partition))
     # The newest snapshot stands, and the log kept what it does not cover.
     restarted = UserShard(0, settings(), log)
-    assert await restarted.count_events(ACCOUNT, "Charged", *ALL_TIME) == 4 * len(users)
+    assert await restarted.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == 4 * len(users)
 
 
 async def test_undecodable_durable_batch_fails_the_shard_loudly(log: FakeLog, pmap: PartitionMap) -> None:
@@ -219,7 +220,7 @@ async def test_undecodable_durable_batch_fails_the_shard_loudly(log: FakeLog, pm
         await shard.append([ShardBlob(0, "bad/0", b"\xc1 not msgpack")])
     assert shard.failed
     with pytest.raises(ShardFailed):
-        await shard.count_events(ACCOUNT, "Charged", *ALL_TIME)
+        await shard.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME))
 
 
 # --- group commit -------------------------------------------------------------------------
@@ -232,7 +233,7 @@ async def test_concurrent_appends_land_once_and_are_group_committed(log: FakeLog
     requests = [blobs_for(pmap, f"req-{i}", [ev(users[i % 10], T0 + i), ev(users[(i + 3) % 10], T0 + i)])
                 for i in range(n)]
     await asyncio.gather(*(shard.append(b) for b in requests))
-    assert await shard.count_events(ACCOUNT, "Charged", *ALL_TIME) == 2 * n
+    assert await shard.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == 2 * n
     expected_ids = sorted(b.batch_id for blobs in requests for b in blobs)
     assert sorted(log.batch_ids()) == expected_ids
     assert 1 <= log.append_calls < n
@@ -264,7 +265,7 @@ async def test_appends_arriving_during_a_flush_go_out_together_next(log: FakeLog
     gate.set()
     await asyncio.gather(first, *later)
     assert flushes == [1, 20]  # one flush for the first, one for the 20 that waited meanwhile
-    assert await shard.count_events(ACCOUNT, "Charged", *ALL_TIME) == 21
+    assert await shard.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == 21
 
 
 # --- recovery -----------------------------------------------------------------------------
@@ -272,13 +273,13 @@ async def test_appends_arriving_during_a_flush_go_out_together_next(log: FakeLog
 
 async def snapshot_of_queries(shard: UserShard, users: list[str]) -> dict[str, Any]:
     return {
-        "charged": await shard.count_events(ACCOUNT, "Charged", *ALL_TIME),
-        "viewed": await shard.count_events(ACCOUNT, "Viewed", *ALL_TIME),
+        "charged": await shard.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)),
+        "viewed": await shard.count_events(ACCOUNT, ExportQuery("Viewed", *ALL_TIME)),
         "profiles": [await shard.get_profile(ACCOUNT, u) for u in users],
         "with_event": [
-            await shard.export_profiles(ACCOUNT, "Viewed", *ALL_TIME, p, 0, 1000) for p in shard.partitions
+            await shard.export_profiles(ACCOUNT, ExportQuery("Viewed", *ALL_TIME), p, 0, 1000) for p in shard.partitions
         ],
-        "profiles_with_event": await shard.count_profiles(ACCOUNT, "Viewed", *ALL_TIME),
+        "profiles_with_event": await shard.count_profiles(ACCOUNT, ExportQuery("Viewed", *ALL_TIME)),
     }
 
 
@@ -309,7 +310,7 @@ async def test_restart_recovers_identical_state_from_the_log(log: FakeLog, pmap:
     assert restarted.replayed_entries == log.entries() > 0
     # A retry that reaches the restarted shard is still recognised.
     await restarted.append(blobs_for(pmap, "req-3", [ev(users[3], T0 + 3000, Amount=3)]))
-    assert await restarted.count_events(ACCOUNT, "Charged", *ALL_TIME) == 20
+    assert await restarted.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == 20
 
 
 async def test_restart_after_snapshot_and_trim(log: FakeLog, pmap: PartitionMap) -> None:
@@ -332,11 +333,11 @@ async def test_restart_after_snapshot_and_trim(log: FakeLog, pmap: PartitionMap)
     # Retried batches from before the snapshot are still recognised after the restart.
     await restarted.append(blobs_for(pmap, "req-0", [ev(users[0], T0, Amount=0)]))
     await restarted.append(blobs_for(pmap, "req-fresh", [ev(users[0], T0, Amount=0)]))
-    assert await restarted.count_events(ACCOUNT, "Charged", *ALL_TIME) == before["charged"] + 1
+    assert await restarted.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == before["charged"] + 1
 
     # And a second restart over the newer snapshot agrees again.
     again = UserShard(0, config, log)
-    assert await again.count_events(ACCOUNT, "Charged", *ALL_TIME) == before["charged"] + 1
+    assert await again.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == before["charged"] + 1
 
 
 async def test_snapshot_all_then_restart_replays_nothing(log: FakeLog, pmap: PartitionMap) -> None:
@@ -376,13 +377,13 @@ async def test_export_events_pages_through_a_partition(log: FakeLog, pmap: Parti
     start: int | None = 0
     pages = 0
     while start is not None:
-        page, start = await shard.export_events(ACCOUNT, "Charged", *ALL_TIME, partition, start, 3)
+        page, start = await shard.export_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME), partition, start, 3)
         seen.extend(r["event_props"]["n"] for r in page)
         pages += 1
         assert pages < 10
     assert seen == [i for i in range(15) if i % 2]
     other = shard.partitions[1] if shard.partitions[0] == partition else shard.partitions[0]
-    assert await shard.export_events(ACCOUNT, "Charged", *ALL_TIME, other, 0, 3) == ([], None)
+    assert await shard.export_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME), other, 0, 3) == ([], None)
 
 
 async def test_a_failing_snapshot_does_not_strand_queued_appends(log: FakeLog, pmap: PartitionMap) -> None:
@@ -434,8 +435,8 @@ async def test_snapshots_are_incremental_and_restore_across_sealed_chunks(log: F
     assert log.chunk_writes == first_writes, "a second snapshot rewrites no sealed chunk"
 
     restarted = UserShard(0, settings(partitions=1, shards=1), log)
-    assert await restarted.count_events(ACCOUNT, "Charged", *ALL_TIME) == 70_001
+    assert await restarted.count_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME)) == 70_001
     profile = await restarted.get_profile(ACCOUNT, users[0])
     assert profile is not None and profile["events"]["Charged"]["count"] == 141
-    page, _ = await restarted.export_events(ACCOUNT, "Charged", *ALL_TIME, 0, 65_530, 10)
+    page, _ = await restarted.export_events(ACCOUNT, ExportQuery("Charged", *ALL_TIME), 0, 65_530, 10)
     assert [r["event_props"]["Amount"] for r in page] == [(65_530 + i) % per_batch % 7 for i in range(10)]
