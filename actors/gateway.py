@@ -22,6 +22,7 @@ from kairos.coalesce import Coalescer
 from kairos.config import Settings
 from kairos.identity_graph import IdentityGraph
 from kairos.segments.catalog import SegmentCatalog
+from kairos.segments.signals import SignalLog
 from kairos.partitions import PartitionMap
 
 
@@ -89,7 +90,7 @@ class GatewayActor:
             client = aioredis.Redis.from_url(settings.redis_url)
             accounts = Accounts(client, settings.auth_cache_s)
             self._backend = RayBackend(settings, self._ingest, self._shards, IdentityGraph(client))
-            app = create_app(settings, self._backend, accounts, SegmentCatalog(client))
+            app = create_app(settings, self._backend, accounts, SegmentCatalog(client), SignalLog(client))
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port, reuse_port=True).start()

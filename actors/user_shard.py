@@ -11,6 +11,9 @@ import redis.asyncio as aioredis
 from kairos.config import Settings
 from kairos.log import RedisPartitionLog
 from kairos.models import ShardBlob, UserExport
+from kairos.segments.catalog import SegmentCatalog
+from kairos.segments.live_runner import LiveSegmentRunner
+from kairos.segments.signals import SignalLog
 from kairos.shard import UserShard
 
 logger = logging.getLogger(__name__)
@@ -20,7 +23,8 @@ T = TypeVar("T")
 class UserShardActor:
     def __init__(self, shard_id: int, settings: Settings) -> None:
         self._redis = aioredis.Redis.from_url(settings.redis_url)
-        self.core = UserShard(shard_id, settings, RedisPartitionLog(self._redis))
+        live = LiveSegmentRunner(SegmentCatalog(self._redis), SignalLog(self._redis), settings.live_segment_tick_s)
+        self.core = UserShard(shard_id, settings, RedisPartitionLog(self._redis), live=live)
 
     async def _guard(self, work: Awaitable[T]) -> T:
         try:
@@ -74,6 +78,12 @@ class UserShardActor:
 
     async def analytics(self, *args: Any) -> list[Any]:
         return await self._guard(self.core.analytics(*args))
+
+    async def refresh_live(self, account: str) -> dict[str, int]:
+        return await self._guard(self.core.refresh_live(account))
+
+    async def live_members(self, account: str, name: str) -> list[str]:
+        return await self._guard(self.core.live_members(account, name))
 
     async def snapshot_all(self) -> None:
         await self._guard(self.core.snapshot_all())

@@ -19,6 +19,7 @@ from kairos.accounts import Accounts
 from kairos.config import Settings
 from kairos.query_coordinator import QueryCoordinator
 from kairos.segments.catalog import SegmentCatalog
+from kairos.segments.signals import SignalLog
 
 logger = logging.getLogger(__name__)
 ADMISSION = web.AppKey("admission", Admission)
@@ -58,7 +59,8 @@ async def _health(request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
-def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog: SegmentCatalog) -> web.Application:
+def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog: SegmentCatalog,
+               signals: SignalLog) -> web.Application:
     admission = Admission(settings.max_inflight_uploads, settings.max_inflight_uploads_per_account)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -69,6 +71,6 @@ def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog
     app.add_routes(CleverTapApi(backend, admission, settings.max_body_bytes).routes())
     app.add_routes(SegmentApi(backend, accounts, admission, settings.max_body_bytes).routes())
     coordinator = QueryCoordinator(backend.partition_map, backend.call_shard)
-    app.add_routes(KairosApi(coordinator, catalog).routes())
+    app.add_routes(KairosApi(coordinator, catalog, signals).routes())
     app.add_routes([web.get("/api/openapi.json", openapi_document)])
     return app

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 import time
 from typing import Any
 
@@ -23,10 +24,12 @@ from gateway.body import read_body
 from gateway.errors import ApiError, json_response
 from kairos.query_coordinator import QueryCoordinator
 from kairos.segments.catalog import SegmentCatalog, check_name
+from kairos.segments.signals import SignalLog
 from kairos.segments.definition import SegmentError, parse_instant, parse_segment
 from kairos.segments.timing import zone
 
 MAX_QUERY_BYTES = 256 * 1024
+_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
 MAX_MEMBERS_PAGE = 5000
 
 
@@ -56,9 +59,10 @@ class MembersCursor(msgspec.Struct, array_like=True):
 
 
 class KairosApi:
-    def __init__(self, coordinator: QueryCoordinator, catalog: SegmentCatalog) -> None:
+    def __init__(self, coordinator: QueryCoordinator, catalog: SegmentCatalog, signals: SignalLog) -> None:
         self.coordinator = coordinator
         self.catalog = catalog
+        self.signals = signals
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -66,6 +70,7 @@ class KairosApi:
             web.put("/api/segments/{name}", self.save_segment),
             web.get("/api/segments/{name}", self.get_segment),
             web.delete("/api/segments/{name}", self.delete_segment),
+            web.get("/api/segments/{name}/signals", self.segment_signals),
             web.post("/api/segments/count", self.count),
             web.post("/api/segments/members", self.members),
             web.post("/api/query/trends", self._analytics("trend", "buckets")),
@@ -97,6 +102,9 @@ class KairosApi:
             saved = await self.catalog.save(request[ACCOUNT], name, body["definition"], live, description)
         except SegmentError as exc:
             raise _bad(exc, "definition") from None
+        # Every shard takes up the account's live segments before the answer, so that
+        # records acknowledged from now on are evaluated against this version.
+        await self.coordinator.refresh_live(request[ACCOUNT])
         return json_response(saved)
 
     async def get_segment(self, request: web.Request) -> web.Response:
@@ -108,7 +116,23 @@ class KairosApi:
     async def delete_segment(self, request: web.Request) -> web.Response:
         if not await self.catalog.delete(request[ACCOUNT], request.match_info["name"]):
             raise ApiError(404, f"no saved segment named {request.match_info['name']!r}")
+        await self.coordinator.refresh_live(request[ACCOUNT])
         return json_response({"status": "success"})
+
+    async def segment_signals(self, request: web.Request) -> web.Response:
+        """A live segment's entries and exits, oldest first, after the signal id `after`."""
+        account, name = request[ACCOUNT], request.match_info["name"]
+        saved = await self.catalog.get(account, name)
+        if saved is None:
+            raise ApiError(404, f"no saved segment named {name!r}")
+        after = request.query.get("after", "0-0")
+        if not _STREAM_ID.match(after):
+            raise ApiError(400, "'after' must be a signal id such as 1790000000000-0", path="after")
+        limit_text = request.query.get("limit", "100")
+        if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_MEMBERS_PAGE:
+            raise ApiError(400, f"'limit' must be an integer from 1 to {MAX_MEMBERS_PAGE}", path="limit")
+        page = await self.signals.read(account, name, after, int(limit_text))
+        return json_response({"signals": page, "next": page[-1]["id"] if page else after, "live": saved.live})
 
     # --- queries ------------------------------------------------------------------------
 

@@ -60,6 +60,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     auth_cache_s: float = 60.0
     # How often each ingest actor finishes merges left pending by a coordinator that died.
     merge_sweep_interval_s: float = 5.0
+    # How often shards re-evaluate live-segment members whose time window may have moved.
+    live_segment_tick_s: float = 1.0
 
     def __post_init__(self) -> None:
         positive = (
@@ -79,13 +81,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
             )
         if self.redis_fsync not in ("always", "everysec"):
             raise ConfigError(f"{ENV_PREFIX}REDIS_FSYNC must be 'always' or 'everysec', got {self.redis_fsync!r}")
-        for name in ("snapshot_interval_s", "auth_cache_s", "request_timeout_s", "merge_sweep_interval_s"):
+        for name in ("snapshot_interval_s", "auth_cache_s", "request_timeout_s", "merge_sweep_interval_s",
+                     "live_segment_tick_s"):
             if not math.isfinite(getattr(self, name)):
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a finite number, got {getattr(self, name)!r}")
         if self.snapshot_interval_s <= 0 or self.auth_cache_s < 0 or self.request_timeout_s <= 0:
             raise ConfigError(f"{ENV_PREFIX}SNAPSHOT_INTERVAL_S must be > 0, {ENV_PREFIX}REQUEST_TIMEOUT_S > 0 and {ENV_PREFIX}AUTH_CACHE_S >= 0")
         if self.merge_sweep_interval_s <= 0:
             raise ConfigError(f"{ENV_PREFIX}MERGE_SWEEP_INTERVAL_S must be > 0, got {self.merge_sweep_interval_s!r}")
+        if self.live_segment_tick_s <= 0:
+            raise ConfigError(f"{ENV_PREFIX}LIVE_SEGMENT_TICK_S must be > 0, got {self.live_segment_tick_s!r}")
 
     @property
     def data_path(self) -> Path:

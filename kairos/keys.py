@@ -56,3 +56,13 @@ PENDING_MERGES = PREFIX + "merges"
 def segments(account_id: str) -> str:
     """Hash of the account's saved segments: name -> msgpack `SavedSegment`."""
     return f"{PREFIX}a:{account_id}:segments"
+
+
+# set: accounts that have (or had) a live segment; shards load their definitions at start.
+LIVE_SEGMENT_ACCOUNTS = PREFIX + "live-segment-accounts"
+
+
+def segment_signals(account_id: str, name: str) -> str:
+    """Stream of a live segment's entry and exit signals: fields u (user), e (1 entered,
+    0 left), v (segment version), t (epoch ms)."""
+    return f"{PREFIX}a:{account_id}:signals:{name}"

@@ -31,6 +31,9 @@ class QueryCoordinator:
     async def segment_count(self, account: str, definition: Any, now_ms: int, tz: str) -> int:
         return sum(await self.scatter("segment_count", account, definition, now_ms, tz))
 
+    async def refresh_live(self, account: str) -> None:
+        await self.scatter("refresh_live", account)
+
     async def segment_members(
         self, account: str, definition: Any, now_ms: int, tz: str, partition: int, start: int, limit: int,
     ) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:

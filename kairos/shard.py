@@ -28,6 +28,7 @@ from kairos.partitions import PartitionMap
 from kairos.analytics.partials import analytics_partials
 from kairos.segments import downloads, partials
 from kairos.segments.downloads import ExportQuery
+from kairos.segments.live_runner import LiveSegmentRunner
 from kairos.segments.definition import parse_segment
 from kairos.store.partition import PartitionState
 
@@ -50,6 +51,7 @@ class UserShard:
         settings: Settings,
         log: PartitionLog,
         clock: Callable[[], float] = time.monotonic,
+        live: LiveSegmentRunner | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.settings = settings
@@ -73,6 +75,7 @@ class UserShard:
         }
         self._snapshotter: asyncio.Task[None] | None = None
         self.replayed_entries = 0
+        self.live = live
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -107,6 +110,8 @@ class UserShard:
             # Stagger the partitions' timers so they do not all come due at once.
             stagger = self.settings.snapshot_interval_s * index / len(self.partitions)
             self._snapshot_at[partition] = self._clock() - stagger
+        if self.live is not None:
+            await self.live.load(self._states)
 
     @property
     def failed(self) -> bool:
@@ -288,6 +293,13 @@ class UserShard:
                         future.set_exception(error)
                 self._pending = []
                 return
+            if self.live is not None:
+                # Before the answer: a signal is out by the time its upload is acknowledged.
+                try:
+                    await self.live.after_apply(self._states)
+                except Exception:
+                    # The batches are durable and applied; only their signals are lost.
+                    logger.exception("shard %s could not evaluate live segments", self.shard_id)
             for blobs, future in work:
                 if not future.done():
                     future.set_result({b.batch_id: outcome[b.batch_id] for b in blobs if outcome[b.batch_id]})
@@ -375,6 +387,22 @@ class UserShard:
         """Partial answers (one per partition) to a trend, funnel, retention or RFM query."""
         await self.ready()
         return analytics_partials(self._states.values(), account, kind, query, now_ms, tz, *extra)
+
+    async def refresh_live(self, account: str) -> dict[str, int]:
+        """Take up the account's saved live segments now; returns name -> version held."""
+        await self.ready()
+        return await self.live.refresh(account, self._states) if self.live is not None else {}
+
+    async def live_members(self, account: str, name: str) -> list[str]:
+        """The live segment's members as this shard holds them (canonical users)."""
+        await self.ready()
+        members: list[str] = []
+        for partition, state in self._states.items():
+            store = state.account(account)
+            if store is not None and self.live is not None:
+                mask = self.live.segments.members(account, name, partition, store.user_count)
+                members.extend(store.user_keys[int(u)] for u in mask.nonzero()[0])
+        return members
 
     async def memory(self) -> dict[str, int]:
         await self.ready()

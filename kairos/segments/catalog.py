@@ -66,6 +66,8 @@ class SegmentCatalog:
                     )
                     pipe.multi()
                     pipe.hset(key, name, msgspec.msgpack.encode(saved))
+                    if live:
+                        pipe.sadd(keys.LIVE_SEGMENT_ACCOUNTS, account)
                     await pipe.execute()
                     return saved
                 except aioredis.WatchError:
@@ -82,3 +84,11 @@ class SegmentCatalog:
 
     async def delete(self, account: str, name: str) -> bool:
         return bool(await self._redis.hdel(keys.segments(account), name))
+
+    async def live(self, account: str) -> list[SavedSegment]:
+        return [s for s in await self.all(account) if s.live]
+
+    async def all_live(self) -> dict[str, list[SavedSegment]]:
+        """Every account's live segments (accounts that had one and no longer do: empty)."""
+        accounts = sorted(a.decode() for a in await self._redis.smembers(keys.LIVE_SEGMENT_ACCOUNTS))
+        return {account: await self.live(account) for account in accounts}

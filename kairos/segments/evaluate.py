@@ -68,9 +68,7 @@ class StoreQuery:
         self._dates: dict[int, float] = {}
         self._scope: np.ndarray | None = None
         if only_users is not None:
-            rows = [store.user_event_rows(int(u)) for u in only_users]
-            flat = np.asarray([r for user_rows in rows for r in user_rows], dtype=np.int64)
-            self._scope = np.sort(flat)
+            self._scope = user_rows(store, only_users)
 
     # --- conditions ------------------------------------------------------------------
 
@@ -289,7 +287,7 @@ class StoreQuery:
             wanted = [c for c in codes.tolist() if needle in table[c].casefold()]
             return strings & np.isin(values, np.asarray(wanted, dtype=np.float64))
         assert op in ("before", "after"), op
-        moment = self._as_dates(tags, values)
+        moment = self.dates_of(tags, values)
         bound = resolve_bound(operand, self.now_ms, self.tz)
         with np.errstate(invalid="ignore"):
             return moment < bound if op == "before" else moment > bound
@@ -304,7 +302,7 @@ class StoreQuery:
             return (tags == TAG_STR) & (values == code)
         return numeric & (values == operand)
 
-    def _as_dates(self, tags: np.ndarray, values: np.ndarray) -> np.ndarray:
+    def dates_of(self, tags: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Each entry as a date in epoch ms (NaN where it is none)."""
         moment = np.full(tags.size, np.nan)
         numeric = (tags == TAG_INT) | (tags == TAG_FLOAT)
@@ -317,6 +315,19 @@ class StoreQuery:
             parsed = np.array([self._dates.setdefault(c, date_value_ms(table[c])) for c in unique.tolist()])
             moment[strings] = parsed[inverse]
         return moment
+
+
+def user_rows(store: AccountStore, users: np.ndarray) -> np.ndarray:
+    """Every event row of the given users, ascending: their `prev` chains walked side by
+    side, one numpy step per event of the longest history."""
+    found: list[np.ndarray] = []
+    rows = store.last_row.values[np.asarray(users, dtype=np.int64)].astype(np.int64)
+    rows = rows[rows >= 0]
+    while rows.size:
+        found.append(rows)
+        rows = store.ev_prev.take(rows).astype(np.int64)
+        rows = rows[rows >= 0]
+    return np.sort(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
 
 
 def _no_rows() -> EventRows:

@@ -37,6 +37,18 @@ class PartitionState:
         self.records_since_snapshot = 0
         self.duplicates_dropped = 0
         self.sealed_users = 0
+        # Accounts with live segments: for them, `apply` notes which users it changed
+        # (account -> canonical user keys) until the owner takes them with `take_touched`.
+        self.watched: set[str] = set()
+        self.touched: dict[str, set[str]] = {}
+
+    def take_touched(self) -> dict[str, set[str]]:
+        touched, self.touched = self.touched, {}
+        return touched
+
+    def _touch(self, account: str, users: list[str]) -> None:
+        if account in self.watched:
+            self.touched.setdefault(account, set()).update(users)
 
     def account(self, account_id: str) -> AccountStore | None:
         return self.accounts.get(account_id)
@@ -75,7 +87,9 @@ class PartitionState:
         if type(entry) is LogBatch:
             self.batch_ids.add(batch_id, entry.refused or None)
             self._apply_records(entry)
+            self._touch(entry.account, entry.users)
         elif type(entry) is SealEntry:
+            self._touch(entry.account, entry.users)
             # Seals and absorbs are idempotent by state: their ids need no room in the window.
             store = self.store_of(entry.account)
             for user, into in zip(entry.users, entry.into):
@@ -85,6 +99,7 @@ class PartitionState:
         else:
             assert type(entry) is AbsorbEntry
             self._absorb(entry)
+            self._touch(entry.account, entry.users)
 
     def _apply_records(self, batch: LogBatch) -> None:
         store = self.store_of(batch.account)

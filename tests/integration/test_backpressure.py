@@ -17,6 +17,7 @@ from kairos.config import load_settings
 from kairos.partitions import PartitionMap
 from kairos.redis_server import _free_port
 from kairos.segments.catalog import SegmentCatalog
+from kairos.segments.signals import SignalLog
 from tests.integration.conftest import event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -45,7 +46,7 @@ async def stalled_gateway(redis_server: Any) -> AsyncIterator[tuple[str, Stalled
     client = aioredis.Redis.from_url(redis_server.url)
     accounts = Accounts(client)
     backend = StalledBackend()
-    app = create_app(settings, backend, accounts, SegmentCatalog(client))
+    app = create_app(settings, backend, accounts, SegmentCatalog(client), SignalLog(client))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", settings.port).start()
