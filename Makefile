@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -27,6 +27,7 @@ test-unit: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/ingest_bench.py
 	$(PY) bench/identity_bench.py
+	$(PY) bench/analytics_bench.py
 
 clean:
 	rm -rf $(VENV) .kairos
