@@ -52,28 +52,23 @@ class QueryCoordinator:
                 start = next_start
         return members, (partition, start) if partition < partitions else None
 
-    async def _partials(self, kind: str, account: str, query: Any, now_ms: int, tz: str, *extra: Any) -> list[Any]:
-        answers = await self.scatter("analytics", account, kind, query, now_ms, tz, *extra)
+    async def _partials(self, kind: str, account: str, query: Any, now_ms: int, tz: str) -> list[Any]:
+        answers = await self.scatter("analytics", account, kind, query, now_ms, tz)
         return [part for answer in answers for part in answer]
 
     async def analytics(self, kind: str, account: str, raw_query: Any, now_ms: int, tz: str) -> Any:
         """A trend, funnel, retention or RFM answer (raw_query is validated first)."""
-        query, tzinfo = PARSERS[kind if kind != "rfm" else "rfm_segments"](raw_query), zone(tz)
+        query, tzinfo = PARSERS[kind](raw_query), zone(tz)
         check_ranges(kind, query, now_ms, tzinfo)  # a bad range is the caller's 400, not a shard's failure
+        parts = await self._partials(kind, account, raw_query, now_ms, tz)
         if kind == "trend":
-            return trends.combine_trend(await self._partials(kind, account, raw_query, now_ms, tz), query, now_ms, tzinfo)
+            return trends.combine_trend(parts, query, now_ms, tzinfo)
         if kind == "funnel":
-            return funnels.combine_funnel(await self._partials(kind, account, raw_query, now_ms, tz), query)
+            return funnels.combine_funnel(parts, query)
         if kind == "retention":
-            parts = await self._partials(kind, account, raw_query, now_ms, tz)
             return retention.combine_retention(parts, query, now_ms, tzinfo)
         assert kind == "rfm", kind
-        histograms = await self._partials("rfm_histograms", account, raw_query, now_ms, tz)
-        if not histograms:
-            return rfm.combine_segments([])
-        scores = rfm.combine_histograms(histograms)
-        return rfm.combine_segments(await self._partials("rfm_segments", account, raw_query, now_ms, tz, scores))
-
+        return rfm.combine_rfm(parts)
 
 def check_ranges(kind: str, query: Any, now_ms: int, tz: Any) -> None:
     if kind == "retention":

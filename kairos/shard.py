@@ -383,10 +383,10 @@ class UserShard:
         return partials.segment_members(self._state(partition), account, parse_segment(definition), now_ms, tz,
                                         start, limit)
 
-    async def analytics(self, account: str, kind: str, query: Any, now_ms: int, tz: str, *extra: Any) -> list[Any]:
+    async def analytics(self, account: str, kind: str, query: Any, now_ms: int, tz: str) -> list[Any]:
         """Partial answers (one per partition) to a trend, funnel, retention or RFM query."""
         await self.ready()
-        return analytics_partials(self._states.values(), account, kind, query, now_ms, tz, *extra)
+        return analytics_partials(self._states.values(), account, kind, query, now_ms, tz)
 
     async def refresh_live(self, account: str) -> dict[str, int]:
         """Take up the account's saved live segments now; returns name -> version held."""

@@ -13,22 +13,21 @@ from kairos.segments.timing import zone
 from kairos.store.partition import PartitionState
 
 PARSERS: dict[str, Callable[[Any], Any]] = {
-    "trend": parse_trend, "funnel": parse_funnel, "retention": parse_retention,
-    "rfm_histograms": parse_rfm, "rfm_segments": parse_rfm,
+    "trend": parse_trend, "funnel": parse_funnel, "retention": parse_retention, "rfm": parse_rfm,
 }
 _PARTIALS: dict[str, Callable[..., Any]] = {
     "trend": trends.trend_partial, "funnel": funnels.funnel_partial, "retention": retention.retention_partial,
-    "rfm_histograms": rfm.rfm_histograms, "rfm_segments": rfm.rfm_segments,
+    "rfm": rfm.rfm_partial,
 }
 
 
 def analytics_partials(states: Iterable[PartitionState], account: str, kind: str, raw_query: Any, now_ms: int,
-                       tz: str, *extra: Any) -> list[Any]:
+                       tz: str) -> list[Any]:
     query, tzinfo, partial = PARSERS[kind](raw_query), zone(tz), _PARTIALS[kind]
     parts = []
     for state in states:
         store = state.account(account)
         if store is not None and store.user_count:
             scope = Scope(StoreQuery(store, now_ms, tzinfo), query.segment)
-            parts.append(partial(scope, query, now_ms, tzinfo, *extra))
+            parts.append(partial(scope, query, now_ms, tzinfo))
     return parts

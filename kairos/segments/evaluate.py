@@ -250,10 +250,13 @@ class StoreQuery:
     def _profile(self, flt: PropertyFilter) -> np.ndarray:
         code = self._strings.find(flt.name)
         column = self.store.profile.get(code) if code is not None else None
+        if column is not None and len(column.tags) >= self.size:
+            # Every user has a slot in the column: match on it in place, no copy.
+            return self.match(column.tags.values[: self.size], column.values.values[: self.size], flt)
         tags = np.full(self.size, TAG_MISSING, dtype=np.int8)
         values = np.zeros(self.size, dtype=np.float64)
         if column is not None:
-            held = min(len(column.tags), self.size)
+            held = len(column.tags)
             tags[:held] = column.tags.values[:held]
             values[:held] = column.values.values[:held]
         return self.match(tags, values, flt)

@@ -144,7 +144,8 @@ class LiveSegments:
                     self._state[key] = _State()
                     if store is not None and store.user_count:
                         everyone = np.arange(store.user_count, dtype=np.int64)
-                        self._evaluate(account, live, partition, store, everyone, now_ms, scoped=False)
+                        query = StoreQuery(store, now_ms, UTC)
+                        self._evaluate(account, live, partition, store, everyone, now_ms, query, signal=False)
 
     def members(self, account: str, name: str, partition: int, size: int) -> np.ndarray:
         state = self._state.get((account, name, partition))
@@ -166,8 +167,10 @@ class LiveSegments:
                 slots = np.unique(np.asarray([index[k] for k in keys if k in index], dtype=np.int64))
                 if not slots.size:
                     continue
+                # One scope (the touched users' rows) serves every segment of the account.
+                query = StoreQuery(store, now_ms, UTC, only_users=slots)
                 for live in segments.values():
-                    signals += self._evaluate(account, live, partition, store, slots, now_ms, scoped=True)
+                    signals += self._evaluate(account, live, partition, store, slots, now_ms, query)
         return signals
 
     def tick(self, states: dict[int, PartitionState], now_ms: int) -> list[Signal]:
@@ -179,19 +182,20 @@ class LiveSegments:
             if not due.size or store is None:
                 continue
             live = self._segments[account][name]
-            signals += self._evaluate(account, live, partition, store, due, now_ms, scoped=True)
+            query = StoreQuery(store, now_ms, UTC, only_users=due)
+            signals += self._evaluate(account, live, partition, store, due, now_ms, query)
         return signals
 
     def _evaluate(self, account: str, live: _Live, partition: int, store: AccountStore, slots: np.ndarray,
-                  now_ms: int, scoped: bool) -> list[Signal]:
+                  now_ms: int, query: StoreQuery, signal: bool = True) -> list[Signal]:
+        """Re-evaluate `slots` with `query` (which sees at least their rows)."""
         state = self._state[(account, live.saved.name, partition)]
         state.fit(store.user_count)
-        query = StoreQuery(store, now_ms, UTC, only_users=slots if scoped else None)
         now_in = query.users(live.condition)[slots]
         was_in = state.members[slots]
         state.members[slots] = now_in
         state.due[slots] = _next_change(query, live.horizons, slots, now_ms)
-        if not scoped:
+        if not signal:
             return []
         changed = np.flatnonzero(now_in != was_in)
         keys = store.user_keys

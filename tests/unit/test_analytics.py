@@ -25,9 +25,9 @@ RANGES = [("2026-08-20", "2026-09-20"), ("20d", "2d"), (1_788_000_000, "2026-09-
 SEGMENTS = [None, {"profile": "City", "op": "in", "value": ["Paris", "Lyon"]}, {"did": "Searched", "within": "10d"}]
 
 
-def partials(stores: list[AccountStore], partial: Callable[..., Any], query: Any, tz: str, *extra: Any) -> list[Any]:
+def partials(stores: list[AccountStore], partial: Callable[..., Any], query: Any, tz: str) -> list[Any]:
     zone = ZoneInfo(tz)
-    return [partial(Scope(StoreQuery(s, NOW, zone), query.segment), query, NOW, zone, *extra)
+    return [partial(Scope(StoreQuery(s, NOW, zone), query.segment), query, NOW, zone)
             for s in stores if s.user_count]
 
 
@@ -119,8 +119,7 @@ def test_rfm_equals_the_reference(seed: int) -> None:
         body = {**common(rng), "event": rng.choice(EVENTS), "where": where(rng), "monetary": "Amount"}
         tz = rng.choice(ZONES)
         query = parse_rfm(body)
-        scores = rfm.combine_histograms(partials(stores, rfm.rfm_histograms, query, tz))
-        got = rfm.combine_segments(partials(stores, rfm.rfm_segments, query, tz, scores))
+        got = rfm.combine_rfm(partials(stores, rfm.rfm_partial, query, tz))
         expected = reference.rfm(ref, query, NOW, ZoneInfo(tz))
         assert {s["segment"]: (s["users"], s["monetary_sum"]) for s in got["segments"] if s["users"]} == expected, body
         assert got["users"] == sum(n for n, _ in expected.values())
