@@ -264,24 +264,22 @@ class StoreQuery:
     # --- values ----------------------------------------------------------------------
 
     def match(self, tags: np.ndarray, values: np.ndarray, flt: PropertyFilter) -> np.ndarray:
-        """Which (tag, value) entries satisfy the filter; the semantics are the README's."""
+        """Which (tag, value) entries satisfy the filter; the semantics are the README's.
+        Each operator computes only the masks it needs: these run over every user."""
         op, operand = flt.op, flt.value
-        present = (tags != TAG_MISSING) & (tags != TAG_NULL)
-        if op == "exists":
-            return present
-        if op == "not_exists":
-            return ~present
-        numeric = (tags == TAG_INT) | (tags == TAG_FLOAT)
+        if op in ("exists", "not_exists"):
+            present = _present(tags)
+            return present if op == "exists" else ~present
         if op in ("gt", "gte", "lt", "lte", "between"):
-            return numeric & compare(values, op, operand)
+            return _numeric(tags) & compare(values, op, operand)
         if op in ("eq", "ne"):
-            equal = self._equal(tags, values, numeric, operand)
-            return equal if op == "eq" else present & ~equal
+            equal = self._equal(tags, values, operand)
+            return equal if op == "eq" else _present(tags) & ~equal
         if op in ("in", "not_in"):
             hit = np.zeros(tags.size, dtype=bool)
             for each in operand:
-                hit |= self._equal(tags, values, numeric, each)
-            return hit if op == "in" else present & ~hit
+                hit |= self._equal(tags, values, each)
+            return hit if op == "in" else _present(tags) & ~hit
         if op == "contains":
             strings = tags == TAG_STR
             codes = np.unique(values[strings]).astype(np.int64)
@@ -295,15 +293,15 @@ class StoreQuery:
         with np.errstate(invalid="ignore"):
             return moment < bound if op == "before" else moment > bound
 
-    def _equal(self, tags: np.ndarray, values: np.ndarray, numeric: np.ndarray, operand: object) -> np.ndarray:
+    def _equal(self, tags: np.ndarray, values: np.ndarray, operand: object) -> np.ndarray:
         if isinstance(operand, bool):
-            return (tags == TAG_BOOL) & (values == float(operand))
+            return (values == float(operand)) & (tags == TAG_BOOL)
         if isinstance(operand, str):
             code = self._strings.find(operand)
             if code is None:
                 return np.zeros(tags.size, dtype=bool)
-            return (tags == TAG_STR) & (values == code)
-        return numeric & (values == operand)
+            return (values == code) & (tags == TAG_STR)
+        return (values == operand) & _numeric(tags)
 
     def dates_of(self, tags: np.ndarray, values: np.ndarray) -> np.ndarray:
         """Each entry as a date in epoch ms (NaN where it is none)."""
@@ -318,6 +316,14 @@ class StoreQuery:
             parsed = np.array([self._dates.setdefault(c, date_value_ms(table[c])) for c in unique.tolist()])
             moment[strings] = parsed[inverse]
         return moment
+
+
+def _present(tags: np.ndarray) -> np.ndarray:
+    return (tags != TAG_MISSING) & (tags != TAG_NULL)
+
+
+def _numeric(tags: np.ndarray) -> np.ndarray:
+    return (tags == TAG_INT) | (tags == TAG_FLOAT)
 
 
 def user_rows(store: AccountStore, users: np.ndarray) -> np.ndarray:
