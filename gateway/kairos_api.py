@@ -126,7 +126,7 @@ class KairosApi:
         if saved is None:
             raise ApiError(404, f"no saved segment named {name!r}")
         after = request.query.get("after", "0-0")
-        if not _STREAM_ID.match(after):
+        if not _STREAM_ID.match(after) or any(int(part) >= 2**64 for part in after.split("-")):
             raise ApiError(400, "'after' must be a signal id such as 1790000000000-0", path="after")
         limit_text = request.query.get("limit", "100")
         if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_MEMBERS_PAGE:
@@ -185,7 +185,9 @@ class KairosApi:
             raise ApiError(400, "give either 'segment' (a definition) or 'name' (a saved segment)", path="segment")
         if "name" in body:
             name = body["name"]
-            saved = await self.catalog.get(account, name) if isinstance(name, str) else None
+            if not isinstance(name, str):
+                raise ApiError(400, "'name' must be the name of a saved segment", path="name")
+            saved = await self.catalog.get(account, name)
             if saved is None:
                 raise ApiError(404, f"no saved segment named {name!r}", path="name")
             return saved.definition
@@ -198,7 +200,9 @@ class KairosApi:
 
 def _bad(exc: SegmentError, root: str | None = None) -> ApiError:
     """The definition's error, its path rooted where the definition sits in the body."""
-    path = exc.path if root is None else root + exc.path.removeprefix("segment")
+    path = exc.path
+    if root is not None and (path == "segment" or path.startswith(("segment.", "segment["))):
+        path = root + path.removeprefix("segment")
     return ApiError(400, f"{path}: {exc.message}", path=path)
 
 
@@ -243,7 +247,7 @@ def _as_of(body: dict[str, Any]) -> int:
     raw = body.get("as_of")
     if raw is None:
         return int(time.time() * 1000)
-    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0 <= raw < 253402300800:
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0 <= raw < 253370764800:  # 9999-01-01
         return int(raw * 1000)
     if isinstance(raw, str):
         return _checked(lambda text: parse_instant(text, "as_of"), raw)

@@ -58,6 +58,11 @@ def segments(account_id: str) -> str:
     return f"{PREFIX}a:{account_id}:segments"
 
 
+def segment_versions(account_id: str) -> str:
+    """Hash: segment name -> the last version number it was saved with (kept on delete)."""
+    return f"{PREFIX}a:{account_id}:segment-versions"
+
+
 # set: accounts that have (or had) a live segment; shards load their definitions at start.
 LIVE_SEGMENT_ACCOUNTS = PREFIX + "live-segment-accounts"
 

@@ -49,23 +49,25 @@ class SegmentCatalog:
         parse_segment(definition)
         if len(description) > 1000:
             raise SegmentError("description", "is longer than 1000 characters")
-        key = keys.segments(account)
+        key, versions = keys.segments(account), keys.segment_versions(account)
         now = int(time.time() * 1000)
         # WATCH makes the version bump and the limit check safe against a concurrent save.
         async with self._redis.pipeline(transaction=True) as pipe:
             while True:
                 try:
-                    await pipe.watch(key)
+                    await pipe.watch(key, versions)
                     old_raw = await pipe.hget(key, name)
                     if old_raw is None and await pipe.hlen(key) >= MAX_SEGMENTS:
                         raise SegmentError("name", f"the account already has {MAX_SEGMENTS} saved segments")
                     old = msgspec.msgpack.decode(old_raw, type=SavedSegment) if old_raw else None
-                    saved = SavedSegment(
-                        name, definition, live, description, old.version + 1 if old else 1,
-                        old.created_ms if old else now, now,
-                    )
+                    # Versions never repeat, not even after a delete: a signal's version
+                    # always names the definition that made it.
+                    version = int(await pipe.hget(versions, name) or 0) + 1
+                    saved = SavedSegment(name, definition, live, description, version,
+                                         old.created_ms if old else now, now)
                     pipe.multi()
                     pipe.hset(key, name, msgspec.msgpack.encode(saved))
+                    pipe.hset(versions, name, version)
                     if live:
                         pipe.sadd(keys.LIVE_SEGMENT_ACCOUNTS, account)
                     await pipe.execute()
@@ -83,7 +85,12 @@ class SegmentCatalog:
         return sorted(found, key=lambda s: s.name)
 
     async def delete(self, account: str, name: str) -> bool:
-        return bool(await self._redis.hdel(keys.segments(account), name))
+        """Forget the segment and its signals (its version number stays taken)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.segments(account), name)
+            pipe.delete(keys.segment_signals(account, name))
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
 
     async def live(self, account: str) -> list[SavedSegment]:
         return [s for s in await self.all(account) if s.live]

@@ -30,6 +30,9 @@ MAX_DEPTH = 12
 MAX_NODES = 256
 MAX_LIST_VALUES = 1000
 MAX_TEXT_CHARS = 512
+FIRST_YEAR, LAST_YEAR = 1970, 9998
+# Numbers in conditions: beyond this an int cannot be compared exactly with float64 columns.
+MAX_NUMBER = 2**63
 
 PROPERTY_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "between", "in", "not_in", "contains", "exists",
                 "not_exists", "before", "after")
@@ -154,7 +157,20 @@ def parse_window(raw: Any, path: str) -> Window:
         raise SegmentError(path, "needs 'from', 'to' or both")
     start = parse_bound(raw["from"], f"{path}.from") if "from" in raw else None
     end = parse_bound(raw["to"], f"{path}.to") if "to" in raw else None
+    if start is not None and end is not None and _reversed(start, end):
+        raise SegmentError(f"{path}.from", "is not before 'to': the window would be empty")
     return Window(start, end, end is not None and end.day is not None)
+
+
+def _reversed(start: Bound, end: Bound) -> bool:
+    """Whether two ends of the same kind leave nothing between them (a date `to` is inclusive)."""
+    if start.ago_ms is not None and end.ago_ms is not None:
+        return start.ago_ms <= end.ago_ms
+    if start.at_ms is not None and end.at_ms is not None:
+        return start.at_ms >= end.at_ms
+    if start.day is not None and end.day is not None:
+        return start.day > end.day
+    return False
 
 
 def parse_bound(raw: Any, path: str) -> Bound:
@@ -163,7 +179,7 @@ def parse_bound(raw: Any, path: str) -> Bound:
     if isinstance(raw, int) and 19000101 <= raw <= 99991231:
         return Bound(day=_iso_day(str(raw), path))
     if isinstance(raw, (int, float)):
-        if not math.isfinite(raw) or not 0 <= raw < 253402300800:
+        if not _finite(raw) or not 0 <= raw < 253370764800:  # 9999-01-01
             raise SegmentError(path, f"{raw!r} is not epoch seconds between 1970 and 9999")
         return Bound(at_ms=int(round(raw * 1000)))
     if isinstance(raw, str):
@@ -182,6 +198,10 @@ def _iso_day(text: str, path: str) -> str:
         day = date.fromisoformat(text if len(text) == 10 else f"{text[:4]}-{text[4:6]}-{text[6:]}")
     except ValueError:
         raise SegmentError(path, f"{text!r} is not a date (YYYY-MM-DD or YYYYMMDD)") from None
+    # A date is resolved as midnight in any zone, and a `to` date as the next midnight:
+    # keep both inside what datetime represents.
+    if not FIRST_YEAR <= day.year <= LAST_YEAR:
+        raise SegmentError(path, f"{text!r} is outside the years {FIRST_YEAR}-{LAST_YEAR}")
     return day.isoformat()
 
 
@@ -193,6 +213,8 @@ def parse_instant(text: str, path: str) -> int:
         raise SegmentError(path, f"{text!r} is not an ISO-8601 datetime") from None
     if moment.tzinfo is None:
         raise SegmentError(path, f"{text!r} has no UTC offset; add one, e.g. 'Z' or '+05:30'")
+    if not FIRST_YEAR <= moment.year <= LAST_YEAR:
+        raise SegmentError(path, f"{text!r} is outside the years {FIRST_YEAR}-{LAST_YEAR}")
     return int(moment.astimezone(timezone.utc).timestamp() * 1000)
 
 
@@ -359,9 +381,19 @@ def _comparison(op: Any, value: Any, path: str) -> tuple[str, Any]:
     return op, _number(value, f"{path}.value")
 
 
+def _finite(value: Any) -> bool:
+    """A number usable in a comparison: finite, and an int of at most 64 bits (larger
+    ones would overflow on the way to float64, or carry more digits than any column)."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, int):
+        return -MAX_NUMBER < value < MAX_NUMBER
+    return isinstance(value, float) and math.isfinite(value)
+
+
 def _number(value: Any, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise SegmentError(path, f"{value!r} is not a number")
+    if not _finite(value):
+        raise SegmentError(path, f"{str(value)[:40]!r} is not a number (finite, at most 64-bit)")
     return value
 
 
@@ -377,9 +409,9 @@ def _pair(value: Any, path: str) -> tuple[float, float]:
 def _scalar(value: Any, path: str) -> Any:
     if isinstance(value, str):
         return _text(value, path)
-    if isinstance(value, bool) or (isinstance(value, (int, float)) and math.isfinite(value)):
+    if isinstance(value, bool) or _finite(value):
         return value
-    raise SegmentError(path, f"{value!r} is not a string, number or boolean")
+    raise SegmentError(path, f"{str(value)[:40]!r} is not a string, boolean or number (finite, at most 64-bit)")
 
 
 def _text(value: str, path: str) -> str:

@@ -27,6 +27,8 @@ from kairos.store.account_store import AccountStore, SparseValues
 from kairos.store.columns import TAG_BOOL, TAG_FLOAT, TAG_INT, TAG_MISSING, TAG_NULL, TAG_STR
 
 _NUMERIC = (TAG_INT, TAG_FLOAT)
+# Past this many events in one touched user's history, their rows are found by a scan.
+MAX_CHAIN_STEPS = 2048
 
 
 class EventRows(NamedTuple):
@@ -133,33 +135,41 @@ class StoreQuery:
 
     def _sequence(self, condition: SequenceCondition) -> np.ndarray:
         """Keep, for each occurrence of a step, the latest first-step time of any valid
-        chain ending there: the latest start leaves the most room for `gap`."""
+        chain ending there: the latest start leaves the most room for `gap`.
+
+        Times are replaced by their rank among the steps' distinct times (order is all
+        the search needs), so (user, time) keys stay small whatever the span of time."""
         from_ms, to_ms = resolve_window(condition.window, self.now_ms, self.tz)
         steps = [self.matching(s.event, s.where, from_ms, to_ms) for s in condition.steps]
         if any(step.rows.size == 0 for step in steps):
             return np.zeros(self.size, dtype=bool)
-        base = int(min(step.ts.min() for step in steps)) - 1
-        span = int(max(step.ts.max() for step in steps)) - base + 1
-        if span * (self.size + 1) >= 1 << 62:
-            raise ValueError("events span too long a time for a sequence over this many users")
-        previous = steps[0]
-        start = previous.ts - base  # > 0: the chain's first time, offset
-        for step in steps[1:]:
+        times, ranks = np.unique(np.concatenate([step.ts for step in steps]), return_inverse=True)
+        ranks = ranks.reshape(-1) + 1  # 0 stays free for "no chain"
+        bounds = np.cumsum([0] + [step.rows.size for step in steps])
+        rank_of = [ranks[bounds[i]:bounds[i + 1]] for i in range(len(steps))]
+        span = times.size + 1
+        users_max = int(max(step.users.max() for step in steps)) + 1
+        if span * (users_max + 1) >= 1 << 62:
+            raise ValueError("too many distinct times and users for one sequence key")
+        previous, previous_rank = steps[0], rank_of[0]
+        start = previous_rank  # the chain's first time, as a rank
+        for step, step_rank in zip(steps[1:], rank_of[1:]):
             if not previous.rows.size:
                 break
-            order = np.lexsort((previous.ts, previous.users))
-            users, times, starts = previous.users[order], previous.ts[order], start[order]
-            keys = users * span + (times - base)
+            order = np.lexsort((previous_rank, previous.users))
+            users, ranked, starts = previous.users[order], previous_rank[order], start[order]
+            keys = users * span + ranked
             # Best start among the user's earlier occurrences: a running max that cannot
             # leak across users, since each user's values sit above all earlier users'.
             best = np.maximum.accumulate(users * span + starts)
-            at = np.searchsorted(keys, step.users * span + (step.ts - base), side="left") - 1
+            at = np.searchsorted(keys, step.users * span + step_rank, side="left") - 1
             found = at >= 0
             at = np.maximum(at, 0)
             found &= users[at] == step.users
             chain_start = np.where(found, best[at] - step.users * span, 0)
-            valid = found & (chain_start > 0) & (step.ts - base - chain_start <= condition.gap_ms)
-            previous, start = step.where(valid), chain_start[valid]
+            valid = found & (chain_start > 0)
+            valid[valid] = step.ts[valid] - times[chain_start[valid] - 1] <= condition.gap_ms
+            previous, previous_rank, start = step.where(valid), step_rank[valid], chain_start[valid]
         mask = np.zeros(self.size, dtype=bool)
         mask[previous.users] = True
         return mask
@@ -276,9 +286,7 @@ class StoreQuery:
             equal = self._equal(tags, values, operand)
             return equal if op == "eq" else _present(tags) & ~equal
         if op in ("in", "not_in"):
-            hit = np.zeros(tags.size, dtype=bool)
-            for each in operand:
-                hit |= self._equal(tags, values, each)
+            hit = self._in(tags, values, operand)
             return hit if op == "in" else _present(tags) & ~hit
         if op == "contains":
             strings = tags == TAG_STR
@@ -292,6 +300,20 @@ class StoreQuery:
         bound = resolve_bound(operand, self.now_ms, self.tz)
         with np.errstate(invalid="ignore"):
             return moment < bound if op == "before" else moment > bound
+
+    def _in(self, tags: np.ndarray, values: np.ndarray, operands: tuple[object, ...]) -> np.ndarray:
+        """Equal to any operand: one pass per kind of value, however long the list."""
+        codes = [c for c in (self._strings.find(o) for o in operands if isinstance(o, str)) if c is not None]
+        numbers = [float(o) for o in operands if not isinstance(o, (str, bool))]
+        flags = [float(o) for o in operands if isinstance(o, bool)]
+        hit = np.zeros(tags.size, dtype=bool)
+        if codes:
+            hit |= np.isin(values, np.asarray(codes, dtype=np.float64)) & (tags == TAG_STR)
+        if numbers:
+            hit |= np.isin(values, np.asarray(numbers)) & _numeric(tags)
+        if flags:
+            hit |= np.isin(values, np.asarray(flags)) & (tags == TAG_BOOL)
+        return hit
 
     def _equal(self, tags: np.ndarray, values: np.ndarray, operand: object) -> np.ndarray:
         if isinstance(operand, bool):
@@ -332,11 +354,24 @@ def user_rows(store: AccountStore, users: np.ndarray) -> np.ndarray:
     found: list[np.ndarray] = []
     rows = store.last_row.values[np.asarray(users, dtype=np.int64)].astype(np.int64)
     rows = rows[rows >= 0]
+    steps = 0
     while rows.size:
+        steps += 1
+        if steps > MAX_CHAIN_STEPS:
+            # A history this long (a bot, a server-side user) is cheaper to find by one
+            # pass over the user column than step by step.
+            return _scan_user_rows(store, users)
         found.append(rows)
         rows = store.ev_prev.take(rows).astype(np.int64)
         rows = rows[rows >= 0]
     return np.sort(np.concatenate(found)) if found else np.empty(0, dtype=np.int64)
+
+
+def _scan_user_rows(store: AccountStore, users: np.ndarray) -> np.ndarray:
+    wanted = np.zeros(store.user_count, dtype=bool)
+    wanted[np.asarray(users, dtype=np.int64)] = True
+    parts = [np.flatnonzero(wanted[chunk]) + offset for offset, chunk in store.ev_user.chunks()]
+    return np.concatenate(parts).astype(np.int64) if parts else np.empty(0, dtype=np.int64)
 
 
 def _no_rows() -> EventRows:

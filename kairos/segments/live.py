@@ -18,6 +18,7 @@ user is re-evaluated and found unchanged.
 
 from __future__ import annotations
 
+import logging
 from typing import Iterable, NamedTuple
 
 import msgspec
@@ -25,8 +26,8 @@ import numpy as np
 
 from kairos.segments.catalog import SavedSegment
 from kairos.segments.definition import (
-    AllOf, AnyOf, Bound, Condition, EventCondition, FirstLastCondition, Not, ProfileCondition, SequenceCondition,
-    Window,
+    AllOf, AnyOf, Bound, Condition, EventCondition, FirstLastCondition, Not, ProfileCondition, PropertyFilter,
+    SegmentError, SequenceCondition, Window,
 )
 from kairos.segments.evaluate import StoreQuery
 from kairos.segments.timing import UTC
@@ -34,6 +35,7 @@ from kairos.store.account_store import AccountStore
 from kairos.store.partition import PartitionState
 
 NEVER = np.iinfo(np.int64).max
+logger = logging.getLogger(__name__)
 
 
 class Signal(msgspec.Struct, array_like=True, frozen=True):
@@ -49,15 +51,31 @@ class Signal(msgspec.Struct, array_like=True, frozen=True):
 
 class Horizons(NamedTuple):
     """What makes a condition depend on time: (event name, ms ago) pairs of relative
-    window ends, and (profile property, ms ago) pairs of relative date filters."""
+    window ends, (profile property, ms ago) pairs of relative date filters, and
+    (event name, event property, ms ago) triples of relative date filters on events."""
 
     events: tuple[tuple[str, int], ...]
     profile: tuple[tuple[str, int], ...]
+    event_dates: tuple[tuple[str, str, int], ...] = ()
+
+
+def _relative(flt: PropertyFilter) -> int | None:
+    bound = flt.value
+    if flt.op in ("before", "after") and isinstance(bound, Bound) and bound.ago_ms is not None:
+        return bound.ago_ms
+    return None
 
 
 def horizons(condition: Condition) -> Horizons:
     events: set[tuple[str, int]] = set()
     profile: set[tuple[str, int]] = set()
+    event_dates: set[tuple[str, str, int]] = set()
+
+    def dated(event: str, where: tuple[PropertyFilter, ...]) -> None:
+        for flt in where:
+            ago = _relative(flt)
+            if ago is not None:
+                event_dates.add((event, flt.name, ago))
 
     def ends(window: Window | None) -> list[int]:
         if window is None:
@@ -71,17 +89,20 @@ def horizons(condition: Condition) -> Horizons:
         elif isinstance(c, Not):
             walk(c.item)
         elif isinstance(c, ProfileCondition):
-            bound = c.filter.value
-            if c.filter.op in ("before", "after") and isinstance(bound, Bound) and bound.ago_ms is not None:
-                profile.add((c.filter.name, bound.ago_ms))
+            ago = _relative(c.filter)
+            if ago is not None:
+                profile.add((c.filter.name, ago))
         elif isinstance(c, (EventCondition, FirstLastCondition)):
             events.update((c.event, ago) for ago in ends(c.window))
+            dated(c.event, c.where)
         else:
             assert isinstance(c, SequenceCondition)
             events.update((step.event, ago) for step in c.steps for ago in ends(c.window))
+            for step in c.steps:
+                dated(step.event, step.where)
 
     walk(condition)
-    return Horizons(tuple(sorted(events)), tuple(sorted(profile)))
+    return Horizons(tuple(sorted(events)), tuple(sorted(profile)), tuple(sorted(event_dates)))
 
 
 class _Live(NamedTuple):
@@ -123,7 +144,16 @@ class LiveSegments:
         """The account's live segments are now `saved`. A new segment, or a new version,
         starts from a full evaluation and signals nothing: only changes from here on do."""
         old = self._segments.get(account, {})
-        new = {s.name: _Live(s, s.condition(), horizons(s.condition())) for s in saved if s.live}
+        new: dict[str, _Live] = {}
+        for segment in saved:
+            if segment.live:
+                try:
+                    condition = segment.condition()
+                except SegmentError:
+                    # Saved by an older version whose rules were looser: skipped, not fatal.
+                    logger.exception("live segment %r of %s cannot be parsed; skipped", segment.name, account)
+                    continue
+                new[segment.name] = _Live(segment, condition, horizons(condition))
         for name in old:
             if name not in new or new[name].saved.version != old[name].saved.version:
                 for partition in states:
@@ -144,8 +174,8 @@ class LiveSegments:
                     self._state[key] = _State()
                     if store is not None and store.user_count:
                         everyone = np.arange(store.user_count, dtype=np.int64)
-                        query = StoreQuery(store, now_ms, UTC)
-                        self._evaluate(account, live, partition, store, everyone, now_ms, query, signal=False)
+                        self._guarded(account, live, partition, store, everyone, now_ms, StoreQuery(store, now_ms, UTC),
+                                      signal=False)
 
     def members(self, account: str, name: str, partition: int, size: int) -> np.ndarray:
         state = self._state.get((account, name, partition))
@@ -170,7 +200,7 @@ class LiveSegments:
                 # One scope (the touched users' rows) serves every segment of the account.
                 query = StoreQuery(store, now_ms, UTC, only_users=slots)
                 for live in segments.values():
-                    signals += self._evaluate(account, live, partition, store, slots, now_ms, query)
+                    signals += self._guarded(account, live, partition, store, slots, now_ms, query)
         return signals
 
     def tick(self, states: dict[int, PartitionState], now_ms: int) -> list[Signal]:
@@ -182,9 +212,19 @@ class LiveSegments:
             if not due.size or store is None:
                 continue
             live = self._segments[account][name]
-            query = StoreQuery(store, now_ms, UTC, only_users=due)
-            signals += self._evaluate(account, live, partition, store, due, now_ms, query)
+            signals += self._guarded(account, live, partition, store, due, now_ms,
+                                     StoreQuery(store, now_ms, UTC, only_users=due))
         return signals
+
+    def _guarded(self, account: str, live: _Live, partition: int, store: AccountStore, slots: np.ndarray,
+                 now_ms: int, query: StoreQuery, signal: bool = True) -> list[Signal]:
+        """`_evaluate`, where one segment's failure is logged and leaves the others (and the
+        shard) working; its users are tried again when next touched or due."""
+        try:
+            return self._evaluate(account, live, partition, store, slots, now_ms, query, signal)
+        except Exception:
+            logger.exception("live segment %r of %s failed to evaluate", live.saved.name, account)
+            return []
 
     def _evaluate(self, account: str, live: _Live, partition: int, store: AccountStore, slots: np.ndarray,
                   now_ms: int, query: StoreQuery, signal: bool = True) -> list[Signal]:
@@ -213,6 +253,14 @@ def _next_change(query: StoreQuery, horizons: Horizons, slots: np.ndarray, now_m
         instants = rows.ts + (ago + 1)
         later = instants > now_ms
         np.minimum.at(due, rows.users[later], instants[later])
+    for event, prop, ago in horizons.event_dates:
+        rows = query.select(event, -NEVER, NEVER)
+        tags, values = query.values_at(rows, prop)
+        dates = query.dates_of(tags, values)
+        known = ~np.isnan(dates)
+        instants = np.floor(dates[known]).astype(np.int64) + ago + 1
+        later = instants > now_ms
+        np.minimum.at(due, rows.users[known][later], instants[later])
     for name, ago in horizons.profile:
         code = query.store.codec.strings.find(name)
         column = query.store.profile.get(code) if code is not None else None

@@ -164,6 +164,7 @@ LIVE = {
     "new": {"first_time": "Viewed", "within": "5d"},
     "funnel": {"sequence": ["Viewed", "Charged"], "gap": "1d", "within": "6d"},
     "young": {"all": [{"profile": "Age", "op": "lt", "value": 30}, {"profile": "Signup", "op": "after", "value": "4d"}]},
+    "overdue": {"did": "Charged", "where": [{"property": "DeliverBy", "op": "before", "value": "now"}]},
 }
 
 
@@ -197,8 +198,9 @@ async def test_live_membership_always_equals_a_full_evaluation() -> None:
                     signup = (world.now - rng.randrange(8 * DAY)) // 1000
                     records.append(ProfileRecord(who, ts, {"Age": rng.randrange(15, 45), "Signup": signup}))
                 else:
+                    deliver_by = (world.now + rng.randrange(-2 * DAY, 4 * DAY)) // 1000
                     records.append(EventRecord(who, ts, rng.choice(["Viewed", "Charged"]),
-                                               {"Amount": rng.randrange(0, 90)}))
+                                               {"Amount": rng.randrange(0, 90), "DeliverBy": deliver_by}))
             await world.append(records)
         for signal in world.sink.signals:
             (from_signals[signal.segment].add if signal.entered else from_signals[signal.segment].discard)(signal.user)

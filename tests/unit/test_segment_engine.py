@@ -10,9 +10,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import pytest
 
+from kairos.models import EventRecord
 from kairos.segments.definition import parse_segment
 from kairos.segments.evaluate import StoreQuery
 from kairos.store.account_store import AccountStore
+from kairos.store.columns import StringTable, ValueCodec
 from tests.unit.random_accounts import CATEGORIES, CITIES, EVENTS, NOW, ZONES, build
 
 pytestmark = pytest.mark.timeout(120)
@@ -147,3 +149,33 @@ def test_scoped_evaluation_agrees_for_the_users_in_scope() -> None:
         full = StoreQuery(store, NOW, tz).users(definition)
         scoped = StoreQuery(store, NOW, tz, only_users=scope).users(definition)
         assert (full[scope] == scoped[scope]).all(), definition
+
+
+def test_sequences_over_the_whole_range_of_upload_times() -> None:
+    """Events from 1970 to the last second uploads accept, across many users: the
+    sequence's keys stay small (times by rank), so the answer is still exact."""
+    store = AccountStore(ValueCodec(StringTable()))
+    last = 99_999_999_999_000
+    for i in range(3000):
+        user = f"identity:{i}"
+        store.apply_events([EventRecord(user, 0, "A", {}), EventRecord(user, last - 100_000, "A", {}),
+                            EventRecord(user, last - (i % 3) * 1000, "B", {})])
+    definition = {"sequence": ["A", "B"], "gap": "2m"}
+    got = StoreQuery(store, last, ZoneInfo("UTC")).users(parse_segment(definition))
+    assert got.all()  # every user's B is 98-100 s after their second A
+    tight = StoreQuery(store, last, ZoneInfo("UTC")).users(parse_segment({**definition, "gap": "1m"}))
+    assert not tight.any()
+    backwards = StoreQuery(store, last, ZoneInfo("UTC")).users(parse_segment({"sequence": ["B", "A"], "gap": "30m"}))
+    assert not backwards.any()  # no A ever follows a B
+
+
+def test_long_histories_are_found_by_a_scan(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past MAX_CHAIN_STEPS events a touched user's rows come from a scan: same rows."""
+    from kairos.segments import evaluate
+
+    store, _ = build(6)
+    users = np.asarray([0, 3, 5, 8], dtype=np.int64)
+    walked = evaluate.user_rows(store, users)
+    monkeypatch.setattr(evaluate, "MAX_CHAIN_STEPS", 3)
+    scanned = evaluate.user_rows(store, users)
+    assert walked.size > 12 and np.array_equal(walked, scanned)
