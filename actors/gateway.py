@@ -22,6 +22,7 @@ from kairos.coalesce import Coalescer
 from kairos.config import Settings
 from kairos.identity_graph import IdentityGraph
 from kairos.segments.catalog import SegmentCatalog
+from kairos.segments.definition import SegmentError
 from kairos.segments.signals import SignalLog
 from kairos.partitions import PartitionMap
 
@@ -45,6 +46,8 @@ class RayBackend:
         except asyncio.TimeoutError:
             raise BackendUnavailable(f"no answer within {self._timeout}s") from None
         except RayTaskError as exc:
+            if isinstance(exc.cause, SegmentError):
+                raise exc.cause from None  # the request's fault, found by the shard: a 400
             if isinstance(exc.cause, RedisError):
                 # Redis was unreachable or refused for a moment: retry later.
                 raise BackendUnavailable(f"storage unavailable: {exc.cause!r}") from exc

@@ -19,6 +19,7 @@ from kairos.accounts import Accounts
 from kairos.config import Settings
 from kairos.query_coordinator import QueryCoordinator
 from kairos.segments.catalog import SegmentCatalog
+from kairos.segments.definition import SegmentError
 from kairos.segments.signals import SignalLog
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ def _error_middleware(max_body_bytes: int) -> Callable[[web.Request, Handler], A
             if exc.close_connection:
                 response.force_close()
             return response
+        except SegmentError as exc:
+            # A definition or query refused deeper down (a shard): still the caller's 400.
+            return error_for(path, 400, str(exc), exc.path)
         except web.HTTPRequestEntityTooLarge:
             return error_for(path, 413, f"request body is larger than {max_body_bytes} bytes")
         except web.HTTPException as exc:

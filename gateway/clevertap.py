@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import zlib
 from typing import Any
 
 import msgspec
@@ -43,6 +44,9 @@ class DemergeBody(msgspec.Struct):
 
 
 MAX_DEMERGE = 100
+# Cursors go back in a GET's query string, which aiohttp caps at 8190 bytes a line.
+MAX_CURSOR_CHARS = 6000
+MAX_CURSOR_BYTES = 1 << 20
 # CleverTap's lookups, and Kairos's: phone, and Segment's anonymousId.
 LOOKUP_PARAMETERS = (*IDENTIFIER_KINDS, "email", "phone", ANONYMOUS_ID)
 
@@ -56,7 +60,8 @@ class ExportCursor(msgspec.Struct, array_like=True):
     position: int
 
     def encode(self) -> str:
-        return base64.urlsafe_b64encode(msgspec.msgpack.encode(self)).decode().rstrip("=")
+        # Compressed: the query's filters travel in it, and a cursor must fit in a URL.
+        return base64.urlsafe_b64encode(zlib.compress(msgspec.msgpack.encode(self))).decode().rstrip("=")
 
     @classmethod
     def decode(cls, text: str, account: str, partitions: int) -> "ExportCursor":
@@ -64,8 +69,8 @@ class ExportCursor(msgspec.Struct, array_like=True):
         (never page through another's data with a borrowed cursor) and every bound."""
         try:
             raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
-            cursor = msgspec.msgpack.decode(raw, type=cls)
-        except (binascii.Error, ValueError, msgspec.DecodeError):
+            cursor = msgspec.msgpack.decode(zlib.decompressobj().decompress(raw, MAX_CURSOR_BYTES), type=cls)
+        except (binascii.Error, ValueError, msgspec.DecodeError, zlib.error):
             raise ApiError(400, "cursor is not valid") from None
         try:
             parse_where(cursor.query.where, "event_properties")
@@ -198,8 +203,11 @@ class CleverTapApi:
             raise ApiError(400, "start a download with POST and a query body, then GET with its cursor")
         query = await _parse_query(request, self.max_body_bytes)
         batch_size = _batch_size(request.query.get("batch_size"))
-        cursor = ExportCursor(account, kind, query, batch_size, 0, 0)
-        return json_response({"status": "success", "cursor": cursor.encode()})
+        encoded = ExportCursor(account, kind, query, batch_size, 0, 0).encode()
+        if len(encoded) > MAX_CURSOR_CHARS:
+            raise ApiError(400, f"the query's filters are too large for a download cursor (over {MAX_CURSOR_CHARS}"
+                                " characters once encoded): use fewer or shorter values")
+        return json_response({"status": "success", "cursor": encoded})
 
     async def _page(self, cursor: ExportCursor) -> web.Response:
         method = "export_events" if cursor.kind == "events" else "export_profiles"

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from gateway.admission import Admission
 from gateway.auth import ACCOUNT
 from gateway.body import read_body
 from gateway.errors import ApiError, json_response
@@ -29,7 +30,9 @@ from kairos.segments.definition import SegmentError, parse_instant, parse_segmen
 from kairos.segments.timing import zone
 
 MAX_QUERY_BYTES = 256 * 1024
-_STREAM_ID = re.compile(r"^\d{1,20}-\d{1,20}$")
+MAX_QUERIES_IN_FLIGHT = 8
+MAX_QUERIES_PER_ACCOUNT = 4
+_STREAM_ID = re.compile(r"[0-9]{1,19}-[0-9]{1,19}", re.ASCII)
 MAX_MEMBERS_PAGE = 5000
 
 
@@ -52,7 +55,8 @@ class MembersCursor(msgspec.Struct, array_like=True):
             cursor = msgspec.msgpack.decode(raw, type=cls)
         except (binascii.Error, ValueError, msgspec.DecodeError):
             raise ApiError(400, "cursor is not valid", path="cursor") from None
-        if cursor.query != query or not (0 <= cursor.partition < partitions and cursor.start >= 0):
+        valid = 0 <= cursor.partition < partitions and cursor.start >= 0 and 0 <= cursor.now_ms < 253370764800000
+        if cursor.query != query or not valid:
             raise ApiError(400, "cursor is not valid for this query (send the same segment, tz and limit)",
                            path="cursor")
         return cursor
@@ -63,6 +67,9 @@ class KairosApi:
         self.coordinator = coordinator
         self.catalog = catalog
         self.signals = signals
+        # Queries scan the shards, whose event loops also apply uploads: a bound on the
+        # queries in flight keeps a burst of them from stalling ingest.
+        self.admission = Admission(MAX_QUERIES_IN_FLIGHT, MAX_QUERIES_PER_ACCOUNT)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -126,7 +133,7 @@ class KairosApi:
         if saved is None:
             raise ApiError(404, f"no saved segment named {name!r}")
         after = request.query.get("after", "0-0")
-        if not _STREAM_ID.match(after) or any(int(part) >= 2**64 for part in after.split("-")):
+        if not _STREAM_ID.fullmatch(after) or any(int(part) >= 2**63 for part in after.split("-")):
             raise ApiError(400, "'after' must be a signal id such as 1790000000000-0", path="after")
         limit_text = request.query.get("limit", "100")
         if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_MEMBERS_PAGE:
@@ -142,7 +149,8 @@ class KairosApi:
         _only(body, {"segment", "name", "tz", "as_of"})
         definition = await self._definition(account, body)
         tz, now_ms = _tz(body), _as_of(body)
-        total = await self.coordinator.segment_count(account, definition, now_ms, tz)
+        with self.admission.admit(account):
+            total = await self.coordinator.segment_count(account, definition, now_ms, tz)
         return json_response({"count": total, "as_of": now_ms})
 
     async def members(self, request: web.Request) -> web.Response:
@@ -160,8 +168,9 @@ class KairosApi:
             partition, start, now_ms = cursor.partition, cursor.start, cursor.now_ms
         else:
             partition, start, now_ms = 0, 0, _as_of(body)
-        page, following = await self.coordinator.segment_members(
-            account, definition, now_ms, tz, partition, start, limit)
+        with self.admission.admit(account):
+            page, following = await self.coordinator.segment_members(
+                account, definition, now_ms, tz, partition, start, limit)
         next_cursor = MembersCursor(*following, now_ms, digest).encode() if following else None
         return json_response({"members": page, "next_cursor": next_cursor, "as_of": now_ms})
 
@@ -171,7 +180,8 @@ class KairosApi:
             tz, now_ms = _tz(body), _as_of(body)
             query = {k: v for k, v in body.items() if k not in ("tz", "as_of")}
             try:
-                answer = await self.coordinator.analytics(kind, request[ACCOUNT], query, now_ms, tz)
+                with self.admission.admit(request[ACCOUNT]):
+                    answer = await self.coordinator.analytics(kind, request[ACCOUNT], query, now_ms, tz)
             except SegmentError as exc:
                 raise _bad(exc) from None
             payload = {field: answer} if field else dict(answer)
@@ -221,6 +231,8 @@ async def _json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, f"malformed JSON: {exc}") from None
     except RecursionError:
         raise ApiError(400, "request body is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8") from None
     if not isinstance(decoded, dict):
         raise ApiError(400, "request body must be a JSON object")
     return decoded

@@ -15,14 +15,23 @@ import numpy as np
 
 from kairos.analytics.common import DAY_MS, Scope, calendar, date_range
 from kairos.analytics.queries import RetentionQuery
+from kairos.segments.definition import SegmentError
 from kairos.segments.timing import Calendar
 
 _NEVER = np.iinfo(np.int64).max
 
 
+# Cohorts x periods: bounds the answer's size and the work a query asks of the shards.
+MAX_CELLS = 50_000
+
+
 def retention_calendar(query: RetentionQuery, now_ms: int, tz: ZoneInfo) -> tuple[int, int, Calendar]:
     from_ms, to_ms = date_range(query.window, now_ms, tz)
     length = DAY_MS if query.by == "day" else 7 * DAY_MS
+    cohorts = (to_ms - from_ms) // length + 1
+    if cohorts * (query.periods + 1) > MAX_CELLS:
+        raise SegmentError("periods", f"{cohorts} {query.by}ly cohorts x {query.periods} periods is over "
+                                      f"{MAX_CELLS} cells: shorten the range or ask for fewer periods")
     # Room for every cohort's last period; +2 covers daylight-saving's longer days.
     return from_ms, to_ms, calendar(query.by, from_ms, to_ms + (query.periods + 2) * length, tz)
 

@@ -34,9 +34,9 @@ class SavedSegment(msgspec.Struct):
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name):
+    if not NAME.match(name) or name != name.rstrip():
         raise SegmentError("name", f"{name[:130]!r} is not a segment name: 1-120 letters, digits, space, _ . : -,"
-                                   " starting with a letter or digit")
+                                   " starting with a letter or digit, not ending with a space")
     return name
 
 

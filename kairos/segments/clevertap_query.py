@@ -41,7 +41,9 @@ def profile_condition(raw: Any) -> dict[str, Any] | None:
         return None
     for i, field in enumerate(fields):
         parse_segment(field, f"common_profile_properties.profile_fields[{i}]")
-    return {"all": fields}
+    combined = {"all": fields}
+    parse_segment(combined, "common_profile_properties.profile_fields")  # its limits hold for the whole
+    return combined
 
 
 def _filters(raw: Any, path: str, key: str) -> list[dict[str, Any]]:

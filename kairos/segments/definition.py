@@ -50,6 +50,10 @@ class SegmentError(ValueError):
         self.path = path
         self.message = message
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Raised in a shard, it crosses to the gateway pickled: rebuild it from its parts.
+        return (SegmentError, (self.path, self.message))
+
 
 class Bound(msgspec.Struct, frozen=True):
     """One end of a time window: `ago_ms` before now, an absolute instant, or a calendar

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 from datetime import date, datetime, timedelta, timezone
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from functools import lru_cache
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import numpy as np
 
@@ -16,13 +17,23 @@ NO_END = np.iinfo(np.int64).max
 _CLEVERTAP_DATE = re.compile(r"^\$D_(-?\d{1,12})$")
 
 
+@lru_cache(maxsize=1)
+def _known_zones() -> frozenset[str]:
+    return frozenset(available_timezones())
+
+
 def zone(name: str | None, path: str = "tz") -> ZoneInfo:
     if not name:
         return UTC
+    # Only the IANA names: not the host's own `localtime` or `posixrules`, whose meaning
+    # would depend on the machine a shard happens to run on.
+    if name not in _known_zones() or name in ("localtime", "posixrules", "Factory") or name.startswith(
+            ("posix/", "right/")):
+        raise SegmentError(path, f"{name[:60]!r} is not an IANA time zone such as 'Asia/Kolkata'")
     try:
         return ZoneInfo(name)
     except (ZoneInfoNotFoundError, ValueError):
-        raise SegmentError(path, f"{name!r} is not an IANA time zone such as 'Asia/Kolkata'") from None
+        raise SegmentError(path, f"{name[:60]!r} is not an IANA time zone such as 'Asia/Kolkata'") from None
 
 
 def midnight_ms(day: date, tz: ZoneInfo) -> int:
@@ -85,24 +96,12 @@ class Calendar:
             raise SegmentError("by", f"{unit!r} is not one of hour, day, week")
         self.unit = unit
         self.tz = tz
-        starts: list[int] = []
-        if unit == "hour":
-            # Local hours: in zones offset by half hours they begin at :30 UTC.
-            t = _local_hour_floor(from_ms, tz)
-            while t < to_ms:
-                starts.append(t)
-                following = _local_hour_floor(t + 3_600_000, tz)
-                t = following if following > t else t + 3_600_000
-        else:
-            day = datetime.fromtimestamp(from_ms / 1000, tz).date()
-            if unit == "week":
-                day -= timedelta(days=day.weekday())
-            step = timedelta(days=7 if unit == "week" else 1)
-            while not starts or starts[-1] < to_ms:
-                starts.append(midnight_ms(day, tz))
-                day += step
-            starts.pop()  # the first start at or past `to_ms`
-        self.starts = np.asarray(starts, dtype=np.int64)
+        try:
+            starts = _hour_starts(tz, from_ms, to_ms) if unit == "hour" else _day_starts(unit, tz, from_ms, to_ms)
+        except (OverflowError, ValueError):
+            raise SegmentError("to", "the range reaches past the last date Kairos can represent") from None
+        # A day a zone skipped (Samoa's 2011-12-30) starts where the next one does: one bucket.
+        self.starts = np.unique(np.asarray(starts, dtype=np.int64))
 
     def __len__(self) -> int:
         return int(self.starts.size)
@@ -121,3 +120,38 @@ class Calendar:
 def _local_hour_floor(ts_ms: int, tz: ZoneInfo) -> int:
     local = datetime.fromtimestamp(ts_ms / 1000, tz)
     return ts_ms - (local.minute * 60 + local.second) * 1000 - local.microsecond // 1000
+
+
+_QUARTER_MS = 900_000  # every zone's offsets and changes fall on quarter hours
+
+
+def _hour_starts(tz: ZoneInfo, from_ms: int, to_ms: int) -> list[int]:
+    """Where each local hour begins, walking quarter hours: a new hour begins where the
+    local (date, hour, offset) changes, so hours cut short or repeated by a clock change
+    are buckets of their own."""
+    first = _local_hour_floor(from_ms, tz)
+    starts = [first]
+    local = datetime.fromtimestamp(first / 1000, tz)
+    current = (local.date(), local.hour, local.utcoffset())
+    t = first - first % _QUARTER_MS + _QUARTER_MS
+    while t < to_ms:
+        local = datetime.fromtimestamp(t / 1000, tz)
+        key = (local.date(), local.hour, local.utcoffset())
+        if key != current:
+            starts.append(t)
+            current = key
+        t += _QUARTER_MS
+    return starts
+
+
+def _day_starts(unit: str, tz: ZoneInfo, from_ms: int, to_ms: int) -> list[int]:
+    day = datetime.fromtimestamp(from_ms / 1000, tz).date()
+    if unit == "week":
+        day -= timedelta(days=day.weekday())
+    step = timedelta(days=7 if unit == "week" else 1)
+    starts: list[int] = []
+    while not starts or starts[-1] < to_ms:
+        starts.append(midnight_ms(day, tz))
+        day += step
+    starts.pop()  # the first start at or past `to_ms`
+    return starts

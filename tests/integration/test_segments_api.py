@@ -195,3 +195,38 @@ async def download(api: Any, kind: str, body: dict[str, Any]) -> list[Any]:
         records.extend(page["records"])
         cursor = page.get("next_cursor")
     return records
+
+
+@pytest.mark.parametrize("method, path, body, status, at", [
+    ("GET", "/api/segments/s/signals?after=0-0%0A", None, 400, "after"),
+    ("GET", "/api/segments/s/signals?after=%D9%A3-0", None, 400, "after"),
+    ("GET", "/api/segments/s/signals?after=18446744073709551615-18446744073709551615", None, 400, "after"),
+    ("POST", "/api/query/retention", {"first": "A", "return": "A", "from": "9998-06-01", "to": "9998-12-31",
+                                      "by": "week", "periods": 120}, 400, "to"),
+    ("POST", "/api/query/retention", {"first": "A", "return": "A", "from": "4800d", "to": "now", "by": "day",
+                                      "periods": 120}, 400, "periods"),
+    ("POST", "/api/segments/count", {"segment": {"did": "A"}, "tz": "localtime"}, 400, "tz"),
+    ("PUT", "/api/segments/Buyers%20", {"definition": {"did": "A"}}, 400, "name"),
+])
+async def test_hostile_requests_get_a_4xx(make_api: Any, method: str, path: str, body: Any, status: int,
+                                          at: str) -> None:
+    api = await make_api()
+    await api.request("PUT", "/api/segments/s", {"definition": {"did": "A"}, "live": True})
+    got, answer = await api.request(method, path, body)
+    assert (got, answer.get("path")) == (status, at), answer
+
+
+async def test_invalid_utf8_and_oversized_filters_get_400(make_api: Any) -> None:
+    api = await make_api()
+    status, body = await api.request("POST", "/api/segments/count", raw=b'{"a":"\xff"}')
+    assert status == 400 and "UTF-8" in body["error"]
+    fields = [{"name": "City", "operator": "equals", "value": "Pune"}] * 257
+    query = {"event_name": "E", "from": 20260101, "to": 20260102,
+             "common_profile_properties": {"profile_fields": fields}}
+    for path in ("/1/counts/events.json", "/1/counts/profiles.json", "/1/events.json"):
+        status, body = await api.request("POST", path, query)
+        assert status == 400 and "256 conditions" in body["error"], (path, body)
+    many = {"event_name": "E", "from": 20260101, "to": 20260102, "event_properties": [
+        {"name": "Category", "operator": "in", "value": [f"value-{i:04d}-{i * 7919 % 10007}" for i in range(1000)]}]}
+    status, body = await api.request("POST", "/1/events.json", many)
+    assert status == 400 and "too large for a download cursor" in body["error"], body

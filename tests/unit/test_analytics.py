@@ -144,3 +144,21 @@ def test_bad_queries_name_their_path(parse: Callable[[Any], Any], body: dict[str
     with pytest.raises(SegmentError) as caught:
         parse(body)
     assert caught.value.path == path
+
+
+def test_calendars_follow_the_zones_clock_changes() -> None:
+    """A day a zone skipped is no bucket; an hour cut short by a clock change is one."""
+    from datetime import datetime
+
+    from kairos.segments.timing import Calendar
+
+    apia = ZoneInfo("Pacific/Apia")  # skipped 2011-12-30
+    start, end = (int(datetime(2011, 12, d, tzinfo=apia).timestamp() * 1000) for d in (28, 31))
+    days = Calendar("day", apia, start, end + 86_400_000)
+    assert [days.label(i) for i in range(len(days))] == ["2011-12-28", "2011-12-29", "2011-12-31"]
+    lord_howe = ZoneInfo("Australia/Lord_Howe")  # 02:00 -> 02:30 on 2026-10-04
+    midnight = int(datetime(2026, 10, 4, tzinfo=lord_howe).timestamp() * 1000)
+    hours = Calendar("hour", lord_howe, midnight, midnight + 4 * 3_600_000)
+    assert [hours.label(i)[11:] for i in range(len(hours))] == ["00:00+1030", "01:00+1030", "02:00+1100",
+                                                                 "03:00+1100", "04:00+1100"]
+    assert int(hours.starts[2] - hours.starts[1]) == 3_600_000 and int(hours.starts[3] - hours.starts[2]) == 1_800_000
