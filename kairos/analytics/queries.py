@@ -65,25 +65,24 @@ class RfmQuery(msgspec.Struct, frozen=True):
 
 def parse_trend(raw: Any) -> TrendQuery:
     body = _object(raw, {"event", "where", "from", "to", "measure", "by"})
-    measure, sum_of = body.get("measure", "count"), None
-    if isinstance(measure, dict):
-        no_extra_fields(measure, {"sum"}, "measure")
-        sum_of = measure.get("sum")
-        if not isinstance(sum_of, str) or not sum_of:
-            raise SegmentError("measure.sum", "must name a numeric event property")
-        measure = "sum"
-    elif measure not in ("count", "users"):
-        raise SegmentError("measure", "must be 'count', 'users' or {\"sum\": property}")
-    by, by_property = body.get("by", "day"), None
-    if isinstance(by, dict):
-        no_extra_fields(by, {"property"}, "by")
-        by_property = by.get("property")
-        if not isinstance(by_property, str) or not by_property:
-            raise SegmentError("by.property", "must name an event property")
-        by = "property"
-    elif by not in ("hour", "day", "week"):
-        raise SegmentError("by", "must be 'hour', 'day', 'week' or {\"property\": name}")
+    measure, sum_of = _choice(body.get("measure", "count"), "measure", ("count", "users"), "sum",
+                              "a numeric event property")
+    by, by_property = _choice(body.get("by", "day"), "by", ("hour", "day", "week"), "property", "an event property")
     return TrendQuery(_step_of(body, "event"), _range(body), measure, sum_of, by, by_property, _segment(body))
+
+
+def _choice(raw: Any, path: str, choices: tuple[str, ...], key: str, what: str) -> tuple[str, str | None]:
+    """One of `choices`, or {key: property name}: (choice or key, the property name)."""
+    if isinstance(raw, dict):
+        no_extra_fields(raw, {key}, path)
+        name = raw.get(key)
+        if not isinstance(name, str) or not name:
+            raise SegmentError(f"{path}.{key}", f"must name {what}")
+        return key, name
+    if raw not in choices:
+        options = ", ".join(repr(c) for c in choices)
+        raise SegmentError(path, f"must be one of {options} or {{\"{key}\": property}}")
+    return raw, None
 
 
 def parse_funnel(raw: Any) -> FunnelQuery:

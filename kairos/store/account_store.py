@@ -347,10 +347,6 @@ class AccountStore:
     def count_events(self, name: str, from_ms: int, to_ms: int) -> int:
         return sum(int(rows.size) for rows in self.match_events(name, from_ms, to_ms))
 
-    def users_with_event(self, name: str, from_ms: int, to_ms: int) -> np.ndarray:
-        parts = [np.unique(self.ev_user.take(rows)) for rows in self.match_events(name, from_ms, to_ms)]
-        return np.unique(np.concatenate(parts)) if parts else np.empty(0, np.int32)
-
     def event_records(self, rows: np.ndarray) -> list[dict[str, Any]]:
         """Events in CleverTap's download shape: profile identity, ts as YYYYMMDDHHMMSS."""
         records = []
