@@ -133,8 +133,9 @@ class LiveSegments:
         self._state: dict[tuple[str, str, int], _State] = {}  # (account, name, partition)
 
     @property
-    def accounts(self) -> set[str]:
-        return set(self._segments)
+    def any(self) -> bool:
+        """Whether any account has a live segment (if not, a flush has nothing to do here)."""
+        return bool(self._segments)
 
     def definitions(self, account: str) -> dict[str, int]:
         return {name: live.saved.version for name, live in self._segments.get(account, {}).items()}

@@ -71,7 +71,7 @@ class LiveSegmentRunner:
         return self.segments.definitions(account)
 
     async def after_apply(self, states: dict[int, PartitionState]) -> None:
-        if self.segments.accounts:
+        if self.segments.any:
             await self._emit(self.segments.after_apply(states, self._clock_ms()))
 
     async def tick(self, states: dict[int, PartitionState]) -> None:
