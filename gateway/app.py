@@ -72,9 +72,9 @@ def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog
     )
     app[ADMISSION] = admission
     app.add_routes([web.get("/healthz", _health)])
-    app.add_routes(CleverTapApi(backend, admission, settings.max_body_bytes).routes())
-    app.add_routes(SegmentApi(backend, accounts, admission, settings.max_body_bytes).routes())
     coordinator = QueryCoordinator(backend.partition_map, backend.call_shard)
+    app.add_routes(CleverTapApi(backend, coordinator, admission, settings.max_body_bytes).routes())
+    app.add_routes(SegmentApi(backend, accounts, admission, settings.max_body_bytes).routes())
     app.add_routes(KairosApi(coordinator, catalog, signals).routes())
     app.add_routes([web.get("/api/openapi.json", openapi_document)])
     return app

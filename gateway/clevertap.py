@@ -3,7 +3,6 @@ with cursors, and counts."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import zlib
@@ -19,6 +18,7 @@ from gateway.body import read_body
 from gateway.errors import ApiError, json_response
 from kairos.identity import ANONYMOUS_ID, IDENTIFIER_KINDS, identifying_key, user_key
 from kairos.models import LooseUploadBody, UploadBody, UploadResponse, encode_upload
+from kairos.query_coordinator import QueryCoordinator
 from kairos.segments.clevertap_query import event_filters, profile_condition
 from kairos.segments.definition import SegmentError, parse_segment, parse_where
 from kairos.segments.downloads import ExportQuery
@@ -90,8 +90,10 @@ class ExportCursor(msgspec.Struct, array_like=True):
 
 
 class CleverTapApi:
-    def __init__(self, backend: Backend, admission: Admission, max_body_bytes: int) -> None:
+    def __init__(self, backend: Backend, coordinator: QueryCoordinator, admission: Admission,
+                 max_body_bytes: int) -> None:
         self.backend = backend
+        self.coordinator = coordinator
         self.admission = admission
         self.max_body_bytes = max_body_bytes
 
@@ -211,21 +213,11 @@ class CleverTapApi:
 
     async def _page(self, cursor: ExportCursor) -> web.Response:
         method = "export_events" if cursor.kind == "events" else "export_profiles"
-        pmap = self.backend.partition_map
-        records: list[Any] = []
-        partition, position = cursor.partition, cursor.position
-        while partition < pmap.partitions and len(records) < cursor.batch_size:
-            page, next_position = await self.backend.call_shard(
-                pmap.shard_of(partition), method, cursor.account, cursor.query,
-                partition, position, cursor.batch_size - len(records),
-            )
-            records.extend(page)
-            if next_position is None:
-                partition, position = partition + 1, 0
-            else:
-                position = next_position
+        records, following = await self.coordinator.pages(
+            method, (cursor.account, cursor.query), cursor.partition, cursor.position, cursor.batch_size)
         payload: dict[str, Any] = {"status": "success", "records": records}
-        if partition < pmap.partitions:
+        if following is not None:
+            partition, position = following
             payload["next_cursor"] = msgspec.structs.replace(cursor, partition=partition, position=position).encode()
         return json_response(payload)
 
@@ -233,17 +225,13 @@ class CleverTapApi:
 
     async def count_events(self, request: web.Request) -> web.Response:
         query = await _parse_query(request, self.max_body_bytes)
-        parts = await self._scatter("count_events", request[ACCOUNT], query)
+        parts = await self.coordinator.scatter("count_events", request[ACCOUNT], query)
         return json_response({"status": "success", "count": sum(parts)})
 
     async def count_profiles(self, request: web.Request) -> web.Response:
         query = await _parse_query(request, self.max_body_bytes)
-        parts = await self._scatter("count_profiles", request[ACCOUNT], query)
+        parts = await self.coordinator.scatter("count_profiles", request[ACCOUNT], query)
         return json_response({"status": "success", "count": sum(parts)})
-
-    async def _scatter(self, method: str, *args: Any) -> list[Any]:
-        shards = range(self.backend.partition_map.shards)
-        return list(await asyncio.gather(*(self.backend.call_shard(s, method, *args) for s in shards)))
 
 
 def _decode_upload(body: bytes) -> list[Any]:

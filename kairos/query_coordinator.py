@@ -34,23 +34,28 @@ class QueryCoordinator:
     async def refresh_live(self, account: str) -> None:
         await self.scatter("refresh_live", account)
 
-    async def segment_members(
-        self, account: str, definition: Any, now_ms: int, tz: str, partition: int, start: int, limit: int,
-    ) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
-        """Up to `limit` members, partition by partition from (partition, start), and where
-        the next page begins (None at the end)."""
-        members: list[dict[str, Any]] = []
+    async def pages(
+        self, method: str, leading: tuple[Any, ...], partition: int, start: int, limit: int,
+    ) -> tuple[list[Any], tuple[int, int] | None]:
+        """Up to `limit` items, partition by partition from (partition, start), each shard
+        answering `method(*leading, partition, start, limit)` with a page and where its
+        next page starts; returns the items and where the next page begins (None at the end)."""
+        items: list[Any] = []
         partitions = self.partition_map.partitions
-        while partition < partitions and len(members) < limit:
+        while partition < partitions and len(items) < limit:
             shard = self.partition_map.shard_of(partition)
-            page, next_start = await self._call(
-                shard, "segment_members", account, definition, now_ms, tz, partition, start, limit - len(members))
-            members.extend(page)
+            page, next_start = await self._call(shard, method, *leading, partition, start, limit - len(items))
+            items.extend(page)
             if next_start is None:
                 partition, start = partition + 1, 0
             else:
                 start = next_start
-        return members, (partition, start) if partition < partitions else None
+        return items, (partition, start) if partition < partitions else None
+
+    async def segment_members(
+        self, account: str, definition: Any, now_ms: int, tz: str, partition: int, start: int, limit: int,
+    ) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
+        return await self.pages("segment_members", (account, definition, now_ms, tz), partition, start, limit)
 
     async def _partials(self, kind: str, account: str, query: Any, now_ms: int, tz: str) -> list[Any]:
         answers = await self.scatter("analytics", account, kind, query, now_ms, tz)

@@ -20,7 +20,7 @@ from typing import Any
 import msgspec
 
 from kairos.segments.definition import (
-    Condition, PropertyFilter, SegmentError, Step, Window, event_name, no_extra_fields, parse_bound, parse_duration,
+    Condition, SegmentError, Step, Window, event_name, no_extra_fields, parse_bound, parse_duration,
     parse_segment, parse_where,
 )
 
@@ -153,6 +153,3 @@ def _step(raw: Any, path: str) -> Step:
 def _segment(body: dict[str, Any]) -> Condition | None:
     return parse_segment(body["segment"]) if "segment" in body else None
 
-
-__all__ = ["FunnelQuery", "PropertyFilter", "RetentionQuery", "RfmQuery", "TrendQuery", "parse_funnel",
-           "parse_retention", "parse_rfm", "parse_trend"]

@@ -26,7 +26,6 @@ from kairos.segments.timing import date_value_ms, resolve_bound, resolve_window
 from kairos.store.account_store import AccountStore, SparseValues
 from kairos.store.columns import TAG_BOOL, TAG_FLOAT, TAG_INT, TAG_MISSING, TAG_NULL, TAG_STR
 
-_NUMERIC = (TAG_INT, TAG_FLOAT)
 # Past this many events in one touched user's history, their rows are found by a scan.
 MAX_CHAIN_STEPS = 2048
 
@@ -253,7 +252,7 @@ class StoreQuery:
     def numeric(self, selected: EventRows, name: str) -> tuple[np.ndarray, np.ndarray]:
         """Which selected rows carry `name` as a number, and the numbers."""
         tags, values = self.values_at(selected, name)
-        return np.isin(tags, _NUMERIC), values
+        return _numeric(tags), values
 
     # --- profiles --------------------------------------------------------------------
 
