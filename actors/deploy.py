@@ -11,6 +11,7 @@ import ray
 from actors import names
 from actors.gateway import GatewayActor
 from actors.ingest import IngestActor
+from actors.journey import JourneyActor
 from actors.user_shard import UserShardActor
 from kairos.config import Settings
 
@@ -42,6 +43,8 @@ UserShardRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT, **_QUIET)(UserShardAc
 # replay could route a record differently from the first attempt and lose or double it.
 # A failed call answers 503 ("outcome unknown"); clients retry with their messageIds.
 IngestRemote = ray.remote(max_restarts=-1, max_task_retries=0, **_PLACEMENT, **_QUIET)(IngestActor)
+# Journey actors reload from Redis after a restart; refresh and move are idempotent.
+JourneyRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT, **_QUIET)(JourneyActor)
 GatewayRemote = ray.remote(max_restarts=-1, **_PLACEMENT, **_QUIET)(GatewayActor)
 
 
@@ -49,15 +52,17 @@ class Deployment(msgspec.Struct):
     shards: list[Any]
     ingest: list[Any]
     gateways: list[Any]
+    journeys: list[Any]
 
     def ensure_serving(self) -> None:
-        """(Re)start gateways, and the ingest actors' sweep of pending merges; actors
-        restarted by Ray come back without them."""
-        ray.get([i.start.remote() for i in self.ingest] + [g.start.remote() for g in self.gateways])
+        """(Re)start gateways, journey loops, and the ingest actors' sweep of pending
+        merges; actors restarted by Ray come back without them."""
+        ray.get([i.start.remote() for i in self.ingest] + [j.start.remote() for j in self.journeys]
+                + [g.start.remote() for g in self.gateways])
 
     def shutdown(self) -> None:
         ray.get([g.stop.remote() for g in self.gateways])
-        for handle in self.gateways + self.ingest + self.shards:
+        for handle in self.gateways + self.ingest + self.journeys + self.shards:
             ray.kill(handle, no_restart=True)
 
 
@@ -68,6 +73,10 @@ def deploy(settings: Settings) -> Deployment:
     ]
     # Recovery (snapshot + log tail) happens here, before the gateway takes traffic.
     ray.get([shard.ready.remote() for shard in shards])
+    journeys = [
+        JourneyRemote.options(name=names.journey(i), namespace=NAMESPACE).remote(i, settings)
+        for i in range(settings.shards)
+    ]
     ingest = [
         IngestRemote.options(name=names.ingest(i), namespace=NAMESPACE).remote(settings)
         for i in range(settings.ingest_actors)
@@ -76,6 +85,6 @@ def deploy(settings: Settings) -> Deployment:
         GatewayRemote.options(name=names.gateway(i), namespace=NAMESPACE).remote(settings)
         for i in range(settings.gateway_processes)
     ]
-    deployment = Deployment(shards, ingest, gateways)
+    deployment = Deployment(shards, ingest, gateways, journeys)
     deployment.ensure_serving()
     return deployment

@@ -15,3 +15,7 @@ def ingest(index: int) -> str:
 
 def gateway(index: int) -> str:
     return f"kairos-gateway-{index}"
+
+
+def journey(index: int) -> str:
+    return f"kairos-journey-{index}"

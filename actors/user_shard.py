@@ -9,6 +9,8 @@ from typing import Any, Awaitable, TypeVar
 import redis.asyncio as aioredis
 
 from kairos.config import Settings
+from kairos.journeys.catalog import JourneyCatalog
+from kairos.journeys.forwarding import JourneyForwarding
 from kairos.log import RedisPartitionLog
 from kairos.models import ShardBlob, UserExport
 from kairos.segments.catalog import SegmentCatalog
@@ -24,7 +26,8 @@ class UserShardActor:
     def __init__(self, shard_id: int, settings: Settings) -> None:
         self._redis = aioredis.Redis.from_url(settings.redis_url)
         live = LiveSegmentRunner(SegmentCatalog(self._redis), SignalLog(self._redis), settings.live_segment_tick_s)
-        self.core = UserShard(shard_id, settings, RedisPartitionLog(self._redis), live=live)
+        forwarding = JourneyForwarding(JourneyCatalog(self._redis), self._redis)
+        self.core = UserShard(shard_id, settings, RedisPartitionLog(self._redis), live=live, forwarding=forwarding)
 
     async def _guard(self, work: Awaitable[T]) -> T:
         try:
@@ -84,6 +87,18 @@ class UserShardActor:
 
     async def live_members(self, account: str, name: str) -> list[str]:
         return await self._guard(self.core.live_members(account, name))
+
+    async def refresh_journeys(self, account: str) -> list[str]:
+        return await self._guard(self.core.refresh_journeys(account))
+
+    async def users_matching(self, *args: Any) -> list[bool]:
+        return await self._guard(self.core.users_matching(*args))
+
+    async def time_zones(self, account: str, users: list[str]) -> list[str | None]:
+        return await self._guard(self.core.time_zones(account, users))
+
+    async def segment_user_keys(self, *args: Any) -> list[str]:
+        return await self._guard(self.core.segment_user_keys(*args))
 
     async def snapshot_all(self) -> None:
         await self._guard(self.core.snapshot_all())

@@ -62,6 +62,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     merge_sweep_interval_s: float = 5.0
     # How often shards re-evaluate live-segment members whose time window may have moved.
     live_segment_tick_s: float = 1.0
+    # `system`, or `manual`: journeys' time moves only when advanced (tests, demos of
+    # long journeys); see kairos.journeys.clock.
+    clock: str = "system"
 
     def __post_init__(self) -> None:
         positive = (
@@ -79,6 +82,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 f"{ENV_PREFIX}SHARDS ({self.shards}) must not exceed {ENV_PREFIX}PARTITIONS "
                 f"({self.partitions}): a shard owns at least one partition"
             )
+        if self.clock not in ("system", "manual"):
+            raise ConfigError(f"{ENV_PREFIX}CLOCK must be 'system' or 'manual', got {self.clock!r}")
         if self.redis_fsync not in ("always", "everysec"):
             raise ConfigError(f"{ENV_PREFIX}REDIS_FSYNC must be 'always' or 'everysec', got {self.redis_fsync!r}")
         for name in ("snapshot_interval_s", "auth_cache_s", "request_timeout_s", "merge_sweep_interval_s",

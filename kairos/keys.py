@@ -71,3 +71,56 @@ def segment_signals(account_id: str, name: str) -> str:
     """Stream of a live segment's entry and exit signals: fields u (user), e (1 entered,
     0 left), v (segment version), t (epoch ms)."""
     return f"{PREFIX}a:{account_id}:signals:{name}"
+
+
+# --- journeys (see kairos.journeys) ----------------------------------------------------
+
+
+def journeys(account_id: str) -> str:
+    """Hash of the account's journeys: name -> msgpack `SavedJourney` (every version)."""
+    return f"{PREFIX}a:{account_id}:journeys"
+
+
+def journey_versions(account_id: str) -> str:
+    """Hash: journey name -> the last version number it was saved with (kept on delete)."""
+    return f"{PREFIX}a:{account_id}:journey-versions"
+
+
+def journey_stats(account_id: str, name: str) -> str:
+    """Hash of a journey's counters: `v<version>|<what>` and `v<version>|node|<id>|<what>`."""
+    return f"{PREFIX}a:{account_id}:journey-stats:{name}"
+
+
+# set: accounts that have (or had) journeys; journey actors and shards load them at start.
+JOURNEY_ACCOUNTS = PREFIX + "journey-accounts"
+
+
+def journey_inbox(partition: int) -> str:
+    """Stream of the events a partition's shard forwards to journeys: one entry per log
+    batch that had any, with the batch's log id as its id (so a replay adds nothing)."""
+    return f"{PREFIX}p:{partition}:journey-inbox"
+
+
+def journey_positions(partition: int) -> str:
+    """Hash: account \\0 journey \\0 user -> msgpack `Position`, for the partition's users."""
+    return f"{PREFIX}p:{partition}:journey-positions"
+
+
+def journey_entries(partition: int) -> str:
+    """Hash: account \\0 journey \\0 user -> msgpack [entries, last entry ms]."""
+    return f"{PREFIX}p:{partition}:journey-entries"
+
+
+def journey_cursors(partition: int) -> str:
+    """Hash of where the partition's journeys have read to: `inbox`, `sig\\0<account>\\0<segment>`
+    (a live segment's signal stream) and `sched\\0<account>\\0<journey>` (last schedule run, ms)."""
+    return f"{PREFIX}p:{partition}:journey-cursors"
+
+
+def outbox(partition: int) -> str:
+    """Stream of send requests (field `s`: msgpack `SendRequest`) for the channel router."""
+    return f"{PREFIX}p:{partition}:outbox"
+
+
+# The manual clock's current time in epoch ms (only with KAIROS_CLOCK=manual).
+MANUAL_CLOCK = PREFIX + "manual-clock"

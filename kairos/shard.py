@@ -20,6 +20,7 @@ from typing import Any, Callable, TypeVar
 
 
 from kairos.config import Settings
+from kairos.journeys.forwarding import JourneyForwarding
 from kairos.log import PartitionLog
 from kairos.models import (
     AbsorbEntry, LogBatch, LogEntry, SealEntry, ShardBlob, UserExport, log_entry_decoder, record_list_encoder,
@@ -52,6 +53,7 @@ class UserShard:
         log: PartitionLog,
         clock: Callable[[], float] = time.monotonic,
         live: LiveSegmentRunner | None = None,
+        forwarding: JourneyForwarding | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.settings = settings
@@ -76,6 +78,10 @@ class UserShard:
         self._snapshotter: asyncio.Task[None] | None = None
         self.replayed_entries = 0
         self.live = live
+        self.forwarding = forwarding
+        # Held from applying a batch until its journey events are in the inbox: a snapshot
+        # taken in between would cover a batch whose events a crash could then lose.
+        self._forward_lock = asyncio.Lock()
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -94,6 +100,8 @@ class UserShard:
 
     async def _recover(self) -> None:
         window = self.settings.dedupe_window_records
+        if self.forwarding is not None:
+            await self.forwarding.load()
         for index, partition in enumerate(self.partitions):
             manifest = await self._log.load_snapshot(partition)
             if manifest is None:
@@ -102,9 +110,17 @@ class UserShard:
                 chunk_ids = PartitionState.chunk_ids(manifest)
                 state = PartitionState.restore(manifest, await self._log.load_chunks(partition, chunk_ids), window)
                 self._persisted_chunks[partition] = set(chunk_ids)
+            if self.forwarding is not None:
+                state.forward = self.forwarding.interest
             tail = await self._log.read_after(partition, state.last_log_id)
+            forwarded = []
             for log_id, batch_id, payload in tail:
                 state.apply(batch_id, log_id, log_entry_decoder.decode(payload))
+                forwarded.append((partition, log_id, state.take_forwarded()))
+            if self.forwarding is not None:
+                # Events of batches whose inbox entry a crash may have lost (the inbox
+                # ignores those it has).
+                await self.forwarding.write([item for item in forwarded if item[2]])
             self.replayed_entries += len(tail)
             self._states[partition] = state
             # Stagger the partitions' timers so they do not all come due at once.
@@ -276,10 +292,18 @@ class UserShard:
                             fresh.append((blob.partition, blob.batch_id, payload))
                             entries.append(entry)
                 log_ids = await self._log.append(fresh) if fresh else []
-                for (partition, batch_id, payload), log_id, entry in zip(fresh, log_ids, entries):
-                    if entry is None:
-                        entry = log_entry_decoder.decode(payload)
-                    self._states[partition].apply(batch_id, log_id, entry)
+                async with self._forward_lock:
+                    forwarded = []
+                    for (partition, batch_id, payload), log_id, entry in zip(fresh, log_ids, entries):
+                        if entry is None:
+                            entry = log_entry_decoder.decode(payload)
+                        state = self._states[partition]
+                        state.apply(batch_id, log_id, entry)
+                        if state.forwarded:
+                            forwarded.append((partition, log_id, state.take_forwarded()))
+                    if forwarded and self.forwarding is not None:
+                        # Before the answer: an acknowledged event has reached its journeys.
+                        await self.forwarding.write(forwarded)
             except Exception as exc:
                 # Either the append failed - and MULTI/EXEC may still have committed before
                 # the reply was lost - or a durable batch could not be applied. Memory may
@@ -326,8 +350,9 @@ class UserShard:
         async with self._snapshot_locks[partition]:
             state = self._states[partition]
             persisted = self._persisted_chunks[partition]
-            manifest, new_chunks = state.snapshot(persisted)
-            covers, pending = state.last_log_id, state.records_since_snapshot
+            async with self._forward_lock:
+                manifest, new_chunks = state.snapshot(persisted)
+                covers, pending = state.last_log_id, state.records_since_snapshot
             await self._log.save_snapshot(partition, manifest, covers, new_chunks)
             persisted.update(new_chunks)
             state.records_since_snapshot -= pending
@@ -403,6 +428,35 @@ class UserShard:
                 mask = self.live.segments.members(account, name, partition, store.user_count)
                 members.extend(store.user_keys[int(u)] for u in mask.nonzero()[0])
         return members
+
+    # --- journeys -------------------------------------------------------------------
+
+    async def refresh_journeys(self, account: str) -> list[str]:
+        """Take up the account's journeys now; returns the events forwarded to them."""
+        await self.ready()
+        return await self.forwarding.refresh(account) if self.forwarding is not None else []
+
+    async def users_matching(self, account: str, definition: Any, users: list[str], now_ms: int, tz: str) -> list[bool]:
+        await self.ready()
+        return partials.users_matching(self._states, lambda u: self.partition_map.partition_of(account, u), account,
+                                       parse_segment(definition), users, now_ms, tz)
+
+    async def time_zones(self, account: str, users: list[str]) -> list[str | None]:
+        """Each user's profile `Tz` (None when unset or not text)."""
+        await self.ready()
+        zones: list[str | None] = []
+        for user in users:
+            store = self._state(self.partition_map.partition_of(account, user)).account(account)
+            slot = store.find_user(user) if store is not None else None
+            value = store.profile_properties(slot).get("Tz") if store is not None and slot is not None else None
+            zones.append(value if isinstance(value, str) else None)
+        return zones
+
+    async def segment_user_keys(self, account: str, definition: Any, now_ms: int, tz: str,
+                                partitions: list[int]) -> list[str]:
+        await self.ready()
+        condition = parse_segment(definition)
+        return [u for p in partitions for u in partials.segment_user_keys(self._state(p), account, condition, now_ms, tz)]
 
     async def memory(self) -> dict[str, int]:
         await self.ready()

@@ -4,7 +4,7 @@ totals are exact."""
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -37,3 +37,37 @@ def segment_members(
     page = slots[:limit]
     records = [store.profile_record(int(u), with_events=False) for u in page]
     return records, int(page[-1]) + 1 if slots.size > limit else None
+
+
+def users_matching(
+    states: dict[int, PartitionState], partition_of: Callable[[str], int], account: str, condition: Condition,
+    users: list[str], now_ms: int, tz: str,
+) -> list[bool]:
+    """Whether each user (a canonical key) meets the condition now; evaluated over just
+    those users' rows, so it costs what they did, not what the partition holds."""
+    answers = [False] * len(users)
+    by_partition: dict[int, list[int]] = {}
+    for i, user in enumerate(users):
+        by_partition.setdefault(partition_of(user), []).append(i)
+    for partition, positions in by_partition.items():
+        store = states[partition].account(account)
+        if store is None:
+            continue
+        slots = [(i, store.find_user(users[i])) for i in positions]
+        known = [(i, s) for i, s in slots if s is not None]
+        if not known:
+            continue
+        scope = np.asarray(sorted({s for _, s in known}), dtype=np.int64)
+        mask = StoreQuery(store, now_ms, zone(tz), only_users=scope).users(condition)
+        for i, slot in known:
+            answers[i] = bool(mask[slot])
+    return answers
+
+
+def segment_user_keys(state: PartitionState, account: str, condition: Condition, now_ms: int, tz: str) -> list[str]:
+    """The canonical keys of the partition's members."""
+    store = state.account(account)
+    if store is None or not store.user_count:
+        return []
+    mask = StoreQuery(store, now_ms, zone(tz)).users(condition)
+    return [store.user_keys[int(u)] for u in np.flatnonzero(mask)]

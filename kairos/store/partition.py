@@ -12,6 +12,7 @@ from typing import Any, Mapping
 import msgspec
 import numpy as np
 
+from kairos.journeys.model import Trigger
 from kairos.models import (
     AbsorbEntry, EventRecord, LogBatch, LogEntry, ProfileRecord, SealEntry, UserExport,
 )
@@ -41,6 +42,21 @@ class PartitionState:
         # (account -> canonical user keys) until the owner takes them with `take_touched`.
         self.watched: set[str] = set()
         self.touched: dict[str, set[str]] = {}
+        # Events that journeys react to (account -> names; the shard's shared dict), and
+        # those applied since the owner last took them.
+        self.forward: dict[str, frozenset[str]] = {}
+        self.forwarded: list[Trigger] = []
+
+    def take_forwarded(self) -> list[Trigger]:
+        found, self.forwarded = self.forwarded, []
+        return found
+
+    def _forward(self, account: str, events: list[EventRecord], users: list[str]) -> None:
+        wanted = self.forward.get(account)
+        if wanted:
+            self.forwarded.extend(
+                Trigger(account, user, e.name, e.ts_ms, e.props) for e, user in zip(events, users) if e.name in wanted
+            )
 
     def take_touched(self) -> dict[str, set[str]]:
         touched, self.touched = self.touched, {}
@@ -107,6 +123,7 @@ class PartitionState:
         self.records_since_snapshot += len(batch.records)
         if all(type(r) is EventRecord and r.message_id is None for r in batch.records):
             store.apply_events(batch.records, batch.users)  # type: ignore[arg-type]
+            self._forward(account, batch.records, batch.users)  # type: ignore[arg-type]
             return
         events: list[EventRecord] = []
         event_users: list[str] = []
@@ -114,6 +131,7 @@ class PartitionState:
         def flush() -> None:
             row0 = store.event_count
             store.apply_events(events, event_users)
+            self._forward(account, events, event_users)
             for i, (event, user) in enumerate(zip(events, event_users)):
                 if event.message_id is not None:
                     self.message_ids.set_row(account, user, event.message_id, row0 + i)

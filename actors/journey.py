@@ -1,0 +1,79 @@
+"""`journey` actor: moves the users of its partitions through journeys (see
+kairos.journeys.runner). Journey actor i owns the partitions that shard i owns, so its
+profile lookups go to one shard."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import ray
+import redis.asyncio as aioredis
+
+from actors import names
+from kairos.config import Settings
+from kairos.journeys.catalog import JourneyCatalog
+from kairos.journeys.clock import Clock, ManualClock, SystemClock
+from kairos.journeys.runner import JourneyRunner
+from kairos.journeys.state_store import JourneyStateStore
+from kairos.partitions import PartitionMap
+from kairos.segments.catalog import SegmentCatalog
+
+logger = logging.getLogger(__name__)
+
+
+class ShardLookups:
+    """Profiles and segment conditions, asked of the shard that holds the users."""
+
+    def __init__(self, shard: Any, partitions: list[int]) -> None:
+        self._shard = shard
+        self._partitions = partitions
+
+    async def matching(self, account: str, condition: Any, users: list[str], now_ms: int, tz: str) -> list[bool]:
+        return await self._shard.users_matching.remote(account, condition, users, now_ms, tz)
+
+    async def time_zones(self, account: str, users: list[str]) -> list[str | None]:
+        return await self._shard.time_zones.remote(account, users)
+
+    async def segment_users(self, account: str, definition: Any, now_ms: int, tz: str) -> list[str]:
+        return await self._shard.segment_user_keys.remote(account, definition, now_ms, tz, self._partitions)
+
+
+class JourneyActor:
+    def __init__(self, index: int, settings: Settings) -> None:
+        redis = aioredis.Redis.from_url(settings.redis_url)
+        partition_map = PartitionMap(settings.partitions, settings.shards)
+        partitions = partition_map.partitions_of(index)
+        shard = ray.get_actor(names.shard(index), namespace=names.NAMESPACE)
+        clock: Clock = ManualClock(redis) if settings.clock == "manual" else SystemClock()
+        self.runner = JourneyRunner(JourneyStateStore(redis, partition_map, partitions), JourneyCatalog(redis),
+                                    SegmentCatalog(redis), ShardLookups(shard, partitions), clock)
+
+    def _check(self) -> None:
+        if self.runner.failure is not None:
+            # Memory is ahead of what Redis holds: restart and reload from Redis.
+            logger.error("journey actor exiting to reload its state: %r", self.runner.failure)
+            os._exit(1)
+
+    async def start(self) -> None:
+        self._check()
+        await self.runner.load()
+        self.runner.start()
+
+    async def refresh(self, account: str) -> None:
+        self._check()
+        await self.runner.refresh(account)
+
+    async def move(self, account: str, name: str, from_version: int, nodes: dict[str, str]) -> int:
+        self._check()
+        return await self.runner.move(account, name, from_version, nodes)
+
+    async def memory(self) -> dict[str, int]:
+        found = await self.runner.store.memory()
+        found["waiting_in_memory"] = self.runner.engine.waiting()
+        found["steps"] = self.runner.steps
+        return found
+
+    def pid(self) -> int:
+        return os.getpid()

@@ -1,0 +1,1 @@
+"""Journeys: multi-step customer journeys, run by journey actors (see kairos.journeys.engine)."""

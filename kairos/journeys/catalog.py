@@ -1,0 +1,111 @@
+"""Saved journeys: per account in Redis, with every version still in use.
+
+A save validates the definition and adds a version; the old versions stay, because
+users in flight stay on the version they entered. Versions never repeat, not even
+after a delete, so a version number always names one definition.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from kairos import keys
+from kairos.journeys.definition import JourneyError, parse_journey
+from kairos.journeys.model import ACTIVE, PAUSED, SavedJourney
+from kairos.segments.catalog import NAME
+
+MAX_JOURNEYS = 500
+MAX_VERSIONS = 100
+
+
+def check_name(name: str) -> str:
+    if not NAME.match(name) or name != name.rstrip():
+        raise JourneyError("name", f"{name[:130]!r} is not a journey name: 1-120 letters, digits, space, _ . : -,"
+                                   " starting with a letter or digit, not ending with a space")
+    return name
+
+
+class JourneyCatalog:
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._redis = client
+
+    async def save(self, account: str, name: str, definition: Any, description: str = "") -> SavedJourney:
+        check_name(name)
+        parse_journey(definition)
+        if len(description) > 1000:
+            raise JourneyError("description", "is longer than 1000 characters")
+        key, versions = keys.journeys(account), keys.journey_versions(account)
+        now = int(time.time() * 1000)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key, versions)
+                    old_raw = await pipe.hget(key, name)
+                    if old_raw is None and await pipe.hlen(key) >= MAX_JOURNEYS:
+                        raise JourneyError("name", f"the account already has {MAX_JOURNEYS} journeys")
+                    old = msgspec.msgpack.decode(old_raw, type=SavedJourney) if old_raw else None
+                    if old is not None and len(old.definitions) >= MAX_VERSIONS:
+                        raise JourneyError("definition", f"the journey has {MAX_VERSIONS} versions; delete it and"
+                                                         " save it under a new name")
+                    version = int(await pipe.hget(versions, name) or 0) + 1
+                    definitions = dict(old.definitions) if old else {}
+                    definitions[version] = definition
+                    saved = SavedJourney(name, version, old.status if old else ACTIVE, definitions, description,
+                                         old.created_ms if old else now, now)
+                    pipe.multi()
+                    pipe.hset(key, name, msgspec.msgpack.encode(saved))
+                    pipe.hset(versions, name, version)
+                    pipe.sadd(keys.JOURNEY_ACCOUNTS, account)
+                    await pipe.execute()
+                    return saved
+                except aioredis.WatchError:
+                    continue
+
+    async def set_status(self, account: str, name: str, status: str) -> SavedJourney | None:
+        assert status in (ACTIVE, PAUSED), status
+        key = keys.journeys(account)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.hget(key, name)
+                    if raw is None:
+                        return None
+                    saved = msgspec.msgpack.decode(raw, type=SavedJourney)
+                    saved.status, saved.updated_ms = status, int(time.time() * 1000)
+                    pipe.multi()
+                    pipe.hset(key, name, msgspec.msgpack.encode(saved))
+                    await pipe.execute()
+                    return saved
+                except aioredis.WatchError:
+                    continue
+
+    async def get(self, account: str, name: str) -> SavedJourney | None:
+        raw = await self._redis.hget(keys.journeys(account), name)
+        return msgspec.msgpack.decode(raw, type=SavedJourney) if raw else None
+
+    async def all(self, account: str) -> list[SavedJourney]:
+        raw = await self._redis.hgetall(keys.journeys(account))
+        return sorted((msgspec.msgpack.decode(v, type=SavedJourney) for v in raw.values()), key=lambda j: j.name)
+
+    async def delete(self, account: str, name: str) -> bool:
+        """Forget the journey and its counters; users in it leave it (the version number stays taken)."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(keys.journeys(account), name)
+            pipe.delete(keys.journey_stats(account, name))
+            deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def accounts(self) -> list[str]:
+        return sorted(a.decode() for a in await self._redis.smembers(keys.JOURNEY_ACCOUNTS))
+
+    async def everything(self) -> dict[str, list[SavedJourney]]:
+        return {account: await self.all(account) for account in await self.accounts()}
+
+    async def stats(self, account: str, name: str) -> dict[str, int]:
+        raw = await self._redis.hgetall(keys.journey_stats(account, name))
+        return {k.decode(): int(v) for k, v in raw.items()}

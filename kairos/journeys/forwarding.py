@@ -1,0 +1,74 @@
+"""The shard's side of journeys: which events to forward, and the inbox they go to.
+
+A shard forwards only the events some journey of the account reacts to (entry, wait,
+goal and exit events of any saved version), so accounts without journeys cost nothing.
+Each log batch's forwarded events become one inbox entry whose id is the batch's log
+id: a batch replayed after a crash adds nothing the first run already added, and one
+whose entry was lost before the crash adds it now.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from kairos import keys
+from kairos.journeys.model import SavedJourney, Trigger, trigger_list_encoder
+
+logger = logging.getLogger(__name__)
+
+# Inbox entries kept per partition; journey actors trim what they have read long before.
+MAX_INBOX_ENTRIES = 1_000_000
+
+
+class JourneySource(Protocol):
+    async def all(self, account: str) -> list[SavedJourney]: ...
+
+    async def everything(self) -> dict[str, list[SavedJourney]]: ...
+
+
+def events_of(saved: list[SavedJourney]) -> frozenset[str]:
+    names: set[str] = set()
+    for journey in saved:
+        for parsed in journey.parsed().values():
+            names |= parsed.event_names()
+    return frozenset(names)
+
+
+class JourneyForwarding:
+    def __init__(self, source: JourneySource, client: aioredis.Redis) -> None:
+        self._source = source
+        self._redis = client
+        # account -> events to forward; partitions hold this same dict and read it as they apply.
+        self.interest: dict[str, frozenset[str]] = {}
+
+    async def load(self) -> None:
+        found = {account: events_of(saved) for account, saved in (await self._source.everything()).items()}
+        self.interest.clear()
+        self.interest.update({a: e for a, e in found.items() if e})
+
+    async def refresh(self, account: str) -> list[str]:
+        events = events_of(await self._source.all(account))
+        if events:
+            self.interest[account] = events
+        else:
+            self.interest.pop(account, None)
+        return sorted(events)
+
+    async def write(self, items: list[tuple[int, str, list[Trigger]]]) -> None:
+        """(partition, log id, triggers) -> the partition's inbox, in log order."""
+        if not items:
+            return
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for partition, log_id, triggers in items:
+                pipe.xadd(keys.journey_inbox(partition), {"t": trigger_list_encoder.encode(triggers)}, id=log_id,
+                          maxlen=MAX_INBOX_ENTRIES, approximate=True)
+            results = await pipe.execute(raise_on_error=False)
+        for result in results:
+            if isinstance(result, ResponseError) and "equal or smaller" in str(result):
+                continue  # written before a crash: a replay finds it there
+            if isinstance(result, Exception):
+                raise result

@@ -1,0 +1,86 @@
+"""What journeys keep and exchange: saved journeys, a user's position in one, the
+triggers shards forward, and the send requests handed to the channel router."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from kairos.journeys.definition import Journey, parse_journey
+
+ACTIVE, PAUSED = "active", "paused"
+
+
+class SavedJourney(msgspec.Struct):
+    """A journey and every version it was saved with: users in flight stay on the
+    version they entered, so old versions stay until no one can be on them."""
+
+    name: str
+    version: int
+    status: str  # active | paused
+    definitions: dict[int, Any]  # version -> the JSON its author saved
+    description: str = ""
+    created_ms: int = 0
+    updated_ms: int = 0
+
+    def parsed(self) -> dict[int, Journey]:
+        return {v: parse_journey(d) for v, d in self.definitions.items()}
+
+
+class Position(msgspec.Struct, array_like=True, gc=False):
+    """One user's place in one journey. `phase` 0: `node` is to run next (now, or on
+    resume if the journey is paused); 1: waiting inside `node` until `due_ms` (or an
+    event). Node "$goal" holds a user who finished but may still convert."""
+
+    version: int
+    node: str
+    phase: int
+    due_ms: int
+    entered_ms: int
+    seq: int  # the user's entry number in this journey: keeps send ids unique
+    key: Any = None  # the entry event's value of the journey's match property
+    variant: str | None = None
+    control: bool = False
+
+
+GOAL_NODE = "$goal"
+
+
+class Trigger(msgspec.Struct, array_like=True, gc=False):
+    """An event a shard forwards because some journey of its account reacts to it."""
+
+    account: str
+    user: str
+    event: str
+    ts_ms: int
+    props: dict[str, Any]
+
+
+class SegmentSignalIn(msgspec.Struct, array_like=True, gc=False):
+    account: str
+    segment: str
+    user: str
+    entered: bool
+
+
+class SendRequest(msgspec.Struct, omit_defaults=True):
+    """A message to deliver. `id` is stable across retries and restarts: the router
+    delivers each id once."""
+
+    id: str
+    account: str
+    user: str
+    channel: str
+    message: dict[str, Any]
+    journey: str
+    version: int
+    node: str
+    at_ms: int
+    variant: str | None = None
+
+
+trigger_list_encoder = msgspec.msgpack.Encoder()
+trigger_list_decoder = msgspec.msgpack.Decoder(list[Trigger])
+position_decoder = msgspec.msgpack.Decoder(Position)
+send_decoder = msgspec.msgpack.Decoder(SendRequest)

@@ -1,0 +1,410 @@
+"""The journey engine without Ray or Redis: journeys driven by events and a clock that
+jumps, with profiles and behaviour read from a real shard core over a fake log."""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from typing import Any
+
+import pytest
+
+from kairos.config import Settings
+from kairos.journeys.engine import JourneyEngine, UserKey, next_local_time
+from kairos.journeys.model import Position, SavedJourney, SegmentSignalIn, Trigger
+from kairos.models import EventRecord, ProfileRecord, ShardBlob, record_list_encoder
+from kairos.shard import UserShard
+from fakes import FakeLog
+from tests.unit.test_shard_core import log_batch
+
+pytestmark = pytest.mark.timeout(60)
+
+ACCOUNT = "ACC-JRN-0001"
+MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
+T0 = 1_790_000_000_000  # 2026-09-21T14:13:20Z
+
+ABANDONED_CART: dict[str, Any] = {
+    "entry": {"event": "Added To Cart"},
+    "match_property": "CartId",
+    "start": "wait_charge",
+    "nodes": {
+        "wait_charge": {"type": "wait_for_event", "event": "Charged", "match": True, "timeout": "1h",
+                        "on_timeout": "push"},
+        "push": {"type": "send", "channel": "push", "message": {"title": "Still thinking?"}, "next": "wait_day"},
+        "wait_day": {"type": "wait_for_event", "event": "Charged", "match": True, "timeout": "1d",
+                     "on_timeout": "email"},
+        "email": {"type": "send", "channel": "email", "message": {"subject": "10% off", "coupon": "SAVE10"}},
+    },
+    "goal": {"event": "Charged", "match": True},
+    "reentry": "always",
+}
+
+ONBOARDING: dict[str, Any] = {
+    "entry": {"event": "Signed Up"},
+    "start": "welcome",
+    "nodes": {
+        "welcome": {"type": "send", "channel": "email", "message": {"subject": "Welcome"}, "next": "day1"},
+        "day1": {"type": "wait", "duration": "1d", "next": "launched"},
+        "launched": {"type": "branch", "condition": {"did": "App Launched", "within": "2d"},
+                     "yes": "ab", "no": "nudge"},
+        "nudge": {"type": "send", "channel": "sms", "message": {"text": "Open the app"}, "next": "week"},
+        "ab": {"type": "split", "variants": [{"name": "tips", "percent": 50, "next": "tips"},
+                                             {"name": "quiet", "percent": 50, "next": "week"}]},
+        "tips": {"type": "send", "channel": "push", "message": {"title": "3 tips"}, "next": "week"},
+        "week": {"type": "wait", "duration": "6d", "next": "survey"},
+        "survey": {"type": "send", "channel": "email", "message": {"subject": "How was week one?"}},
+    },
+}
+
+
+class History:
+    def __init__(self) -> None:
+        self.rows: dict[UserKey, tuple[int, int]] = {}
+
+    async def entries(self, keys: list[UserKey]) -> list[tuple[int, int] | None]:
+        return [self.rows.get(k) for k in keys]
+
+
+class ShardLookups:
+    def __init__(self, shard: UserShard) -> None:
+        self.shard = shard
+        self.calls = 0
+
+    async def matching(self, account: str, condition: Any, users: list[str], now_ms: int, tz: str) -> list[bool]:
+        self.calls += 1
+        return await self.shard.users_matching(account, condition, users, now_ms, tz)
+
+    async def time_zones(self, account: str, users: list[str]) -> list[str | None]:
+        self.calls += 1
+        return await self.shard.time_zones(account, users)
+
+
+class World:
+    """An engine whose every step is "committed" into plain dicts, as the runner does."""
+
+    def __init__(self, journeys: dict[str, Any], now: int = T0) -> None:
+        self.now = now
+        self.shard = UserShard(0, Settings(partitions=4, shards=1), FakeLog())
+        self.lookups = ShardLookups(self.shard)
+        self.history = History()
+        self.engine = JourneyEngine(self.lookups, self.history)
+        self.saved = {name: SavedJourney(name, 1, "active", {1: d}) for name, d in journeys.items()}
+        self.engine.set_journeys(ACCOUNT, list(self.saved.values()))
+        self.positions: dict[UserKey, Position] = {}
+        self.sends: list[Any] = []
+        self.stats: Counter[str] = Counter()
+        self._batches = 0
+
+    async def step(self, events: list[Trigger] = (), signals: list[SegmentSignalIn] = (),  # type: ignore[assignment]
+                   scheduled: list[tuple[str, str, list[str]]] = ()) -> None:  # type: ignore[assignment]
+        await self.engine.process(self.now, list(events), list(signals), list(scheduled))
+        self.commit()
+
+    def commit(self) -> None:
+        changes = self.engine.take_changes()
+        self.history.rows.update(changes.entries)
+        for key, pos in changes.positions.items():
+            if pos is None:
+                self.positions.pop(key, None)
+            else:
+                self.positions[key] = copy.copy(pos)
+        self.sends.extend(changes.sends)
+        for (_, name), fields in changes.stats.items():
+            for field, n in fields.items():
+                self.stats[f"{name}|{field}"] += n
+
+    async def event(self, user: str, name: str, **props: Any) -> None:
+        await self.step(events=[Trigger(ACCOUNT, user, name, self.now, props)])
+
+    async def advance(self, ms: int) -> None:
+        self.now += ms
+        await self.step()
+
+    async def record(self, user: str, name: str, **props: Any) -> None:
+        """An event stored on the shard (what branches read)."""
+        await self._append([EventRecord(user, self.now, name, props)])
+
+    async def profile(self, user: str, **props: Any) -> None:
+        await self._append([ProfileRecord(user, self.now, props)])
+
+    async def _append(self, records: list[Any]) -> None:
+        self._batches += 1
+        partition = self.shard.partition_map.partition_of(ACCOUNT, records[0].user)
+        await self.shard.append([ShardBlob(partition, f"b{self._batches}",
+                                           record_list_encoder.encode(log_batch(ACCOUNT, records)))])
+
+    def sent(self, user: str) -> list[tuple[str, str]]:
+        return [(s.channel, s.node) for s in self.sends if s.user == user]
+
+    def waiting(self, name: str, node: str, version: int = 1) -> int:
+        return self.stats[f"{name}|v{version}|node|{node}|waiting"]
+
+
+async def test_abandoned_cart_pushes_after_an_hour_then_emails_a_coupon_after_a_day() -> None:
+    world = World({"cart": ABANDONED_CART})
+    await world.event("u1", "Added To Cart", CartId="c1")
+    assert world.sent("u1") == [] and world.waiting("cart", "wait_charge") == 1
+    await world.advance(HOUR - 1)
+    assert world.sent("u1") == []
+    await world.advance(1)
+    assert world.sent("u1") == [("push", "push")]
+    await world.advance(DAY - 1)
+    assert world.sent("u1") == [("push", "push")]
+    await world.advance(1)
+    assert world.sent("u1") == [("push", "push"), ("email", "email")]
+    assert world.sends[-1].message == {"subject": "10% off", "coupon": "SAVE10"}
+    assert world.positions == {}
+    assert world.stats["cart|v1|entered"] == 1 and world.stats["cart|v1|completed"] == 1
+    assert world.stats["cart|v1|converted"] == 0 and world.waiting("cart", "wait_day") == 0
+
+
+async def test_the_matching_charge_converts_and_nothing_is_sent() -> None:
+    world = World({"cart": ABANDONED_CART})
+    await world.event("u1", "Added To Cart", CartId="c1")
+    await world.advance(30 * MINUTE)
+    await world.event("u1", "Charged", CartId="c1", Amount=20)
+    await world.advance(2 * DAY)
+    assert world.sends == [] and world.positions == {}
+    assert world.stats["cart|v1|converted"] == 1 and world.waiting("cart", "wait_charge") == 0
+
+
+async def test_a_charge_for_another_cart_does_not_stop_the_reminder() -> None:
+    world = World({"cart": ABANDONED_CART})
+    await world.event("u1", "Added To Cart", CartId="c1")
+    await world.event("u1", "Charged", CartId="c0")
+    await world.advance(HOUR)
+    assert world.sent("u1") == [("push", "push")]
+    await world.event("u1", "Charged", CartId="c1")  # after the push: converts, no email
+    await world.advance(2 * DAY)
+    assert world.sent("u1") == [("push", "push")]
+    assert world.stats["cart|v1|converted"] == 1
+
+
+async def test_an_entry_and_its_charge_in_one_batch_convert() -> None:
+    world = World({"cart": ABANDONED_CART})
+    await world.step(events=[Trigger(ACCOUNT, "u1", "Added To Cart", T0, {"CartId": "c9"}),
+                             Trigger(ACCOUNT, "u1", "Charged", T0, {"CartId": "c9"})])
+    await world.advance(2 * DAY)
+    assert world.sends == [] and world.stats["cart|v1|converted"] == 1
+
+
+async def test_send_ids_are_unique_per_entry_and_node() -> None:
+    world = World({"cart": ABANDONED_CART})
+    for cart in ("c1", "c2"):
+        await world.event("u1", "Added To Cart", CartId=cart)
+        await world.advance(HOUR)
+        await world.advance(DAY)
+    ids = [s.id for s in world.sends]
+    assert len(ids) == 4 and len(set(ids)) == 4
+    assert world.history.rows[(ACCOUNT, "cart", "u1")][0] == 2
+
+
+async def test_onboarding_drip_branches_on_what_the_user_did_and_splits_stably() -> None:
+    world = World({"onboarding": ONBOARDING})
+    users = [f"identity:{i}" for i in range(40)]
+    for user in users:
+        await world.event(user, "Signed Up")
+    active = set(users[:20])
+    for user in active:
+        await world.record(user, "App Launched")
+    assert all(world.sent(u) == [("email", "welcome")] for u in users)
+    await world.advance(DAY)
+    for user in users:
+        if user in active:
+            assert world.sent(user)[1:] in ([("push", "tips")], [])
+        else:
+            assert world.sent(user)[1:] == [("sms", "nudge")]
+    tips = {s.user for s in world.sends if s.node == "tips"}
+    assert 0 < len(tips) < 20 and all(s.variant == "tips" for s in world.sends if s.node == "tips")
+    await world.advance(6 * DAY)
+    assert all(world.sent(u)[-1] == ("email", "survey") for u in users)
+    assert world.positions == {}
+    assert world.stats["onboarding|v1|node|launched|reached"] == 40
+    assert world.stats["onboarding|v1|node|tips|sent|tips"] == len(tips)
+    # The same users land in the same variant on another run.
+    again = World({"onboarding": ONBOARDING})
+    for user in users:
+        await again.event(user, "Signed Up")
+        if user in active:
+            await again.record(user, "App Launched")
+    await again.advance(DAY)
+    assert {s.user for s in again.sends if s.node == "tips"} == tips
+
+
+async def test_wait_until_ten_in_each_users_time_zone() -> None:
+    journey = {"entry": {"event": "Signed Up"}, "start": "ten", "tz": "America/New_York",
+               "nodes": {"ten": {"type": "wait_until", "time": "10:00", "next": "hello"},
+                         "hello": {"type": "send", "channel": "push", "message": {"title": "Good morning"}}}}
+    world = World({"morning": journey})
+    await world.profile("kolkata", Tz="Asia/Kolkata")
+    await world.profile("nozone")
+    await world.profile("badzone", Tz="Mars/Olympus")
+    for user in ("kolkata", "nozone", "badzone"):
+        await world.event(user, "Signed Up")
+    due = {key[2]: pos.due_ms for key, pos in world.positions.items()}
+    # T0 is 2026-09-21 14:13:20 UTC: 19:43 in Kolkata, 10:13 in New York (EDT), both past 10:00.
+    assert due["kolkata"] == 1_790_051_400_000  # 2026-09-22T04:30Z = 10:00 IST
+    assert due["nozone"] == due["badzone"] == 1_790_085_600_000  # 2026-09-22T14:00Z = 10:00 EDT
+    assert world.stats["morning|v1|node|ten|reached"] == 3
+    await world.advance(due["kolkata"] - T0 - 1)
+    assert world.sends == []
+    await world.advance(1)
+    assert [s.user for s in world.sends] == ["kolkata"]
+
+
+async def test_a_seven_day_wait_runs_on_a_jumping_clock_and_fires_once() -> None:
+    journey = {"entry": {"event": "Trial Started"}, "start": "week",
+               "nodes": {"week": {"type": "wait", "duration": "7d", "next": "ask"},
+                         "ask": {"type": "send", "channel": "email", "message": {"subject": "Upgrade?"}}}}
+    world = World({"trial": journey})
+    await world.step(events=[Trigger(ACCOUNT, f"u{i}", "Trial Started", T0, {}) for i in range(1000)])
+    await world.advance(7 * DAY - 1)
+    assert world.sends == []
+    await world.advance(30 * DAY)
+    assert len(world.sends) == 1000 and len({s.user for s in world.sends}) == 1000
+    await world.advance(30 * DAY)
+    assert len(world.sends) == 1000
+
+
+async def test_reentry_once_always_and_every_n_days() -> None:
+    def simple(reentry: Any) -> dict[str, Any]:
+        return {"entry": {"event": "Visited"}, "start": "hi", "reentry": reentry,
+                "nodes": {"hi": {"type": "send", "channel": "push", "message": {"t": "hi"}}}}
+
+    world = World({"once": simple("once"), "always": simple("always"), "weekly": simple({"every": "7d"})})
+    for day in range(15):
+        await world.event("u1", "Visited")
+        await world.advance(DAY)
+    counts = Counter(s.journey for s in world.sends)
+    assert counts == {"once": 1, "always": 15, "weekly": 3}
+
+
+async def test_a_user_is_in_a_journey_once_at_a_time() -> None:
+    world = World({"cart": ABANDONED_CART})
+    await world.event("u1", "Added To Cart", CartId="c1")
+    await world.event("u1", "Added To Cart", CartId="c2")
+    assert world.stats["cart|v1|entered"] == 1
+    assert world.positions[(ACCOUNT, "cart", "u1")].key == "c1"
+
+
+async def test_control_group_enters_gets_nothing_and_still_converts() -> None:
+    journey = dict(ABANDONED_CART, control_percent=30)
+    world = World({"cart": journey})
+    users = [f"u{i}" for i in range(400)]
+    await world.step(events=[Trigger(ACCOUNT, u, "Added To Cart", T0, {"CartId": u}) for u in users])
+    control = {k[2] for k, p in world.positions.items() if p.control}
+    assert 80 < len(control) < 160
+    await world.step(events=[Trigger(ACCOUNT, u, "Charged", T0, {"CartId": u}) for u in users[:100]])
+    await world.advance(2 * DAY)
+    assert not {s.user for s in world.sends} & control
+    assert {s.user for s in world.sends} == set(users[100:]) - control
+    assert world.stats["cart|v1|entered"] + world.stats["cart|v1|control_entered"] == 400
+    assert world.stats["cart|v1|control_entered"] == len(control)
+    assert world.stats["cart|v1|converted"] + world.stats["cart|v1|control_converted"] == 100
+    assert world.stats["cart|v1|control_converted"] == len(control & set(users[:100]))
+
+
+async def test_goal_window_counts_a_conversion_after_the_last_message() -> None:
+    journey = dict(ABANDONED_CART, goal={"event": "Charged", "match": True, "within": "3d"})
+    world = World({"cart": journey})
+    await world.event("u1", "Added To Cart", CartId="c1")
+    await world.advance(HOUR)
+    await world.advance(DAY)
+    assert world.sent("u1") == [("push", "push"), ("email", "email")]
+    await world.event("u1", "Charged", CartId="c1")
+    assert world.stats["cart|v1|converted"] == 1 and world.positions == {}
+    await world.event("u2", "Added To Cart", CartId="c2")
+    await world.advance(HOUR)
+    await world.advance(DAY)
+    assert world.positions[(ACCOUNT, "cart", "u2")].node == "$goal"  # done, and may still convert
+    await world.advance(2 * DAY)
+    assert world.positions == {} and world.stats["cart|v1|completed"] == 2
+
+
+async def test_exit_events_and_leaving_the_entry_segment_end_the_journey() -> None:
+    journey = {"entry": {"segment": "VIP"}, "start": "wait", "exit": [{"event": "Unsubscribed"}, {"left_segment": True}],
+               "nodes": {"wait": {"type": "wait", "duration": "1d", "next": "hi"},
+                         "hi": {"type": "send", "channel": "email", "message": {"s": "Hi VIP"}}}}
+    world = World({"vip": journey})
+    await world.step(signals=[SegmentSignalIn(ACCOUNT, "VIP", u, True) for u in ("a", "b", "c")])
+    await world.event("a", "Unsubscribed")
+    await world.step(signals=[SegmentSignalIn(ACCOUNT, "VIP", "b", False),
+                              SegmentSignalIn(ACCOUNT, "Other", "c", False)])
+    await world.advance(DAY)
+    assert [s.user for s in world.sends] == ["c"]
+    assert world.stats["vip|v1|exited"] == 2 and world.stats["vip|v1|completed"] == 1
+
+
+async def test_a_schedule_enters_the_members_it_is_given() -> None:
+    journey = {"entry": {"schedule": {"segment": "All", "at": "2026-09-21T00:00:00Z"}}, "start": "hi",
+               "nodes": {"hi": {"type": "send", "channel": "email", "message": {"s": "news"}}}}
+    world = World({"news": journey})
+    await world.step(scheduled=[(ACCOUNT, "news", ["a", "b"])])
+    assert sorted(s.user for s in world.sends) == ["a", "b"]
+    assert world.engine.scheduled_journeys()[0][1] == "news"
+
+
+async def test_pause_holds_users_where_they_are_and_resume_goes_on() -> None:
+    world = World({"cart": ABANDONED_CART})
+    await world.event("u1", "Added To Cart", CartId="c1")
+    world.saved["cart"].status = "paused"
+    world.engine.set_journeys(ACCOUNT, list(world.saved.values()))
+    await world.event("u2", "Added To Cart", CartId="c2")  # no entries while paused
+    await world.advance(3 * DAY)
+    assert world.sends == [] and list(world.positions) == [(ACCOUNT, "cart", "u1")]
+    world.saved["cart"].status = "active"
+    world.engine.set_journeys(ACCOUNT, list(world.saved.values()))
+    await world.step()
+    # The hour's wait was over: the push goes now, and the day's wait starts now.
+    assert world.sent("u1") == [("push", "push")]
+    await world.advance(DAY)
+    assert world.sent("u1") == [("push", "push"), ("email", "email")]
+
+
+async def test_a_new_version_leaves_users_in_flight_on_theirs_until_moved() -> None:
+    world = World({"cart": ABANDONED_CART})
+    await world.event("u1", "Added To Cart", CartId="c1")
+    await world.event("u2", "Added To Cart", CartId="c2")
+    v2 = copy.deepcopy(ABANDONED_CART)
+    v2["nodes"]["push"]["message"] = {"title": "v2 push"}
+    world.saved["cart"] = SavedJourney("cart", 2, "active", {1: ABANDONED_CART, 2: v2})
+    world.engine.set_journeys(ACCOUNT, list(world.saved.values()))
+    await world.event("u3", "Added To Cart", CartId="c3")
+    assert world.positions[(ACCOUNT, "cart", "u3")].version == 2
+    assert world.engine.move(ACCOUNT, "cart", 1, {}, world.now) == 2
+    world.commit()
+    await world.advance(HOUR)
+    assert {s.user: (s.version, s.message["title"]) for s in world.sends} == {
+        "u1": (2, "v2 push"), "u2": (2, "v2 push"), "u3": (2, "v2 push")}
+    assert world.waiting("cart", "wait_day", 2) == 3 and world.waiting("cart", "wait_charge", 1) == 0
+
+
+async def test_a_restarted_engine_fires_waits_that_came_due_while_down_once() -> None:
+    world = World({"cart": ABANDONED_CART})
+    for i in range(10):
+        await world.event(f"u{i}", "Added To Cart", CartId="c")
+    # A new process: the same journeys, the positions as committed, and a day gone by.
+    restarted = JourneyEngine(world.lookups, world.history)
+    restarted.set_journeys(ACCOUNT, list(world.saved.values()))
+    restarted.load([(a, n, u, p) for (a, n, u), p in world.positions.items()])
+    world.engine = restarted
+    await world.advance(DAY)
+    assert sorted(s.user for s in world.sends) == sorted(f"u{i}" for i in range(10))
+    await world.advance(HOUR)
+    assert len(world.sends) == 10
+    await world.advance(DAY)
+    assert len(world.sends) == 20
+
+
+async def test_deleting_a_journey_drops_its_users() -> None:
+    world = World({"cart": ABANDONED_CART})
+    await world.event("u1", "Added To Cart", CartId="c1")
+    world.engine.set_journeys(ACCOUNT, [])
+    world.commit()
+    await world.advance(2 * DAY)
+    assert world.positions == {} and world.sends == [] and world.engine.interest() == {}
+
+
+def test_interest_lists_every_event_any_version_reacts_to() -> None:
+    world = World({"cart": ABANDONED_CART, "onboarding": ONBOARDING})
+    assert world.engine.interest() == {ACCOUNT: ["Added To Cart", "Charged", "Signed Up"]}
