@@ -47,6 +47,8 @@ def kairos(redis_server: EmbeddedRedis, ray_session: None, tmp_path_factory: pyt
     settings = load_settings(
         env={}, data_dir=str(tmp_path_factory.mktemp("data")), redis_url=redis_server.url,
         port=_free_port(), snapshot_every_records=3000, max_body_bytes=2 * 1024 * 1024,
+        # Journeys wait on a clock the tests move (kairos.journeys.clock.ManualClock).
+        clock="manual",
     )
     deployment = deploy(settings)
     yield Kairos(settings, deployment, f"http://127.0.0.1:{settings.port}")

@@ -1,0 +1,26 @@
+"""The send requests journeys commit, as the channel router reads them: one stream per
+partition, in commit order. A request's `id` is stable, so a reader that stops
+between delivering and noting how far it got delivers it again under the same id,
+and the router's dedupe makes that once."""
+
+from __future__ import annotations
+
+import redis.asyncio as aioredis
+
+from kairos import keys
+from kairos.journeys.model import SendRequest, send_decoder
+
+
+class OutboxReader:
+    def __init__(self, client: aioredis.Redis, partitions: list[int]) -> None:
+        self._redis = client
+        self.after: dict[str, str] = {keys.outbox(p): "0-0" for p in partitions}
+
+    async def read(self, count: int = 1000, block_ms: int | None = None) -> list[SendRequest]:
+        """The requests committed since the last read (waiting up to `block_ms` for one)."""
+        found = await self._redis.xread(self.after, count=count, block=block_ms)  # type: ignore[arg-type]
+        requests: list[SendRequest] = []
+        for stream, entries in found or []:
+            self.after[stream.decode()] = entries[-1][0].decode()
+            requests.extend(send_decoder.decode(fields[b"s"]) for _, fields in entries)
+        return requests

@@ -1,0 +1,210 @@
+"""Journeys on the real runtime: events uploaded through the gateway, forwarded by the
+shards, moved along by journey actors on a manual clock, sends read from the outbox as
+the channel router reads them. Includes a journey actor killed mid-wait and mid-step."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from typing import Any, Awaitable, Callable
+
+import pytest
+import ray
+import redis.asyncio as aioredis
+
+from actors import names
+from kairos.identity_graph import IdentityGraph
+from kairos.journeys.catalog import JourneyCatalog
+from kairos.journeys.clock import ManualClock
+from kairos.journeys.outbox import OutboxReader
+from kairos.journeys.model import SendRequest
+from tests.integration.conftest import Api, Kairos, event
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
+
+HOUR, DAY = 3_600_000, 86_400_000
+ALL_IDENTITIES = [f"shopper-{i}" for i in range(6)] + [f"sleeper-{i}" for i in range(20)]
+
+CART: dict[str, Any] = {
+    "entry": {"event": "Added To Cart"},
+    "match_property": "CartId",
+    "start": "wait_charge",
+    "nodes": {
+        "wait_charge": {"type": "wait_for_event", "event": "Charged", "match": True, "timeout": "1h",
+                        "on_timeout": "push"},
+        "push": {"type": "send", "channel": "push", "message": {"title": "Your cart misses you"}, "next": "wait_day"},
+        "wait_day": {"type": "wait_for_event", "event": "Charged", "match": True, "timeout": "1d",
+                     "on_timeout": "email"},
+        "email": {"type": "send", "channel": "email", "message": {"subject": "10% off", "coupon": "SAVE10"}},
+    },
+    "goal": {"event": "Charged", "match": True},
+    "reentry": "always",
+}
+
+
+class Journeys:
+    """One account's journeys on the running deployment, and its sends as the router sees them."""
+
+    def __init__(self, kairos: Kairos, api: Api, client: aioredis.Redis) -> None:
+        self.kairos, self.api, self.client = kairos, api, client
+        self.account = api.creds.account_id
+        self.catalog = JourneyCatalog(client)
+        self.clock = ManualClock(client)
+        self.outbox = OutboxReader(client, list(range(kairos.settings.partitions)))
+        self.sends: list[SendRequest] = []
+
+    async def save(self, name: str, definition: Any) -> None:
+        await self.catalog.save(self.account, name, definition)
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        handles = self.kairos.deployment.shards + self.kairos.deployment.journeys
+        await asyncio.gather(*(h.refresh_journeys.remote(self.account) for h in self.kairos.deployment.shards),
+                             *(h.refresh.remote(self.account) for h in self.kairos.deployment.journeys))
+        assert handles
+
+    async def collect(self, until: Callable[[list[SendRequest]], bool], timeout_s: float = 20.0) -> list[SendRequest]:
+        deadline = time.monotonic() + timeout_s
+        while not until(self.sends):
+            assert time.monotonic() < deadline, f"sends so far: {[(s.user, s.node) for s in self.sends]}"
+            found = await self.outbox.read(block_ms=200)
+            self.sends.extend(s for s in found if s.account == self.account)
+        return self.sends
+
+    async def settle(self, seconds: float = 1.0) -> None:
+        """Read whatever else arrives for a while: what must not be sent has had its chance."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            found = await self.outbox.read(block_ms=100)
+            self.sends.extend(s for s in found if s.account == self.account)
+
+    async def stats(self, name: str) -> dict[str, int]:
+        return await self.catalog.stats(self.account, name)
+
+
+@pytest.fixture
+async def journeys(kairos: Kairos, make_api: Callable[[], Awaitable[Api]]) -> Any:
+    client = aioredis.Redis.from_url(kairos.settings.redis_url)
+    world = Journeys(kairos, await make_api(), client)
+    # Start reading the outbox from now: earlier tests' sends are not this test's.
+    for stream in world.outbox.after:
+        newest = await client.xrevrange(stream, count=1)
+        world.outbox.after[stream] = newest[0][0].decode() if newest else "0-0"
+    yield world
+    await client.aclose()
+
+
+def by_user(sends: list[SendRequest]) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for s in sends:
+        found.setdefault(s.user, []).append(s.node)
+    return found
+
+
+async def identities(journeys: Journeys, sends: list[SendRequest]) -> list[str]:
+    """The identity each send went to (sends name canonical users)."""
+    users = sorted({s.user for s in sends})
+    found = await IdentityGraph(journeys.client).lookup(journeys.account, [f"identity:{u}" for u in ALL_IDENTITIES])
+    identity_of = {user: ident for ident, user in zip(ALL_IDENTITIES, found) if user is not None}
+    assert set(users) <= identity_of.keys()
+    return sorted(identity_of[s.user] for s in sends)
+
+
+async def test_abandoned_cart_over_the_gateway(journeys: Journeys) -> None:
+    await journeys.save("cart", CART)
+    carts = {f"shopper-{i}": f"cart-{i}" for i in range(6)}
+    status, body = await journeys.api.upload([event(u, "Added To Cart", CartId=c) for u, c in carts.items()])
+    assert status == 200 and body["processed"] == 6, body
+    # Two pay for their own cart within the hour; one pays for a different cart.
+    await journeys.api.upload([event("shopper-0", "Charged", CartId="cart-0", Amount=30),
+                               event("shopper-1", "Charged", CartId="cart-1", Amount=12),
+                               event("shopper-2", "Charged", CartId="another", Amount=5)])
+    await asyncio.sleep(0.5)
+    await journeys.clock.advance(HOUR)
+    sends = await journeys.collect(lambda s: len(s) >= 4)
+    assert {s.node for s in sends} == {"push"} and len(sends) == 4
+    # One more pays after the push: no coupon for them.
+    await journeys.api.upload([event("shopper-3", "Charged", CartId="cart-3", Amount=8)])
+    await asyncio.sleep(0.5)
+    await journeys.clock.advance(DAY)
+    sends = await journeys.collect(lambda s: len(s) >= 7)
+    await journeys.settle()
+    nodes = sorted(map(tuple, by_user(journeys.sends).values()))
+    assert nodes == [("push",), ("push", "email"), ("push", "email"), ("push", "email")]
+    pushed = await identities(journeys, [s for s in journeys.sends if s.node == "push"])
+    emailed = await identities(journeys, [s for s in journeys.sends if s.node == "email"])
+    assert pushed == ["shopper-2", "shopper-3", "shopper-4", "shopper-5"]
+    assert emailed == ["shopper-2", "shopper-4", "shopper-5"]
+    email = next(s for s in journeys.sends if s.node == "email")
+    assert email.message == {"subject": "10% off", "coupon": "SAVE10"} and email.channel == "email"
+    stats = await journeys.stats("cart")
+    assert stats["v1|entered"] == 6 and stats["v1|converted"] == 3 and stats["v1|completed"] == 3
+    assert stats["v1|node|wait_charge|waiting"] == stats["v1|node|wait_day|waiting"] == 0
+    assert len({s.id for s in journeys.sends}) == len(journeys.sends)
+
+
+async def test_a_wait_survives_a_journey_actor_restart_and_fires_once(journeys: Journeys) -> None:
+    await journeys.save("cart", CART)
+    users = [f"sleeper-{i}" for i in range(20)]
+    await journeys.api.upload([event(u, "Added To Cart", CartId=u) for u in users])
+    await asyncio.sleep(0.5)
+    deployment = journeys.kairos.deployment
+    pids = await asyncio.gather(*(j.pid.remote() for j in deployment.journeys))
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    # The hour passes while no journey actor runs.
+    await journeys.clock.advance(HOUR)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await asyncio.to_thread(deployment.ensure_serving)
+            break
+        except ray.exceptions.RayActorError:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.5)
+    await journeys.collect(lambda s: len(s) >= 20, timeout_s=60)
+    await journeys.settle(2.0)
+    assert await identities(journeys, journeys.sends) == sorted(users)
+    assert {s.node for s in journeys.sends} == {"push"}
+    stats = await journeys.stats("cart")
+    assert stats["v1|node|wait_day|waiting"] == 20 and stats["v1|node|wait_charge|waiting"] == 0
+
+
+async def test_sends_are_exactly_once_when_a_journey_actor_dies_mid_step(journeys: Journeys) -> None:
+    journey = {"entry": {"event": "Trial Started"}, "start": "week", "reentry": "once",
+               "nodes": {"week": {"type": "wait", "duration": "7d", "next": "ask"},
+                         "ask": {"type": "send", "channel": "email", "message": {"subject": "Upgrade?"}}}}
+    await journeys.save("trial", journey)
+    users = [f"trial-{i}" for i in range(6000)]
+    for start in range(0, len(users), 1000):
+        status, _ = await journeys.api.upload([event(u, "Trial Started") for u in users[start:start + 1000]])
+        assert status == 200
+    deadline = time.monotonic() + 30
+    while (await journeys.stats("trial")).get("v1|node|week|waiting", 0) < len(users):
+        assert time.monotonic() < deadline, await journeys.stats("trial")
+        await asyncio.sleep(0.2)
+    deployment = journeys.kairos.deployment
+    pids = await asyncio.gather(*(j.pid.remote() for j in deployment.journeys))
+    await journeys.clock.advance(7 * DAY)
+    # Kill both journey actors as soon as the first of them commits its due waits: the
+    # other is then most likely between working them out and committing them.
+    await journeys.collect(lambda s: len(s) > 0)
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await asyncio.to_thread(deployment.ensure_serving)
+            break
+        except ray.exceptions.RayActorError:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.5)
+    await journeys.collect(lambda s: len(s) >= len(users), timeout_s=90)
+    await journeys.settle(2.0)
+    assert len(journeys.sends) == len(users)
+    assert len({s.user for s in journeys.sends}) == len(users)
+    stats = await journeys.stats("trial")
+    assert stats["v1|node|ask|sent|-"] == len(users) and stats["v1|completed"] == len(users)
+    assert stats["v1|node|week|waiting"] == 0
