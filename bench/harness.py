@@ -54,8 +54,8 @@ def embedded_redis() -> Iterator[tuple[str, str]]:
 
 
 @contextmanager
-def running_kairos(data_dir: str, redis_url: str) -> Iterator[Running]:
-    settings = load_settings(data_dir=data_dir, redis_url=redis_url, port=_free_port())
+def running_kairos(data_dir: str, redis_url: str, **overrides: Any) -> Iterator[Running]:
+    settings = load_settings(data_dir=data_dir, redis_url=redis_url, port=_free_port(), **overrides)
     ray.init(num_cpus=2, include_dashboard=False, namespace=NAMESPACE, logging_level="WARNING",
              _system_config=ray_system_config())
     try:
@@ -74,12 +74,17 @@ def running_kairos(data_dir: str, redis_url: str) -> Iterator[Running]:
         ray.shutdown()
 
 
+def load_command(running: Running, seconds: float, concurrency: int, max_requests: int = 10**9, seed: int = 1,
+                 workload: str = "events", rate: float = 0.0) -> list[str]:
+    return [sys.executable, "-m", "bench.load_client", "--url", running.base_url + "/1/upload",
+            "--account", running.creds.account_id, f"--passcode={running.creds.passcode}",
+            "--seconds", str(seconds), "--concurrency", str(concurrency),
+            "--max-requests", str(max_requests), "--seed", str(seed), "--workload", workload, "--rate", str(rate)]
+
+
 def run_load(running: Running, seconds: float, concurrency: int, max_requests: int = 10**9, seed: int = 1,
              workload: str = "events") -> dict[str, Any]:
     """The load client in its own process (so it does not share our interpreter)."""
-    command = [sys.executable, "-m", "bench.load_client", "--url", running.base_url + "/1/upload",
-               "--account", running.creds.account_id, f"--passcode={running.creds.passcode}",
-               "--seconds", str(seconds), "--concurrency", str(concurrency),
-               "--max-requests", str(max_requests), "--seed", str(seed), "--workload", workload]
+    command = load_command(running, seconds, concurrency, max_requests, seed, workload)
     out = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])

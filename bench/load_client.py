@@ -14,7 +14,8 @@ from bench.workload import IdentityWorkload, customer_bodies, make_bodies
 
 
 async def run(url: str, account: str, passcode: str, seconds: float, max_requests: int,
-              concurrency: int, seed: int, workload: str = "events") -> dict[str, object]:
+              concurrency: int, seed: int, workload: str = "events", rate: float = 0.0) -> dict[str, object]:
+    """`rate`: requests per second over all workers (0: as fast as answers come)."""
     if workload in ("identity", "merges"):
         # Bodies are made as they are sent: their identifiers must be new each time.
         # "merges": half the records create devices, half merge earlier ones.
@@ -34,11 +35,17 @@ async def run(url: str, account: str, passcode: str, seconds: float, max_request
     deadline = time.perf_counter() + seconds
     connector = aiohttp.TCPConnector(limit=concurrency)
 
+    began = time.perf_counter()
     async with aiohttp.ClientSession(connector=connector, headers=headers) as session:
         async def worker(worker_id: int) -> None:
             nonlocal acked_events, sent
             i = worker_id
             while time.perf_counter() < deadline and sent < max_requests:
+                if rate:
+                    # Paced: request n leaves at began + n / rate, however slow the last answer.
+                    delay = began + sent / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
                 sent += 1
                 body = next_body(worker_id, i)
                 i += concurrency
@@ -53,7 +60,6 @@ async def run(url: str, account: str, passcode: str, seconds: float, max_request
                 elif resp.status == 429:
                     await asyncio.sleep(0.005)
 
-        began = time.perf_counter()
         await asyncio.gather(*(worker(i) for i in range(concurrency)))
         wall = time.perf_counter() - began
     latencies.sort()
@@ -74,10 +80,11 @@ def main() -> None:
     parser.add_argument("--max-requests", type=int, default=10**9)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=0.0, help="requests per second (0: unpaced)")
     parser.add_argument("--workload", choices=("events", "identity", "merges", "customers"), default="events")
     args = parser.parse_args()
     result = asyncio.run(run(args.url, args.account, args.passcode, args.seconds, args.max_requests,
-                             args.concurrency, args.seed, args.workload))
+                             args.concurrency, args.seed, args.workload, args.rate))
     print(json.dumps(result))
 
 

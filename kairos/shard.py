@@ -117,10 +117,11 @@ class UserShard:
             for log_id, batch_id, payload in tail:
                 state.apply(batch_id, log_id, log_entry_decoder.decode(payload))
                 forwarded.append((partition, log_id, state.take_forwarded()))
-            if self.forwarding is not None:
+            forwarded = [item for item in forwarded if item[2]]
+            if forwarded and self.forwarding is not None:
                 # Events of batches whose inbox entry a crash may have lost (the inbox
                 # ignores those it has).
-                await self.forwarding.write([item for item in forwarded if item[2]])
+                await self.forwarding.write(forwarded)
             self.replayed_entries += len(tail)
             self._states[partition] = state
             # Stagger the partitions' timers so they do not all come due at once.

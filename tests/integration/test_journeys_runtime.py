@@ -14,12 +14,13 @@ import pytest
 import ray
 import redis.asyncio as aioredis
 
-from actors import names
+from kairos import keys
 from kairos.identity_graph import IdentityGraph
 from kairos.journeys.catalog import JourneyCatalog
 from kairos.journeys.clock import ManualClock
+from kairos.journeys.forwarding import JourneyForwarding
+from kairos.journeys.model import SendRequest, Trigger, trigger_list_decoder
 from kairos.journeys.outbox import OutboxReader
-from kairos.journeys.model import SendRequest
 from tests.integration.conftest import Api, Kairos, event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -208,3 +209,21 @@ async def test_sends_are_exactly_once_when_a_journey_actor_dies_mid_step(journey
     stats = await journeys.stats("trial")
     assert stats["v1|node|ask|sent|-"] == len(users) and stats["v1|completed"] == len(users)
     assert stats["v1|node|week|waiting"] == 0
+
+
+async def test_the_inbox_keeps_one_entry_per_log_batch_when_a_replay_writes_it_again(kairos: Kairos) -> None:
+    client = aioredis.Redis.from_url(kairos.settings.redis_url)
+    forwarding = JourneyForwarding(JourneyCatalog(client), client)
+    # A partition the deployment does not have: its stream is this test's alone.
+    partition = 10_000 + kairos.settings.partitions
+    stream = keys.journey_inbox(partition)
+    await client.delete(stream)
+    base_ms = 1_790_000_000_000
+    items = [(partition, f"{base_ms}-{i}", [Trigger("ACC-INBOX", f"u{i}", "Charged", 0, {"i": i})]) for i in range(3)]
+    await forwarding.write(items)
+    await forwarding.write(items[1:])  # a replay after a crash: already there
+    stored = await client.xrange(stream, min=f"{base_ms}-0", max=f"{base_ms}-9")
+    assert [(i.decode(), trigger_list_decoder.decode(f[b"t"])[0].user) for i, f in stored] == [
+        (f"{base_ms}-0", "u0"), (f"{base_ms}-1", "u1"), (f"{base_ms}-2", "u2")]
+    await client.delete(stream)
+    await client.aclose()

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from kairos.config import Settings
-from kairos.journeys.engine import JourneyEngine, UserKey, next_local_time
+from kairos.journeys.engine import JourneyEngine, UserKey
 from kairos.journeys.model import Position, SavedJourney, SegmentSignalIn, Trigger
 from kairos.models import EventRecord, ProfileRecord, ShardBlob, record_list_encoder
 from kairos.shard import UserShard
