@@ -21,6 +21,7 @@ from kairos.accounts import Accounts
 from kairos.coalesce import Coalescer
 from kairos.config import Settings
 from kairos.identity_graph import IdentityGraph
+from kairos.journeys.catalog import JourneyCatalog
 from kairos.segments.catalog import SegmentCatalog
 from kairos.segments.definition import SegmentError
 from kairos.segments.signals import SignalLog
@@ -28,11 +29,13 @@ from kairos.partitions import PartitionMap
 
 
 class RayBackend:
-    def __init__(self, settings: Settings, ingest: list[Any], shards: list[Any], graph: IdentityGraph) -> None:
+    def __init__(self, settings: Settings, ingest: list[Any], shards: list[Any], journeys: list[Any],
+                 graph: IdentityGraph) -> None:
         self.partition_map = PartitionMap(settings.partitions, settings.shards)
         self._graph = graph
         self._ingest = itertools.cycle(ingest)
         self._shards = shards
+        self._journeys = journeys
         self._timeout = settings.request_timeout_s
         # Two calls in flight per ingest actor, so routing one overlaps the shards' work
         # on the other; uploads that arrive meanwhile share the next call.
@@ -66,6 +69,9 @@ class RayBackend:
     async def call_shard(self, shard: int, method: str, *args: Any) -> Any:
         return await self._await(getattr(self._shards[shard], method).remote(*args))
 
+    async def call_journey(self, index: int, method: str, *args: Any) -> Any:
+        return await self._await(getattr(self._journeys[index], method).remote(*args))
+
     async def demerge(self, account: str, users: list[str]) -> list[bool]:
         return await self._await(next(self._ingest).demerge.remote(account, users))
 
@@ -83,6 +89,7 @@ class GatewayActor:
         self._settings = settings
         self._ingest = [ray.get_actor(names.ingest(i), namespace=names.NAMESPACE) for i in range(settings.ingest_actors)]
         self._shards = [ray.get_actor(names.shard(i), namespace=names.NAMESPACE) for i in range(settings.shards)]
+        self._journeys = [ray.get_actor(names.journey(i), namespace=names.NAMESPACE) for i in range(settings.shards)]
         self._runner: web.AppRunner | None = None
         self._backend: RayBackend | None = None
 
@@ -92,8 +99,9 @@ class GatewayActor:
             settings = self._settings
             client = aioredis.Redis.from_url(settings.redis_url)
             accounts = Accounts(client, settings.auth_cache_s)
-            self._backend = RayBackend(settings, self._ingest, self._shards, IdentityGraph(client))
-            app = create_app(settings, self._backend, accounts, SegmentCatalog(client), SignalLog(client))
+            self._backend = RayBackend(settings, self._ingest, self._shards, self._journeys, IdentityGraph(client))
+            app = create_app(settings, self._backend, accounts, SegmentCatalog(client), SignalLog(client),
+                             JourneyCatalog(client))
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port, reuse_port=True).start()

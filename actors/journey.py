@@ -48,13 +48,18 @@ class JourneyActor:
         shard = ray.get_actor(names.shard(index), namespace=names.NAMESPACE)
         clock: Clock = ManualClock(redis) if settings.clock == "manual" else SystemClock()
         self.runner = JourneyRunner(JourneyStateStore(redis, partition_map, partitions), JourneyCatalog(redis),
-                                    SegmentCatalog(redis), ShardLookups(shard, partitions), clock)
+                                    SegmentCatalog(redis), ShardLookups(shard, partitions), clock,
+                                    on_failure=self._exit)
+
+    @staticmethod
+    def _exit(failure: BaseException) -> None:
+        # Memory is ahead of what Redis holds: Ray restarts us, and we reload from Redis.
+        logger.error("journey actor exiting to reload its state: %r", failure)
+        os._exit(1)
 
     def _check(self) -> None:
         if self.runner.failure is not None:
-            # Memory is ahead of what Redis holds: restart and reload from Redis.
-            logger.error("journey actor exiting to reload its state: %r", self.runner.failure)
-            os._exit(1)
+            self._exit(self.runner.failure)
 
     async def start(self) -> None:
         self._check()

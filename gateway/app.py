@@ -13,10 +13,12 @@ from gateway.backend import Backend, BackendUnavailable
 from gateway.clevertap import CleverTapApi
 from gateway.segment_api import SegmentApi
 from gateway.errors import ApiError, error_for, json_response
+from gateway.journey_api import JourneyApi
 from gateway.kairos_api import KairosApi
 from gateway.openapi import openapi_document
 from kairos.accounts import Accounts
 from kairos.config import Settings
+from kairos.journeys.catalog import JourneyCatalog
 from kairos.query_coordinator import QueryCoordinator
 from kairos.segments.catalog import SegmentCatalog
 from kairos.segments.definition import SegmentError
@@ -64,7 +66,7 @@ async def _health(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog: SegmentCatalog,
-               signals: SignalLog) -> web.Application:
+               signals: SignalLog, journeys: JourneyCatalog) -> web.Application:
     admission = Admission(settings.max_inflight_uploads, settings.max_inflight_uploads_per_account)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -76,5 +78,6 @@ def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog
     app.add_routes(CleverTapApi(backend, coordinator, admission, settings.max_body_bytes).routes())
     app.add_routes(SegmentApi(backend, accounts, admission, settings.max_body_bytes).routes())
     app.add_routes(KairosApi(coordinator, catalog, signals).routes())
+    app.add_routes(JourneyApi(backend, journeys).routes())
     app.add_routes([web.get("/api/openapi.json", openapi_document)])
     return app

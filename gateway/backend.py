@@ -21,6 +21,10 @@ class Backend(Protocol):
 
     async def call_shard(self, shard: int, method: str, *args: Any) -> Any: ...
 
+    async def call_journey(self, index: int, method: str, *args: Any) -> Any:
+        """Call journey actor `index` (one per shard, owning that shard's partitions)."""
+        ...
+
     async def demerge(self, account: str, users: list[str]) -> list[bool]:
         """Split merged users back apart (False: the user merged nothing in)."""
         ...

@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.admission import Admission
 from gateway.auth import ACCOUNT
-from gateway.body import read_body
+from gateway.api_requests import bad_definition, checked, json_object, only_fields
 from gateway.errors import ApiError, json_response
 from kairos.query_coordinator import QueryCoordinator
 from kairos.segments.catalog import SegmentCatalog, check_name
@@ -29,7 +29,6 @@ from kairos.segments.signals import SignalLog
 from kairos.segments.definition import SegmentError, parse_instant, parse_segment
 from kairos.segments.timing import zone
 
-MAX_QUERY_BYTES = 256 * 1024
 MAX_QUERIES_IN_FLIGHT = 8
 MAX_QUERIES_PER_ACCOUNT = 4
 _STREAM_ID = re.compile(r"[0-9]{1,19}-[0-9]{1,19}", re.ASCII)
@@ -93,8 +92,8 @@ class KairosApi:
         return json_response({"segments": saved})
 
     async def save_segment(self, request: web.Request) -> web.Response:
-        name = _checked(check_name, request.match_info["name"])
-        body = await _json_object(request)
+        name = checked(check_name, request.match_info["name"])
+        body = await json_object(request)
         unknown = sorted(set(body) - {"definition", "live", "description"})
         if unknown:
             raise ApiError(400, f"{unknown[0]!r} is not a field of a saved segment", path=unknown[0])
@@ -108,7 +107,7 @@ class KairosApi:
         try:
             saved = await self.catalog.save(request[ACCOUNT], name, body["definition"], live, description)
         except SegmentError as exc:
-            raise _bad(exc, "definition") from None
+            raise bad_definition(exc, "definition") from None
         # Every shard takes up the account's live segments before the answer, so that
         # records acknowledged from now on are evaluated against this version.
         await self.coordinator.refresh_live(request[ACCOUNT])
@@ -145,8 +144,8 @@ class KairosApi:
 
     async def count(self, request: web.Request) -> web.Response:
         account = request[ACCOUNT]
-        body = await _json_object(request)
-        _only(body, {"segment", "name", "tz", "as_of"})
+        body = await json_object(request)
+        only_fields(body, {"segment", "name", "tz", "as_of"})
         definition = await self._definition(account, body)
         tz, now_ms = _tz(body), _as_of(body)
         with self.admission.admit(account):
@@ -155,8 +154,8 @@ class KairosApi:
 
     async def members(self, request: web.Request) -> web.Response:
         account = request[ACCOUNT]
-        body = await _json_object(request)
-        _only(body, {"segment", "name", "tz", "as_of", "limit", "cursor"})
+        body = await json_object(request)
+        only_fields(body, {"segment", "name", "tz", "as_of", "limit", "cursor"})
         definition = await self._definition(account, body)
         tz = _tz(body)
         limit = body.get("limit", 100)
@@ -176,14 +175,14 @@ class KairosApi:
 
     def _analytics(self, kind: str, field: str | None) -> Any:
         async def handle(request: web.Request) -> web.Response:
-            body = await _json_object(request)
+            body = await json_object(request)
             tz, now_ms = _tz(body), _as_of(body)
             query = {k: v for k, v in body.items() if k not in ("tz", "as_of")}
             try:
                 with self.admission.admit(request[ACCOUNT]):
                     answer = await self.coordinator.analytics(kind, request[ACCOUNT], query, now_ms, tz)
             except SegmentError as exc:
-                raise _bad(exc) from None
+                raise bad_definition(exc) from None
             payload = {field: answer} if field else dict(answer)
             return json_response({**payload, "as_of": now_ms, "tz": tz})
 
@@ -204,52 +203,15 @@ class KairosApi:
         try:
             parse_segment(body["segment"])
         except SegmentError as exc:
-            raise _bad(exc) from None
+            raise bad_definition(exc) from None
         return body["segment"]
-
-
-def _bad(exc: SegmentError, root: str | None = None) -> ApiError:
-    """The definition's error, its path rooted where the definition sits in the body."""
-    path = exc.path
-    if root is not None and (path == "segment" or path.startswith(("segment.", "segment["))):
-        path = root + path.removeprefix("segment")
-    return ApiError(400, f"{path}: {exc.message}", path=path)
-
-
-def _checked(check: Any, value: Any) -> Any:
-    try:
-        return check(value)
-    except SegmentError as exc:
-        raise _bad(exc) from None
-
-
-async def _json_object(request: web.Request) -> dict[str, Any]:
-    body = await read_body(request, MAX_QUERY_BYTES)
-    try:
-        decoded = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise ApiError(400, "request body is nested too deeply") from None
-    except UnicodeDecodeError:
-        raise ApiError(400, "request body is not valid UTF-8") from None
-    if not isinstance(decoded, dict):
-        raise ApiError(400, "request body must be a JSON object")
-    return decoded
-
-
-def _only(body: dict[str, Any], allowed: set[str]) -> None:
-    unknown = sorted(set(body) - allowed)
-    if unknown:
-        raise ApiError(400, f"{unknown[0]!r} is not a field here (allowed: {', '.join(sorted(allowed))})",
-                       path=unknown[0])
 
 
 def _tz(body: dict[str, Any]) -> str:
     name = body.get("tz", "UTC")
     if not isinstance(name, str):
         raise ApiError(400, "'tz' must be an IANA time zone name", path="tz")
-    _checked(lambda n: zone(n, "tz"), name)
+    checked(lambda n: zone(n, "tz"), name)
     return name
 
 
@@ -262,5 +224,5 @@ def _as_of(body: dict[str, Any]) -> int:
     if isinstance(raw, (int, float)) and not isinstance(raw, bool) and 0 <= raw < 253370764800:  # 9999-01-01
         return int(raw * 1000)
     if isinstance(raw, str):
-        return _checked(lambda text: parse_instant(text, "as_of"), raw)
+        return checked(lambda text: parse_instant(text, "as_of"), raw)
     raise ApiError(400, "'as_of' must be an ISO-8601 datetime with offset or epoch seconds", path="as_of")

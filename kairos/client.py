@@ -7,6 +7,8 @@
     kairos.segment_count(name="Big spenders")
     for profile in kairos.segment_members(name="Big spenders"): ...
     kairos.trends(event="Charged", start="2026-08-01", end="2026-08-31", by="day", tz="Asia/Kolkata")
+    kairos.save_journey("Welcome", {"entry": {"event": "Signed Up"}, "start": "hi", "nodes": {...}})
+    kairos.journey_stats("Welcome")["totals"]
 
 Every figure is the server's exact answer. A request the server refuses raises
 `KairosError` with its status, message and the path in the body at fault.
@@ -102,6 +104,39 @@ class KairosClient:
             if not page["next_cursor"]:
                 return
             body["cursor"] = page["next_cursor"]
+
+    # --- journeys -----------------------------------------------------------------------
+
+    def save_journey(self, name: str, definition: dict[str, Any], description: str = "") -> dict[str, Any]:
+        """Save a new version of the journey; returns it (`version`, `versions`, `status`...)."""
+        return self._call("PUT", f"/api/journeys/{quote(name, safe='')}",
+                          {"definition": definition, "description": description})
+
+    def journeys(self) -> list[dict[str, Any]]:
+        return self._call("GET", "/api/journeys")["journeys"]
+
+    def journey(self, name: str, version: int | None = None) -> dict[str, Any]:
+        """The journey, with the definition of `version` (default: the current one)."""
+        params = {"version": str(version)} if version is not None else None
+        return self._call("GET", f"/api/journeys/{quote(name, safe='')}", params=params)
+
+    def delete_journey(self, name: str) -> None:
+        self._call("DELETE", f"/api/journeys/{quote(name, safe='')}")
+
+    def pause_journey(self, name: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/journeys/{quote(name, safe='')}/pause")
+
+    def resume_journey(self, name: str) -> dict[str, Any]:
+        return self._call("POST", f"/api/journeys/{quote(name, safe='')}/resume")
+
+    def move_journey(self, name: str, from_version: int, nodes: dict[str, str] | None = None) -> int:
+        """Move the users still on `from_version` to the current version; returns how many moved."""
+        body = {"from_version": from_version, "nodes": nodes or {}}
+        return int(self._call("POST", f"/api/journeys/{quote(name, safe='')}/move", body)["moved"])
+
+    def journey_stats(self, name: str) -> dict[str, Any]:
+        """`totals`, and per version its counters and per node `waiting`, `reached`, `sent`."""
+        return self._call("GET", f"/api/journeys/{quote(name, safe='')}/stats")
 
     # --- analytics ----------------------------------------------------------------------
 

@@ -14,9 +14,9 @@ import msgspec
 import redis.asyncio as aioredis
 
 from kairos import keys
-from kairos.journeys.definition import JourneyError, parse_journey
+from kairos.journeys.definition import Journey, JourneyError, ScheduleEntry, SegmentEntry, parse_journey
 from kairos.journeys.model import ACTIVE, PAUSED, SavedJourney
-from kairos.segments.catalog import NAME
+from kairos.segments.catalog import NAME, SavedSegment
 
 MAX_JOURNEYS = 500
 MAX_VERSIONS = 100
@@ -35,7 +35,8 @@ class JourneyCatalog:
 
     async def save(self, account: str, name: str, definition: Any, description: str = "") -> SavedJourney:
         check_name(name)
-        parse_journey(definition)
+        journey = parse_journey(definition)
+        await self._check_segment(account, journey)
         if len(description) > 1000:
             raise JourneyError("description", "is longer than 1000 characters")
         key, versions = keys.journeys(account), keys.journey_versions(account)
@@ -64,6 +65,22 @@ class JourneyCatalog:
                     return saved
                 except aioredis.WatchError:
                     continue
+
+    async def _check_segment(self, account: str, journey: Journey) -> None:
+        """A journey entered on a segment needs it saved, and live if entered on its signals."""
+        entry = journey.entry
+        if isinstance(entry, SegmentEntry):
+            path, live_needed = "definition.entry.segment", True
+        elif isinstance(entry, ScheduleEntry):
+            path, live_needed = "definition.entry.schedule.segment", False
+        else:
+            return
+        raw = await self._redis.hget(keys.segments(account), entry.segment)
+        if raw is None:
+            raise JourneyError(path, f"there is no saved segment named {entry.segment!r}")
+        if live_needed and not msgspec.msgpack.decode(raw, type=SavedSegment).live:
+            raise JourneyError(path, f"segment {entry.segment!r} is not live: save it with \"live\": true so that"
+                                     " entering it signals")
 
     async def set_status(self, account: str, name: str, status: str) -> SavedJourney | None:
         assert status in (ACTIVE, PAUSED), status

@@ -232,20 +232,21 @@ class JourneyEngine:
 
     async def process(
         self, now_ms: int, events: list[Trigger] = (), signals: list[SegmentSignalIn] = (),  # type: ignore[assignment]
-        scheduled: list[tuple[str, str, list[str]]] = (),  # type: ignore[assignment]
+        scheduled: list[tuple[str, str, int, list[str]]] = (),  # type: ignore[assignment]
     ) -> None:
         """Take a batch of inputs in order, then fire the waits due by `now_ms`.
-        `scheduled` holds (account, journey, users) of schedule runs come due."""
+        `scheduled` holds (account, journey, run time, users) of schedule runs come due;
+        a user who entered at or after that run time is in this run already."""
         await self._prefetch_history(events, signals, scheduled)
         for trigger in events:
             self._on_event(trigger, now_ms)
         for signal in signals:
             self._on_signal(signal, now_ms)
-        for account, name, users in scheduled:
+        for account, name, run_at, users in scheduled:
             run = self._runs.get((account, name))
             if run is not None:
                 for user in users:
-                    self._enter(run, user, now_ms, {})
+                    self._enter(run, user, now_ms, {}, not_since=run_at)
         self._fire_due(now_ms)
         ready, self._ready = self._ready, []
         for run, user in ready:
@@ -256,7 +257,7 @@ class JourneyEngine:
         self._known_history.clear()
 
     async def _prefetch_history(self, events: list[Trigger], signals: list[SegmentSignalIn],
-                                scheduled: list[tuple[str, str, list[str]]]) -> None:
+                                scheduled: list[tuple[str, str, int, list[str]]]) -> None:
         """Entry rules need how often each would-be entrant entered before: one read."""
         wanted: set[UserKey] = set()
         for trigger in events:
@@ -268,7 +269,7 @@ class JourneyEngine:
             if signal.entered:
                 for run in self._by_segment.get((signal.account, signal.segment), ()):
                     wanted.add((run.account, run.name, signal.user))
-        for account, name, users in scheduled:
+        for account, name, _, users in scheduled:
             wanted.update((account, name, u) for u in users)
         # Every policy needs the entry count: it numbers the entry, which keeps send ids unique.
         needed = sorted(wanted - self._known_history.keys())
@@ -314,13 +315,15 @@ class JourneyEngine:
             elif pos is not None and pos.node != GOAL_NODE and run.versions[pos.version].exit_on_segment_exit:
                 self._leave(run, signal.user, pos, "exited")
 
-    def _enter(self, run: _Run, user: str, now_ms: int, props: dict[str, Any]) -> bool:
+    def _enter(self, run: _Run, user: str, now_ms: int, props: dict[str, Any], not_since: int | None = None) -> bool:
         if run.status != ACTIVE or run.deleted or user in run.positions:
             return False
         journey = run.current
         key = (run.account, run.name, user)
         count, last_ms = self._known_history.get(key, (0, None))
         if not _may_enter(journey.reentry, count, last_ms, now_ms):
+            return False
+        if not_since is not None and last_ms is not None and last_ms >= not_since:
             return False
         seq = count + 1
         self._known_history[key] = self.changes.entries[key] = (seq, now_ms)

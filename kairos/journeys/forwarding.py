@@ -9,6 +9,7 @@ whose entry was lost before the crash adds it now.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Protocol
 
@@ -22,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 # Inbox entries kept per partition; journey actors trim what they have read long before.
 MAX_INBOX_ENTRIES = 1_000_000
+# How often a shard re-reads every account's journeys, in case a refresh missed it.
+RESYNC_S = 30.0
 
 
 class JourneySource(Protocol):
@@ -44,11 +47,26 @@ class JourneyForwarding:
         self._redis = client
         # account -> events to forward; partitions hold this same dict and read it as they apply.
         self.interest: dict[str, frozenset[str]] = {}
+        self._resync: asyncio.Task[None] | None = None
 
     async def load(self) -> None:
+        """Every account's journeys (at start); then again every RESYNC_S."""
+        await self._load()
+        if self._resync is None or self._resync.done():
+            self._resync = asyncio.ensure_future(self._resync_forever())
+
+    async def _load(self) -> None:
         found = {account: events_of(saved) for account, saved in (await self._source.everything()).items()}
         self.interest.clear()
         self.interest.update({a: e for a, e in found.items() if e})
+
+    async def _resync_forever(self) -> None:
+        while True:
+            await asyncio.sleep(RESYNC_S)
+            try:
+                await self._load()
+            except Exception:
+                logger.exception("could not re-read journeys; trying again in %ss", RESYNC_S)
 
     async def refresh(self, account: str) -> list[str]:
         events = events_of(await self._source.all(account))

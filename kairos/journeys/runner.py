@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from kairos import keys
 from kairos.journeys.catalog import JourneyCatalog
@@ -25,6 +25,9 @@ from kairos.journeys.state_store import SEP, JourneyStateStore
 logger = logging.getLogger(__name__)
 
 READ_COUNT = 500  # stream entries per stream per step
+# Members of a schedule run entered per step: a run over a million members goes in
+# steps whose commits stay small, between which events keep flowing.
+SCHEDULE_CHUNK = 20_000
 RESYNC_S = 30.0  # catalog re-read, in case a refresh missed this actor
 TRIM_EVERY_S = 10.0
 
@@ -47,7 +50,8 @@ def _sched_field(account: str, name: str) -> str:
 
 class JourneyRunner:
     def __init__(self, store: JourneyStateStore, catalog: JourneyCatalog, segments: SegmentSource,
-                 lookups: ScheduleLookups, clock: Clock, poll_ms: int = 200) -> None:
+                 lookups: ScheduleLookups, clock: Clock, poll_ms: int = 200,
+                 on_failure: Callable[[BaseException], None] | None = None) -> None:
         self.store = store
         self.catalog = catalog
         self.segments = segments
@@ -59,6 +63,9 @@ class JourneyRunner:
         self._lock = asyncio.Lock()
         self._read_at: dict[str, str] = {}  # stream -> last id read (and committed)
         self._schedules_done: dict[str, int] = {}
+        # Schedule runs under way: cursor field -> (run time, members not yet entered).
+        self._schedule_runs: dict[str, tuple[int, list[str]]] = {}
+        self._on_failure = on_failure
         self._task: asyncio.Task[None] | None = None
         self._loaded = False
         self.steps = 0
@@ -110,6 +117,8 @@ class JourneyRunner:
                 # Memory may be ahead of Redis now: the actor must restart and reload.
                 logger.exception("journey step failed")
                 self.failure = exc
+                if self._on_failure is not None:
+                    self._on_failure(exc)
                 return
 
     # --- steps --------------------------------------------------------------------------
@@ -146,12 +155,12 @@ class JourneyRunner:
             for name, value in schedule_cursors.items():
                 self._schedules_done[name] = int(value)
             self.steps += 1
-            return len(events) + len(signals) + sum(len(users) for _, _, users in scheduled)
+            return len(events) + len(signals) + sum(len(users) for *_, users in scheduled)
 
     def _block_ms(self, now: int) -> int | None:
         """How long a read may wait for input: until the next wait comes due (never
         for a manual clock, whose time jumps), at most `poll_ms`; None: do not wait."""
-        if self.engine.has_ready() or self.engine.timers_due(now):
+        if self.engine.has_ready() or self.engine.timers_due(now) or self._schedule_runs:
             return None
         due = self.engine.next_due_ms()
         if due is None or self.clock.manual:
@@ -173,26 +182,37 @@ class JourneyRunner:
                 cursors[p] = fields
         return cursors
 
-    async def _due_schedules(self, now: int) -> tuple[list[tuple[str, str, list[str]]], dict[str, str]]:
-        scheduled: list[tuple[str, str, list[str]]] = []
+    async def _due_schedules(self, now: int) -> tuple[list[tuple[str, str, int, list[str]]], dict[str, str]]:
+        """This step's part of the schedule runs come due, and the runs it completes.
+        A run is noted done only with its last part; after a crash it starts over, and
+        the engine skips the members who entered in it already."""
+        scheduled: list[tuple[str, str, int, list[str]]] = []
         cursors: dict[str, str] = {}
         for account, name, journey in self.engine.scheduled_journeys():
             entry = journey.entry
             assert isinstance(entry, ScheduleEntry)
             field = _sched_field(account, name)
-            last = self._schedules_done.get(field)
-            run_at = _latest_run(entry, now)
-            if run_at is None or (last is not None and run_at <= last):
-                continue
-            segment = await self.segments.get(account, entry.segment)
-            if segment is None:
-                logger.error("journey %r of %s: its schedule's segment %r does not exist; run skipped",
-                             name, account, entry.segment)
-                users: list[str] = []
+            if field not in self._schedule_runs:
+                last = self._schedules_done.get(field)
+                run_at = _latest_run(entry, now)
+                if run_at is None or (last is not None and run_at <= last):
+                    continue
+                segment = await self.segments.get(account, entry.segment)
+                if segment is None:
+                    logger.error("journey %r of %s: its schedule's segment %r does not exist; run skipped",
+                                 name, account, entry.segment)
+                    members: list[str] = []
+                else:
+                    members = await self.lookups.segment_users(account, segment.definition, now, journey.tz)
+                self._schedule_runs[field] = (run_at, members)
+            run_at, members = self._schedule_runs[field]
+            part, rest = members[:SCHEDULE_CHUNK], members[SCHEDULE_CHUNK:]
+            scheduled.append((account, name, run_at, part))
+            if rest:
+                self._schedule_runs[field] = (run_at, rest)
             else:
-                users = await self.lookups.segment_users(account, segment.definition, now, journey.tz)
-            scheduled.append((account, name, users))
-            cursors[field] = str(run_at)
+                del self._schedule_runs[field]
+                cursors[field] = str(run_at)
         return scheduled, cursors
 
     # --- operator actions ------------------------------------------------------------------

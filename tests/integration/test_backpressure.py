@@ -16,6 +16,7 @@ from kairos.accounts import Accounts
 from kairos.config import load_settings
 from kairos.partitions import PartitionMap
 from kairos.redis_server import _free_port
+from kairos.journeys.catalog import JourneyCatalog
 from kairos.segments.catalog import SegmentCatalog
 from kairos.segments.signals import SignalLog
 from tests.integration.conftest import event
@@ -38,6 +39,9 @@ class StalledBackend:
     async def call_shard(self, shard: int, method: str, *args: Any) -> Any:
         raise AssertionError("not used")
 
+    async def call_journey(self, index: int, method: str, *args: Any) -> Any:
+        raise AssertionError("not used")
+
 
 @pytest_asyncio.fixture
 async def stalled_gateway(redis_server: Any) -> AsyncIterator[tuple[str, StalledBackend, web.Application, Accounts]]:
@@ -46,7 +50,7 @@ async def stalled_gateway(redis_server: Any) -> AsyncIterator[tuple[str, Stalled
     client = aioredis.Redis.from_url(redis_server.url)
     accounts = Accounts(client)
     backend = StalledBackend()
-    app = create_app(settings, backend, accounts, SegmentCatalog(client), SignalLog(client))
+    app = create_app(settings, backend, accounts, SegmentCatalog(client), SignalLog(client), JourneyCatalog(client))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", settings.port).start()

@@ -96,7 +96,7 @@ class World:
         self._batches = 0
 
     async def step(self, events: list[Trigger] = (), signals: list[SegmentSignalIn] = (),  # type: ignore[assignment]
-                   scheduled: list[tuple[str, str, list[str]]] = ()) -> None:  # type: ignore[assignment]
+                   scheduled: list[tuple[str, str, int, list[str]]] = ()) -> None:  # type: ignore[assignment]
         await self.engine.process(self.now, list(events), list(signals), list(scheduled))
         self.commit()
 
@@ -339,9 +339,17 @@ async def test_a_schedule_enters_the_members_it_is_given() -> None:
     journey = {"entry": {"schedule": {"segment": "All", "at": "2026-09-21T00:00:00Z"}}, "start": "hi",
                "nodes": {"hi": {"type": "send", "channel": "email", "message": {"s": "news"}}}}
     world = World({"news": journey})
-    await world.step(scheduled=[(ACCOUNT, "news", ["a", "b"])])
+    run_at = 1_789_948_800_000
+    await world.step(scheduled=[(ACCOUNT, "news", run_at, ["a", "b"])])
     assert sorted(s.user for s in world.sends) == ["a", "b"]
     assert world.engine.scheduled_journeys()[0][1] == "news"
+    # The run repeated (a crash before its end was noted) enters no one twice...
+    await world.step(scheduled=[(ACCOUNT, "news", run_at, ["a", "b", "c"])])
+    assert sorted(s.user for s in world.sends) == ["a", "b", "c"]
+    # ...and the next run is a new entry, as `reentry` allows ("once" by default: none).
+    await world.advance(DAY)
+    await world.step(scheduled=[(ACCOUNT, "news", run_at + DAY, ["a"])])
+    assert len(world.sends) == 3
 
 
 async def test_pause_holds_users_where_they_are_and_resume_goes_on() -> None:

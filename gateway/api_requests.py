@@ -1,0 +1,52 @@
+"""Reading `/api/` request bodies: one JSON object, only the fields a route takes, and
+definition errors turned into a 400 whose `path` is where the fault sits in the body."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from aiohttp import web
+
+from gateway.body import read_body
+from gateway.errors import ApiError
+from kairos.segments.definition import SegmentError
+
+MAX_BODY_BYTES = 256 * 1024
+
+
+def bad_definition(exc: SegmentError, root: str | None = None) -> ApiError:
+    """The definition's error, its path rooted where the definition sits in the body."""
+    path = exc.path
+    if root is not None and (path == "segment" or path.startswith(("segment.", "segment["))):
+        path = root + path.removeprefix("segment")
+    return ApiError(400, f"{path}: {exc.message}", path=path)
+
+
+def checked(check: Any, value: Any) -> Any:
+    try:
+        return check(value)
+    except SegmentError as exc:
+        raise bad_definition(exc) from None
+
+
+async def json_object(request: web.Request) -> dict[str, Any]:
+    body = await read_body(request, MAX_BODY_BYTES)
+    try:
+        decoded = msgspec.json.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8") from None
+    if not isinstance(decoded, dict):
+        raise ApiError(400, "request body must be a JSON object")
+    return decoded
+
+
+def only_fields(body: dict[str, Any], allowed: set[str]) -> None:
+    unknown = sorted(set(body) - allowed)
+    if unknown:
+        raise ApiError(400, f"{unknown[0]!r} is not a field here (allowed: {', '.join(sorted(allowed))})",
+                       path=unknown[0])
