@@ -95,6 +95,7 @@ async def latency_probe(running: Running, client: aioredis.Redis, seconds: float
         newest = await client.xrevrange(stream, count=1)
         reader.after[stream] = newest[0][0].decode() if newest else "0-0"
     sent_at: dict[str, float] = {}
+    acked_at: dict[str, float] = {}
     arrived: dict[str, float] = {}
     stop = asyncio.Event()
 
@@ -114,6 +115,7 @@ async def latency_probe(running: Running, client: aioredis.Redis, seconds: float
             sent_at[identity] = time.perf_counter()
             async with session.post(running.base_url + "/1/upload", data=body) as resp:
                 await resp.read()
+                acked_at[identity] = time.perf_counter()
                 if resp.status != 200:
                     del sent_at[identity]
 
@@ -129,13 +131,20 @@ async def latency_probe(running: Running, client: aioredis.Redis, seconds: float
     await asyncio.wait_for(reading, timeout=30)
     identities = sorted(sent_at)
     users = await IdentityGraph(client).lookup(account, [f"identity:{i}" for i in identities])
-    latencies = sorted((arrived[u] - sent_at[i]) * 1000 for i, u in zip(identities, users) if u in arrived)
+    pairs = [(i, u) for i, u in zip(identities, users) if u in arrived]
+    latencies = sorted((arrived[u] - sent_at[i]) * 1000 for i, u in pairs)
+    # The same path split at the upload's answer: ingest (the upload acknowledged) and
+    # what journeys add after it (negative when the send came before the answer did).
+    acks = sorted((acked_at[i] - sent_at[i]) * 1000 for i, _ in pairs)
+    after_ack = sorted((arrived[u] - acked_at[i]) * 1000 for i, u in pairs)
 
-    def pct(p: float) -> float:
-        return latencies[min(len(latencies) - 1, int(p * len(latencies)))]
+    def pct(values: list[float], p: float) -> float:
+        return round(values[min(len(values) - 1, int(p * len(values)))], 1)
 
-    return {"probes": len(identities), "sends": len(latencies), "p50_ms": pct(0.5), "p99_ms": pct(0.99),
-            "max_ms": latencies[-1]}
+    return {"probes": len(identities), "sends": len(latencies),
+            "p50_ms": pct(latencies, 0.5), "p99_ms": pct(latencies, 0.99), "max_ms": round(latencies[-1], 1),
+            "upload_ack_p50_ms": pct(acks, 0.5), "upload_ack_p99_ms": pct(acks, 0.99),
+            "send_after_ack_p50_ms": pct(after_ack, 0.5), "send_after_ack_p99_ms": pct(after_ack, 0.99)}
 
 
 async def scenario(running: Running, users: int, rate: float, seconds: float) -> dict[str, Any]:

@@ -41,12 +41,13 @@ async def run(url: str, account: str, passcode: str, seconds: float, max_request
             nonlocal acked_events, sent
             i = worker_id
             while time.perf_counter() < deadline and sent < max_requests:
+                slot = sent
+                sent += 1  # claimed before sleeping: each worker waits for a slot of its own
                 if rate:
                     # Paced: request n leaves at began + n / rate, however slow the last answer.
-                    delay = began + sent / rate - time.perf_counter()
+                    delay = began + slot / rate - time.perf_counter()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                sent += 1
                 body = next_body(worker_id, i)
                 i += concurrency
                 start = time.perf_counter()
