@@ -28,6 +28,7 @@ bench: $(STAMP)
 	$(PY) bench/ingest_bench.py
 	$(PY) bench/identity_bench.py
 	$(PY) bench/analytics_bench.py
+	$(PY) bench/journey_bench.py
 
 clean:
 	rm -rf $(VENV) .kairos
