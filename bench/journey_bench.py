@@ -1,5 +1,6 @@
 """Journey benchmark: 1M users waiting in a journey at once.
 
+0. Ingest alone, paced at --rate events/s, before any journey exists (for comparison).
 1. 1M users enter an abandoned-checkout journey (wait up to 3 days for the matching
    order, else a push) through the gateway. Measures the journey actors' memory per
    waiting user (resident memory grown) and Redis's per position.
@@ -151,6 +152,10 @@ async def scenario(running: Running, users: int, rate: float, seconds: float) ->
     client = aioredis.Redis.from_url(running.redis_url)
     account = running.creds.account_id
     catalog = JourneyCatalog(client)
+    # The same paced ingest before any journey exists: what ingest alone answers at that rate.
+    alone = subprocess.run(load_command(running, seconds, 8, rate=rate / 500), cwd=ROOT, check=True,
+                           capture_output=True, text=True)
+    result: dict[str, Any] = {"ingest_alone": json.loads(alone.stdout.strip().splitlines()[-1])}
     await catalog.save(account, "checkout", CHECKOUT)
     await catalog.save(account, "welcome", WELCOME)
     await refresh(running, account)
@@ -163,12 +168,12 @@ async def scenario(running: Running, users: int, rate: float, seconds: float) ->
     memory = [ray.get(j.memory.remote()) for j in running.deployment.journeys]
     redis_bytes = sum(m["positions_bytes"] for m in memory)
     waiting = sum(m["waiting_in_memory"] for m in memory)
-    result: dict[str, Any] = {
+    result.update({
         "users_waiting": waiting, "upload_events_per_s": round(entered / upload_s),
         "all_waiting_after_s": round(upload_s + wait_s, 1),
         "actor_rss_bytes_per_waiting_user": round((after - before) / waiting, 1),
         "redis_bytes_per_waiting_user": round(redis_bytes / waiting, 1),
-    }
+    })
     print(json.dumps(result), flush=True)
 
     # Background ingest at `rate` events/s (500-event bodies), while probes measure latency.
