@@ -23,8 +23,8 @@ KAIROS = str(Path(sys.executable).with_name("kairos"))
 
 
 class Running:
-    def __init__(self, data_dir: Path, port: int) -> None:
-        env = {**os.environ, "KAIROS_DATA_DIR": str(data_dir), "KAIROS_PORT": str(port)}
+    def __init__(self, data_dir: Path, port: int, **extra_env: str) -> None:
+        env = {**os.environ, "KAIROS_DATA_DIR": str(data_dir), "KAIROS_PORT": str(port), **extra_env}
         env.pop("RAY_ADDRESS", None)
         self.process = subprocess.Popen([KAIROS, "up", "--demo"], env=env, stdout=subprocess.PIPE,
                                         stderr=subprocess.STDOUT, text=True)
@@ -122,5 +122,55 @@ def test_up_demo_curl_restart_finds_everything(data_dir: Path) -> None:
         assert (status, body["count"]) == (200, 300)
         status, body = _get(f"{base}/1/profile.json?identity=buyer-7", acme_id, acme_pass)
         assert body["record"]["events"]["Charged"]["count"] == 1
+    finally:
+        assert second.stop() == 0
+
+
+def _wait_for(check: Any, timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = check()
+        if value:
+            return value
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)
+
+
+def test_a_journey_saved_with_the_cli_keeps_its_waiting_user_across_a_restart(data_dir: Path, tmp_path: Path) -> None:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    journey = tmp_path / "welcome.yaml"
+    journey.write_text(
+        "entry: {event: Signed Up}\nstart: wait\nnodes:\n"
+        "  wait: {type: wait, duration: 3d, next: hello}\n"
+        "  hello: {type: send, channel: email, message: {subject: Welcome back}}\n")
+    first = Running(data_dir, port, KAIROS_CLOCK="manual")
+    try:
+        account, passcode = first.value("Demo account id"), first.value("Demo passcode")
+        cli = [KAIROS, "journey", "put", "welcome", str(journey), "--url", base, "--account", account,
+               "--passcode", passcode]
+        subprocess.run(cli, capture_output=True, text=True, timeout=60, check=True)
+        record = {"identity": "newbie", "type": "event", "evtName": "Signed Up", "evtData": {}}
+        assert _post(base + "/1/upload", account, passcode, {"d": [record]})[1]["processed"] == 1
+        _wait_for(lambda: _get(f"{base}/api/journeys/welcome/stats", account, passcode)[1]["totals"]["waiting"] == 1)
+    finally:
+        assert first.stop() == 0
+
+    second = Running(data_dir, port, KAIROS_CLOCK="manual")
+    try:
+        passcode = second.value("Demo passcode")
+        stats = _get(f"{base}/api/journeys/welcome/stats", account, passcode)[1]
+        assert stats["totals"]["waiting"] == 1 and stats["versions"]["1"]["nodes"]["hello"]["sent"] == {}
+        # Three days pass (the manual clock lives in the runtime's Redis).
+        redis_url = (data_dir / "redis.url").read_text().strip()
+        subprocess.run([sys.executable, "-c", "import redis, sys; from kairos.keys import MANUAL_CLOCK; "
+                        "redis.Redis.from_url(sys.argv[1]).incrby(MANUAL_CLOCK, 3 * 86_400_000)", redis_url],
+                       check=True, timeout=30)
+        sent = _wait_for(lambda: _get(f"{base}/api/journeys/welcome/stats", account, passcode)[1]
+                         ["versions"]["1"]["nodes"]["hello"]["sent"])
+        assert sent == {"-": 1}
+        time.sleep(1.0)
+        stats = _get(f"{base}/api/journeys/welcome/stats", account, passcode)[1]
+        assert stats["totals"]["completed"] == 1 and stats["versions"]["1"]["nodes"]["hello"]["sent"] == {"-": 1}
     finally:
         assert second.stop() == 0

@@ -19,8 +19,10 @@ from kairos.identity_graph import IdentityGraph
 from kairos.journeys.catalog import JourneyCatalog
 from kairos.journeys.clock import ManualClock
 from kairos.journeys.forwarding import JourneyForwarding
-from kairos.journeys.model import SendRequest, Trigger, trigger_list_decoder
+from kairos.journeys.engine import next_local_time
+from kairos.journeys.model import SendRequest, Trigger, position_decoder, trigger_list_decoder
 from kairos.journeys.outbox import OutboxReader
+from kairos.partitions import PartitionMap
 from tests.integration.conftest import Api, Kairos, event
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
@@ -227,3 +229,54 @@ async def test_the_inbox_keeps_one_entry_per_log_batch_when_a_replay_writes_it_a
         (f"{base_ms}-0", "u0"), (f"{base_ms}-1", "u1"), (f"{base_ms}-2", "u2")]
     await client.delete(stream)
     await client.aclose()
+
+
+DRIP: dict[str, Any] = {
+    "entry": {"event": "Signed Up"}, "start": "welcome",
+    "nodes": {
+        "welcome": {"type": "send", "channel": "email", "message": {"subject": "Welcome"}, "next": "day"},
+        "day": {"type": "wait", "duration": "1d", "next": "launched"},
+        "launched": {"type": "branch", "condition": {"did": "Lesson Finished", "within": "2d"},
+                     "yes": "tips", "no": "nudge"},
+        "tips": {"type": "send", "channel": "push", "message": {"title": "3 tips"}, "next": "ten"},
+        "nudge": {"type": "send", "channel": "sms", "message": {"text": "Open the app"}, "next": "ten"},
+        "ten": {"type": "wait_until", "time": "10:00", "next": "survey"},
+        "survey": {"type": "send", "channel": "email", "message": {"subject": "How is it going?"}},
+    },
+}
+
+
+async def test_a_drip_branches_on_behaviour_and_waits_for_ten_in_each_users_zone(journeys: Journeys) -> None:
+    await journeys.save("drip", DRIP)
+    now_s = await journeys.clock.now_ms() // 1000
+    status, body = await journeys.api.upload([
+        {"identity": "drip-a", "type": "profile", "ts": now_s, "profileData": {"Tz": "Asia/Kolkata"}},
+        {"identity": "drip-b", "type": "profile", "ts": now_s, "profileData": {"Name": "B"}},
+        event("drip-a", "Signed Up", ts=now_s), event("drip-b", "Signed Up", ts=now_s),
+        event("drip-a", "Lesson Finished", ts=now_s)])
+    assert status == 200 and body["processed"] == 5, body
+    await journeys.collect(lambda s: len(s) >= 2)
+    branch_at = await journeys.clock.advance(DAY)
+    await journeys.collect(lambda s: len(s) >= 4)
+    users = await IdentityGraph(journeys.client).lookup(journeys.account, ["identity:drip-a", "identity:drip-b"])
+    a, b = users
+    assert {(s.user, s.node) for s in journeys.sends} == {(a, "welcome"), (b, "welcome"), (a, "tips"), (b, "nudge")}
+    positions = {}
+    for user in (a, b):
+        partition = journeys.kairos.settings.partitions
+        stream_key = keys.journey_positions(PartitionMap(partition, journeys.kairos.settings.shards)
+                                            .partition_of(journeys.account, user))
+        raw = await journeys.client.hget(stream_key, f"{journeys.account}\x00drip\x00{user}")
+        positions[user] = position_decoder.decode(raw)
+    assert positions[a].node == positions[b].node == "ten"
+    assert positions[a].due_ms == next_local_time(branch_at, 10, 0, "Asia/Kolkata", "UTC")
+    assert positions[b].due_ms == next_local_time(branch_at, 10, 0, None, "UTC")
+    await journeys.clock.advance(min(p.due_ms for p in positions.values()) - branch_at)
+    first = min(positions, key=lambda u: positions[u].due_ms)
+    await journeys.collect(lambda s: len(s) >= 5)
+    await journeys.settle(0.5)
+    assert [(s.user, s.node) for s in journeys.sends[4:]] == [(first, "survey")]
+    await journeys.clock.advance(DAY)
+    await journeys.collect(lambda s: len(s) >= 6)
+    stats = await journeys.stats("drip")
+    assert stats["v1|completed"] == 2 and stats["v1|node|launched|reached"] == 2
