@@ -195,6 +195,8 @@ def _stats(saved: SavedJourney, counters: dict[str, int]) -> dict[str, Any]:
         if not head.startswith("v") or not head[1:].isdigit():
             continue
         version = int(head[1:])
+        if version not in saved.definitions:
+            continue  # a counter left by a step that raced the journey's delete
         if not rest.startswith("node|"):
             if rest in VERSION_COUNTERS:
                 version_entry(version)[rest] = value

@@ -212,3 +212,13 @@ def encode_upload(records: list[Record]) -> bytes:
 record_list_encoder = msgspec.msgpack.Encoder()
 routable_decoder = msgspec.msgpack.Decoder(RoutableBatch)
 log_entry_decoder = msgspec.msgpack.Decoder(LogEntry)
+
+
+class Trigger(msgspec.Struct, array_like=True, gc=False):
+    """An event a shard forwards because some journey of its account reacts to it."""
+
+    account: str
+    user: str
+    event: str
+    ts_ms: int
+    props: dict[str, Any]

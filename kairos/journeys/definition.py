@@ -277,7 +277,12 @@ def _node(raw: Any, path: str) -> Node:
         if raw.get("channel") not in CHANNELS:
             raise JourneyError(f"{path}.channel", f"{str(raw.get('channel'))[:40]!r} is not one of {', '.join(CHANNELS)}")
         message = raw.get("message")
-        if not isinstance(message, dict) or len(msgspec.json.encode(message)) > MAX_MESSAGE_BYTES:
+        try:
+            # msgpack is how it is stored and sent: it also refuses integers beyond 64 bits.
+            size = len(msgspec.msgpack.encode(message)) if isinstance(message, dict) else None
+        except (OverflowError, TypeError):
+            raise JourneyError(f"{path}.message", "holds a number beyond 64 bits") from None
+        if size is None or size > MAX_MESSAGE_BYTES:
             raise JourneyError(f"{path}.message", f"must be an object of at most {MAX_MESSAGE_BYTES} bytes")
         return Send(raw["channel"], message, _next(raw, "next", path))
     if kind == "wait":

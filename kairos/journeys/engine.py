@@ -70,7 +70,8 @@ class Changes:
 class _Run:
     """One journey of one account, as this engine holds it."""
 
-    __slots__ = ("account", "name", "index", "status", "version", "versions", "positions", "held", "deleted")
+    __slots__ = ("account", "name", "index", "status", "version", "versions", "positions", "held", "deleted",
+                 "created_ms")
 
     def __init__(self, account: str, name: str, index: int) -> None:
         self.account, self.name, self.index = account, name, index
@@ -80,6 +81,7 @@ class _Run:
         self.positions: dict[str, Position] = {}
         self.held: set[str] = set()  # users whose turn came while the journey was paused
         self.deleted = False
+        self.created_ms = 0  # tells a journey deleted and saved again from the one before
 
     @property
     def current(self) -> Journey:
@@ -129,8 +131,12 @@ class JourneyEngine:
         for journey in saved:
             seen.add(journey.name)
             run = self._runs.get((account, journey.name))
+            if run is not None and run.created_ms != journey.created_ms:
+                self._drop(run)  # deleted and saved again while we were not told
+                run = None
             if run is None:
                 run = self._runs[(account, journey.name)] = _Run(account, journey.name, len(self._run_list))
+                run.created_ms = journey.created_ms
                 self._run_list.append(run)
             for version, definition in journey.definitions.items():
                 if version not in run.versions:
@@ -141,13 +147,16 @@ class JourneyEngine:
                 self._release(run)
         for (acct, name), run in list(self._runs.items()):
             if acct == account and name not in seen:
-                # A deleted journey: its users leave it, uncounted (its counters went with it).
-                for user in run.positions:
-                    self.changes.positions[(acct, name, user)] = None
-                run.positions.clear()
-                run.deleted = True
-                del self._runs[(acct, name)]
+                self._drop(run)
         self._index(account)
+
+    def _drop(self, run: _Run) -> None:
+        """A deleted journey: its users leave it, uncounted (its counters went with it)."""
+        for user in run.positions:
+            self.changes.positions[(run.account, run.name, user)] = None
+        run.positions.clear()
+        run.deleted = True
+        del self._runs[(run.account, run.name)]
 
     def _index(self, account: str) -> None:
         for table in (self._by_event, self._by_segment):
@@ -167,13 +176,6 @@ class JourneyEngine:
             for segment in segments:
                 self._by_segment.setdefault((account, segment), []).append(run)
 
-    def interest(self) -> dict[str, list[str]]:
-        """account -> the events its journeys react to: what shards must forward."""
-        found: dict[str, set[str]] = {}
-        for account, event in self._by_event:
-            found.setdefault(account, set()).add(event)
-        return {a: sorted(e) for a, e in found.items()}
-
     def signal_segments(self) -> list[tuple[str, str]]:
         return sorted(self._by_segment)
 
@@ -184,9 +186,6 @@ class JourneyEngine:
 
     def has_ready(self) -> bool:
         return bool(self._ready)
-
-    def run_of(self, account: str, name: str) -> _Run | None:
-        return self._runs.get((account, name))
 
     def waiting(self) -> int:
         return sum(len(run.positions) for run in self._runs.values())
@@ -249,9 +248,9 @@ class JourneyEngine:
                     self._enter(run, user, now_ms, {}, not_since=run_at)
         self._fire_due(now_ms)
         ready, self._ready = self._ready, []
-        for run, user in ready:
+        for run, user in dict.fromkeys(ready):
             pos = run.positions.get(user)
-            if pos is not None and pos.phase == 0 and not run.deleted:
+            if pos is not None and pos.phase == 0 and not run.deleted and user not in run.held:
                 self._advance(run, user, pos, pos.node, now_ms)
         await self._resolve_pending(now_ms)
         self._known_history.clear()
@@ -263,7 +262,8 @@ class JourneyEngine:
         for trigger in events:
             for run in self._by_event.get((trigger.account, trigger.event), ()):
                 entry = run.current.entry
-                if getattr(entry, "event", None) == trigger.event and trigger.user not in run.positions:
+                # Even for a user in the journey now: a goal earlier in the batch may end it.
+                if getattr(entry, "event", None) == trigger.event:
                     wanted.add((run.account, run.name, trigger.user))
         for signal in signals:
             if signal.entered:
@@ -298,13 +298,13 @@ class JourneyEngine:
             node = journey.nodes[pos.node]
             if (pos.phase == 1 and isinstance(node, WaitForEvent) and node.event == trigger.event
                     and all_pass(node.where, trigger.props, now_ms)
-                    and (not node.match or trigger.props.get(journey.match_property or "") == pos.key)):
+                    and (not node.match or _same_key(journey, pos, trigger))):
                 self._advance(run, trigger.user, pos, node.on_event, now_ms)
 
     @staticmethod
     def _rule_hits(journey: Journey, rule: EventRule, pos: Position, trigger: Trigger, now_ms: int) -> bool:
         return (rule.event == trigger.event and all_pass(rule.where, trigger.props, now_ms)
-                and (not rule.match or trigger.props.get(journey.match_property or "") == pos.key))
+                and (not rule.match or _same_key(journey, pos, trigger)))
 
     def _on_signal(self, signal: SegmentSignalIn, now_ms: int) -> None:
         for run in self._by_segment.get((signal.account, signal.segment), ()):
@@ -447,9 +447,9 @@ class JourneyEngine:
         """Branches and time-of-day waits ask the shard, one call per node for all users."""
         while self._pending:
             pending, self._pending = self._pending, {}
-            for (index, version, node_id), users in pending.items():
+            for (index, version, node_id), queued in pending.items():
                 run = self._run_list[index]
-                users = [u for u in users if _at(run, u, version, node_id)]
+                users = [u for u in dict.fromkeys(queued) if _at(run, u, version, node_id)]
                 if not users or run.deleted:
                     continue
                 journey = run.versions[version]
@@ -458,6 +458,8 @@ class JourneyEngine:
                     answers = await self._lookups.matching(run.account, node.condition_raw, users, now_ms, journey.tz)
                     for user, yes in zip(users, answers):
                         pos = run.positions[user]
+                        if not _at(run, user, version, node_id):
+                            continue
                         self.changes.count(run.account, run.name, f"v{version}|node|{node_id}|reached")
                         self._advance(run, user, pos, node.yes if yes else node.no, now_ms)
                 else:
@@ -465,6 +467,8 @@ class JourneyEngine:
                     zones = await self._lookups.time_zones(run.account, users)
                     for user, tz_name in zip(users, zones):
                         pos = run.positions[user]
+                        if not _at(run, user, version, node_id):
+                            continue
                         self.changes.count(run.account, run.name, f"v{version}|node|{node_id}|reached")
                         due = next_local_time(now_ms, node.hour, node.minute, tz_name, journey.tz)
                         self._rest(run, user, pos, node_id, 1, due, pos.variant)
@@ -501,6 +505,11 @@ class JourneyEngine:
                 self._ready.append((run, user))
             moved += 1
         return moved
+
+
+def _same_key(journey: Journey, pos: Position, trigger: Trigger) -> bool:
+    """The event carries the entry event's value of the match property (both present)."""
+    return pos.key is not None and trigger.props.get(journey.match_property or "") == pos.key
 
 
 def _at(run: _Run, user: str, version: int, node_id: str) -> bool:

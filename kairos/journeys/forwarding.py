@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from kairos import keys
+from kairos.journeys.definition import parse_journey
 from kairos.journeys.model import SavedJourney, Trigger, trigger_list_encoder
 
 logger = logging.getLogger(__name__)
@@ -33,14 +34,6 @@ class JourneySource(Protocol):
     async def everything(self) -> dict[str, list[SavedJourney]]: ...
 
 
-def events_of(saved: list[SavedJourney]) -> frozenset[str]:
-    names: set[str] = set()
-    for journey in saved:
-        for parsed in journey.parsed().values():
-            names |= parsed.event_names()
-    return frozenset(names)
-
-
 class JourneyForwarding:
     def __init__(self, source: JourneySource, client: aioredis.Redis) -> None:
         self._source = source
@@ -48,6 +41,19 @@ class JourneyForwarding:
         # account -> events to forward; partitions hold this same dict and read it as they apply.
         self.interest: dict[str, frozenset[str]] = {}
         self._resync: asyncio.Task[None] | None = None
+        # (account, journey, created, version) -> its events: a resync parses only what is new.
+        self._names: dict[tuple[str, str, int, int], frozenset[str]] = {}
+
+    def events_for(self, account: str, saved: list[SavedJourney]) -> frozenset[str]:
+        """The events any version of the account's journeys reacts to."""
+        names: set[str] = set()
+        for journey in saved:
+            for version, definition in journey.definitions.items():
+                key = (account, journey.name, journey.created_ms, version)
+                if key not in self._names:
+                    self._names[key] = frozenset(parse_journey(definition).event_names())
+                names |= self._names[key]
+        return frozenset(names)
 
     async def load(self) -> None:
         """Every account's journeys (at start); then again every RESYNC_S."""
@@ -56,7 +62,7 @@ class JourneyForwarding:
             self._resync = asyncio.ensure_future(self._resync_forever())
 
     async def _load(self) -> None:
-        found = {account: events_of(saved) for account, saved in (await self._source.everything()).items()}
+        found = {account: self.events_for(account, saved) for account, saved in (await self._source.everything()).items()}
         self.interest.clear()
         self.interest.update({a: e for a, e in found.items() if e})
 
@@ -69,7 +75,7 @@ class JourneyForwarding:
                 logger.exception("could not re-read journeys; trying again in %ss", RESYNC_S)
 
     async def refresh(self, account: str) -> list[str]:
-        events = events_of(await self._source.all(account))
+        events = self.events_for(account, await self._source.all(account))
         if events:
             self.interest[account] = events
         else:

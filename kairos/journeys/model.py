@@ -7,7 +7,7 @@ from typing import Any
 
 import msgspec
 
-from kairos.journeys.definition import Journey, parse_journey
+from kairos.models import Trigger
 
 ACTIVE, PAUSED = "active", "paused"
 
@@ -23,9 +23,6 @@ class SavedJourney(msgspec.Struct):
     description: str = ""
     created_ms: int = 0
     updated_ms: int = 0
-
-    def parsed(self) -> dict[int, Journey]:
-        return {v: parse_journey(d) for v, d in self.definitions.items()}
 
 
 class Position(msgspec.Struct, array_like=True, gc=False):
@@ -45,16 +42,6 @@ class Position(msgspec.Struct, array_like=True, gc=False):
 
 
 GOAL_NODE = "$goal"
-
-
-class Trigger(msgspec.Struct, array_like=True, gc=False):
-    """An event a shard forwards because some journey of its account reacts to it."""
-
-    account: str
-    user: str
-    event: str
-    ts_ms: int
-    props: dict[str, Any]
 
 
 class SegmentSignalIn(msgspec.Struct, array_like=True, gc=False):

@@ -20,7 +20,7 @@ from kairos.journeys.clock import Clock
 from kairos.journeys.definition import ScheduleEntry
 from kairos.journeys.engine import JourneyEngine, Lookups
 from kairos.journeys.model import SegmentSignalIn, Trigger, trigger_list_decoder
-from kairos.journeys.state_store import SEP, JourneyStateStore
+from kairos.journeys.state_store import SEP, JourneyStateStore, stream_id_order
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +61,9 @@ class JourneyRunner:
         self.engine = JourneyEngine(lookups, store)
         self.partitions = store.partitions
         self._lock = asyncio.Lock()
+        self._inboxes = {keys.journey_inbox(p): p for p in self.partitions}
+        # Signal streams read: stream -> (account, segment) of a live segment journeys enter on.
+        self._signal_streams: dict[str, tuple[str, str]] = {}
         self._read_at: dict[str, str] = {}  # stream -> last id read (and committed)
         self._schedules_done: dict[str, int] = {}
         # Schedule runs under way: cursor field -> (run time, members not yet entered).
@@ -74,31 +77,55 @@ class JourneyRunner:
     # --- start --------------------------------------------------------------------------
 
     async def load(self) -> None:
+        """Journeys, positions and cursors from Redis, once. A failure part-way leaves the
+        engine half-loaded, so it fails the runner (its actor restarts) rather than retry."""
         if self._loaded:
             return
         async with self._lock:
             if self._loaded:
                 return
-            for account, saved in (await self.catalog.everything()).items():
-                self.engine.set_journeys(account, saved)
-            self.engine.load(await self.store.load_positions())
-            cursors = await self.store.load_cursors()
-            for p in self.partitions:
-                self._read_at[keys.journey_inbox(p)] = cursors[p].get("inbox", "0-0")
-            for name, value in cursors[self.partitions[0]].items() if self.partitions else ():
-                if name.startswith("sig" + SEP):
-                    _, account, segment = name.split(SEP, 2)
-                    # Partitions commit together; the least of them is where all are.
-                    value = min((cursors[p].get(name, value) for p in self.partitions), key=_id_order)
-                    self._read_at[keys.segment_signals(account, segment)] = value
-                elif name.startswith("sched" + SEP):
-                    self._schedules_done[name] = min(int(cursors[p].get(name, value)) for p in self.partitions)
-            await self._watch_new_segments()
+            try:
+                await self._load()
+            except Exception as exc:
+                self._fail(exc)
+                raise
             self._loaded = True
+
+    async def _load(self) -> None:
+        for account, saved in (await self.catalog.everything()).items():
+            self.engine.set_journeys(account, saved)
+        self.engine.load(await self.store.load_positions())
+        cursors = await self.store.load_cursors()
+        for stream, p in self._inboxes.items():
+            self._read_at[stream] = cursors[p].get("inbox", "0-0")
+        for name in cursors[self.partitions[0]] if self.partitions else ():
+            # Partitions commit together; the least of them is where all of them are.
+            values = [cursors[p][name] for p in self.partitions if name in cursors[p]]
+            if name.startswith("sig" + SEP):
+                _, account, segment = name.split(SEP, 2)
+                stream = keys.segment_signals(account, segment)
+                self._read_at[stream] = min(values, key=stream_id_order)
+            elif name.startswith("sched" + SEP):
+                self._schedules_done[name] = min(int(v) for v in values)
+        await self._sync_signal_streams()
 
     def start(self) -> None:
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._run_forever())
+
+    def _fail(self, exc: BaseException) -> None:
+        # Memory may be ahead of Redis now: the actor must restart and reload.
+        logger.error("journey runner failed: %r", exc)
+        self.failure = exc
+        if self._on_failure is not None:
+            self._on_failure(exc)
+
+    async def _commit(self, cursors: dict[int, dict[str, str]]) -> None:
+        try:
+            await self.store.commit(self.engine.take_changes(), cursors)
+        except Exception as exc:
+            self._fail(exc)
+            raise
 
     async def _run_forever(self) -> None:
         await self.load()
@@ -114,17 +141,16 @@ class JourneyRunner:
                     last_trim = time.monotonic()
                     await self._trim_inboxes()
             except Exception as exc:
-                # Memory may be ahead of Redis now: the actor must restart and reload.
                 logger.exception("journey step failed")
-                self.failure = exc
-                if self._on_failure is not None:
-                    self._on_failure(exc)
+                if self.failure is None:
+                    self._fail(exc)
                 return
 
     # --- steps --------------------------------------------------------------------------
 
     async def step(self) -> int:
-        """One round of inputs; returns how many inputs it took."""
+        """One round of inputs; returns how many inputs it took. Within a round, events
+        go first, then segment signals, then schedule runs, then the waits come due."""
         now = await self.clock.now_ms()
         block = self._block_ms(now)
         found = await self.store.read(dict(self._read_at), READ_COUNT, block)
@@ -135,23 +161,20 @@ class JourneyRunner:
             read_to: dict[str, str] = {}
             owned = set(self.partitions)
             for stream, entries in found:
-                if stream not in self._read_at:
-                    continue  # a segment no journey enters on any more
                 read_to[stream] = entries[-1][0].decode()
-                if stream.endswith(":journey-inbox"):
+                if stream in self._inboxes:
                     for _, fields in entries:
                         events.extend(trigger_list_decoder.decode(fields[b"t"]))
-                else:
-                    account, segment = _signal_stream_parts(stream)
+                elif stream in self._signal_streams:
+                    account, segment = self._signal_streams[stream]
                     for _, fields in entries:
                         user = fields[b"u"].decode()
                         if self.store.partition_of(account, user) in owned:
                             signals.append(SegmentSignalIn(account, segment, user, fields[b"e"] == b"1"))
             scheduled, schedule_cursors = await self._due_schedules(now)
             await self.engine.process(now, events, signals, scheduled)
-            cursors = self._cursor_fields(read_to, schedule_cursors)
-            await self.store.commit(self.engine.take_changes(), cursors)
-            self._read_at.update(read_to)
+            await self._commit(self._cursor_fields(read_to, schedule_cursors))
+            self._read_at.update((s, i) for s, i in read_to.items() if s in self._inboxes or s in self._signal_streams)
             for name, value in schedule_cursors.items():
                 self._schedules_done[name] = int(value)
             self.steps += 1
@@ -170,14 +193,13 @@ class JourneyRunner:
     def _cursor_fields(self, read_to: dict[str, str], schedules: dict[str, str]) -> dict[int, dict[str, str]]:
         shared = dict(schedules)
         for stream, last in read_to.items():
-            if not stream.endswith(":journey-inbox"):
-                shared[_sig_field(*_signal_stream_parts(stream))] = last
+            if stream in self._signal_streams:
+                shared[_sig_field(*self._signal_streams[stream])] = last
         cursors: dict[int, dict[str, str]] = {}
-        for p in self.partitions:
+        for stream, p in self._inboxes.items():
             fields = dict(shared)
-            inbox = keys.journey_inbox(p)
-            if inbox in read_to:
-                fields["inbox"] = read_to[inbox]
+            if stream in read_to:
+                fields["inbox"] = read_to[stream]
             if fields:
                 cursors[p] = fields
         return cursors
@@ -188,10 +210,13 @@ class JourneyRunner:
         the engine skips the members who entered in it already."""
         scheduled: list[tuple[str, str, int, list[str]]] = []
         cursors: dict[str, str] = {}
-        for account, name, journey in self.engine.scheduled_journeys():
+        active = {_sched_field(account, name): (account, name, journey)
+                  for account, name, journey in self.engine.scheduled_journeys()}
+        for field in [f for f in self._schedule_runs if f not in active]:
+            del self._schedule_runs[field]  # paused or deleted part-way: it runs afresh on resume
+        for field, (account, name, journey) in active.items():
             entry = journey.entry
             assert isinstance(entry, ScheduleEntry)
-            field = _sched_field(account, name)
             if field not in self._schedule_runs:
                 last = self._schedules_done.get(field)
                 run_at = _latest_run(entry, now)
@@ -222,43 +247,35 @@ class JourneyRunner:
         saved = await self.catalog.all(account)
         async with self._lock:
             self.engine.set_journeys(account, saved)
-            await self._watch_new_segments()
-            await self.store.commit(self.engine.take_changes(), {})
+            await self._sync_signal_streams()
+            await self._commit({})
 
     async def move(self, account: str, name: str, from_version: int, nodes: dict[str, str]) -> int:
         await self.load()
         async with self._lock:
             moved = self.engine.move(account, name, from_version, nodes, await self.clock.now_ms())
-            await self.store.commit(self.engine.take_changes(), {})
+            await self._commit({})
             return moved
 
-    async def _watch_new_segments(self) -> None:
-        """A segment a journey newly enters on is read from its newest signal on; that
-        starting point is made durable at once, or a restart would start later."""
+    async def _sync_signal_streams(self) -> None:
+        """Read the signal streams of the live segments journeys enter on now, and no
+        others. A new one is read from its newest signal on; that starting point is made
+        durable at once, or a restart would start later."""
+        wanted = {keys.segment_signals(a, s): (a, s) for a, s in self.engine.signal_segments()}
+        for stream in [s for s in self._signal_streams if s not in wanted]:
+            del self._signal_streams[stream]
+            self._read_at.pop(stream, None)
         fresh: dict[str, str] = {}
-        for account, segment in self.engine.signal_segments():
-            stream = keys.segment_signals(account, segment)
+        for stream, names in wanted.items():
+            self._signal_streams[stream] = names
             if stream not in self._read_at:
                 fresh[stream] = self._read_at[stream] = await self.store.last_id(stream)
         if fresh:
-            await self.store.commit(self.engine.take_changes(), self._cursor_fields(fresh, {}))
+            await self._commit(self._cursor_fields(fresh, {}))
 
     async def _trim_inboxes(self) -> None:
-        for p in self.partitions:
-            stream = keys.journey_inbox(p)
+        for stream in self._inboxes:
             await self.store.trim_through(stream, self._read_at[stream])
-
-
-def _signal_stream_parts(stream: str) -> tuple[str, str]:
-    # kairos:a:<account>:signals:<segment>; account ids hold no ':'.
-    rest = stream[len(keys.PREFIX) + 2:]
-    account, _, segment = rest.partition(":signals:")
-    return account, segment
-
-
-def _id_order(stream_id: str) -> tuple[int, int]:
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 def _latest_run(entry: ScheduleEntry, now: int) -> int | None:

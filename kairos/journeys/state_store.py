@@ -26,6 +26,12 @@ def field(account: str, name: str, user: str) -> str:
     return f"{account}{SEP}{name}{SEP}{user}"
 
 
+def stream_id_order(stream_id: str) -> tuple[int, int]:
+    """A Redis stream id ("<ms>-<seq>") as a sortable pair."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class JourneyStateStore:
     def __init__(self, client: aioredis.Redis, partition_map: PartitionMap, partitions: list[int]) -> None:
         self._redis = client
@@ -119,5 +125,5 @@ class JourneyStateStore:
 
     async def trim_through(self, stream: str, last_read: str) -> None:
         """Drop a stream's entries up to and including `last_read` (read and committed)."""
-        ms, _, seq = last_read.partition("-")
-        await self._redis.xtrim(stream, minid=f"{ms}-{int(seq or 0) + 1}", approximate=True)
+        ms, seq = stream_id_order(last_read)
+        await self._redis.xtrim(stream, minid=f"{ms}-{seq + 1}", approximate=True)

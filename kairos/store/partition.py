@@ -12,9 +12,8 @@ from typing import Any, Mapping
 import msgspec
 import numpy as np
 
-from kairos.journeys.model import Trigger
 from kairos.models import (
-    AbsorbEntry, EventRecord, LogBatch, LogEntry, ProfileRecord, SealEntry, UserExport,
+    AbsorbEntry, EventRecord, LogBatch, LogEntry, ProfileRecord, SealEntry, Trigger, UserExport,
 )
 from kairos.store import merging
 from kairos.store.dedupe import BoundedIdSet, MessageIdWindow

@@ -22,6 +22,7 @@ from kairos.journeys.forwarding import JourneyForwarding
 from kairos.journeys.engine import next_local_time
 from kairos.journeys.model import SendRequest, Trigger, position_decoder, trigger_list_decoder
 from kairos.journeys.outbox import OutboxReader
+from kairos.journeys.state_store import field
 from kairos.partitions import PartitionMap
 from tests.integration.conftest import Api, Kairos, event
 
@@ -263,10 +264,10 @@ async def test_a_drip_branches_on_behaviour_and_waits_for_ten_in_each_users_zone
     assert {(s.user, s.node) for s in journeys.sends} == {(a, "welcome"), (b, "welcome"), (a, "tips"), (b, "nudge")}
     positions = {}
     for user in (a, b):
-        partition = journeys.kairos.settings.partitions
-        stream_key = keys.journey_positions(PartitionMap(partition, journeys.kairos.settings.shards)
-                                            .partition_of(journeys.account, user))
-        raw = await journeys.client.hget(stream_key, f"{journeys.account}\x00drip\x00{user}")
+        settings = journeys.kairos.settings
+        stream_key = keys.journey_positions(
+            PartitionMap(settings.partitions, settings.shards).partition_of(journeys.account, user))
+        raw = await journeys.client.hget(stream_key, field(journeys.account, "drip", user))
         positions[user] = position_decoder.decode(raw)
     assert positions[a].node == positions[b].node == "ten"
     assert positions[a].due_ms == next_local_time(branch_at, 10, 0, "Asia/Kolkata", "UTC")
@@ -280,3 +281,21 @@ async def test_a_drip_branches_on_behaviour_and_waits_for_ten_in_each_users_zone
     await journeys.collect(lambda s: len(s) >= 6)
     stats = await journeys.stats("drip")
     assert stats["v1|completed"] == 2 and stats["v1|node|launched|reached"] == 2
+
+
+async def test_a_paused_journey_holds_its_users_and_sends_when_resumed(journeys: Journeys) -> None:
+    await journeys.save("cart", CART)
+    await journeys.api.upload([event(f"held-{i}", "Added To Cart", CartId=f"h{i}") for i in range(3)])
+    await asyncio.sleep(0.5)
+    status, _ = await journeys.api.request("POST", "/api/journeys/cart/pause")
+    assert status == 200
+    await journeys.api.upload([event("late", "Added To Cart", CartId="late")])  # no entry while paused
+    await journeys.clock.advance(HOUR)
+    await journeys.settle(1.5)
+    assert journeys.sends == []
+    status, _ = await journeys.api.request("POST", "/api/journeys/cart/resume")
+    assert status == 200
+    await journeys.collect(lambda s: len(s) >= 3)
+    await journeys.settle(0.5)
+    assert len(journeys.sends) == 3 and {s.node for s in journeys.sends} == {"push"}
+    assert (await journeys.stats("cart"))["v1|entered"] == 3

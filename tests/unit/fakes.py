@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import copy
+from typing import Any
 
 from kairos.identity_graph import Merge
 
@@ -143,3 +145,73 @@ class FakeGraph:
     async def finish_merges(self, merges: list[Merge]) -> None:
         for merge in merges:
             self.pending.pop((merge.account, merge.user), None)
+
+
+class FakeJourneyStore:
+    """Test double for kairos.journeys.state_store.JourneyStateStore: what is committed
+    lives in dicts and lists. `fail` makes the next commit raise, either before writing
+    anything ("before") or after writing all of it ("after", a reply lost after EXEC)."""
+
+    def __init__(self, partition_map: Any, partitions: list[int]) -> None:
+        self._map = partition_map
+        self.partitions = partitions
+        self.streams: dict[str, list[tuple[bytes, dict[bytes, bytes]]]] = {}
+        self.positions: dict[tuple[str, str, str], Any] = {}
+        self.entry_rows: dict[tuple[str, str, str], tuple[int, int]] = {}
+        self.outbox: list[Any] = []
+        self.stats: dict[tuple[str, str], dict[str, int]] = {}
+        self.cursors: dict[int, dict[str, str]] = {p: {} for p in partitions}
+        self.fail: str | None = None
+
+    def partition_of(self, account: str, user: str) -> int:
+        return self._map.partition_of(account, user)
+
+    def add(self, stream: str, fields: dict[bytes, bytes]) -> None:
+        entries = self.streams.setdefault(stream, [])
+        entries.append((f"{len(entries) + 1}-0".encode(), fields))
+
+    async def load_positions(self) -> list[tuple[str, str, str, Any]]:
+        return [(a, n, u, copy.copy(p)) for (a, n, u), p in self.positions.items()]
+
+    async def load_cursors(self) -> dict[int, dict[str, str]]:
+        return {p: dict(c) for p, c in self.cursors.items()}
+
+    async def entries(self, wanted: list[tuple[str, str, str]]) -> list[tuple[int, int] | None]:
+        return [self.entry_rows.get(k) for k in wanted]
+
+    async def commit(self, changes: Any, cursors: dict[int, dict[str, str]]) -> None:
+        await asyncio.sleep(0)
+        failing, self.fail = self.fail, None
+        if failing == "before":
+            raise ConnectionError("Redis went away before EXEC")
+        for key, pos in changes.positions.items():
+            if pos is None:
+                self.positions.pop(key, None)
+            else:
+                self.positions[key] = copy.copy(pos)
+        self.entry_rows.update(changes.entries)
+        self.outbox.extend(changes.sends)
+        for key, fields in changes.stats.items():
+            totals = self.stats.setdefault(key, {})
+            for name, delta in fields.items():
+                totals[name] = totals.get(name, 0) + delta
+        for partition, values in cursors.items():
+            self.cursors[partition].update(values)
+        if failing == "after":
+            raise ConnectionError("EXEC ran, and its reply was lost")
+
+    async def read(self, after: dict[str, str], count: int, block_ms: int | None) -> list[tuple[str, list[Any]]]:
+        await asyncio.sleep(0)
+        found = []
+        for stream, last in after.items():
+            fresh = [e for e in self.streams.get(stream, []) if _id_key(e[0].decode()) > _id_key(last)][:count]
+            if fresh:
+                found.append((stream, fresh))
+        return found
+
+    async def last_id(self, stream: str) -> str:
+        entries = self.streams.get(stream)
+        return entries[-1][0].decode() if entries else "0-0"
+
+    async def trim_through(self, stream: str, last_read: str) -> None:
+        return None

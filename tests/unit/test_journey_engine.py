@@ -11,6 +11,7 @@ import pytest
 
 from kairos.config import Settings
 from kairos.journeys.engine import JourneyEngine, UserKey
+from kairos.journeys.forwarding import JourneyForwarding
 from kairos.journeys.model import Position, SavedJourney, SegmentSignalIn, Trigger
 from kairos.models import EventRecord, ProfileRecord, ShardBlob, record_list_encoder
 from kairos.shard import UserShard
@@ -410,9 +411,55 @@ async def test_deleting_a_journey_drops_its_users() -> None:
     world.engine.set_journeys(ACCOUNT, [])
     world.commit()
     await world.advance(2 * DAY)
-    assert world.positions == {} and world.sends == [] and world.engine.interest() == {}
+    assert world.positions == {} and world.sends == [] and world.engine.signal_segments() == []
 
 
-def test_interest_lists_every_event_any_version_reacts_to() -> None:
-    world = World({"cart": ABANDONED_CART, "onboarding": ONBOARDING})
-    assert world.engine.interest() == {ACCOUNT: ["Added To Cart", "Charged", "Signed Up"]}
+def test_shards_forward_every_event_any_version_reacts_to() -> None:
+    v2 = copy.deepcopy(ABANDONED_CART)
+    v2["exit"] = [{"event": "Unsubscribed"}]
+    saved = [SavedJourney("cart", 2, "active", {1: ABANDONED_CART, 2: v2}), SavedJourney("drip", 1, "paused", {1: ONBOARDING})]
+    forwarding = JourneyForwarding(None, None)  # type: ignore[arg-type]
+    assert forwarding.events_for(ACCOUNT, saved) == {"Added To Cart", "Charged", "Unsubscribed", "Signed Up"}
+
+
+async def test_a_goal_and_a_new_entry_in_one_batch_number_the_entries_apart() -> None:
+    world = World({"cart": ABANDONED_CART})
+    await world.event("u1", "Added To Cart", CartId="c1")
+    await world.advance(HOUR)
+    await world.step(events=[Trigger(ACCOUNT, "u1", "Charged", T0, {"CartId": "c1"}),
+                             Trigger(ACCOUNT, "u1", "Added To Cart", T0, {"CartId": "c2"})])
+    await world.advance(HOUR)
+    assert [s.id.rsplit("/", 2)[1:] for s in world.sends] == [["1", "push"], ["2", "push"]]
+    assert world.history.rows[(ACCOUNT, "cart", "u1")][0] == 2
+
+
+async def test_match_needs_the_property_on_both_events() -> None:
+    world = World({"cart": ABANDONED_CART})
+    await world.event("u1", "Added To Cart")  # no CartId: nothing can match it
+    await world.event("u1", "Charged")
+    await world.advance(HOUR)
+    assert world.sent("u1") == [("push", "push")] and world.stats["cart|v1|converted"] == 0
+
+
+async def test_a_user_queued_twice_moves_once() -> None:
+    world = World({"onboarding": ONBOARDING})
+    await world.event("u1", "Signed Up")
+    restarted = JourneyEngine(world.lookups, world.history)
+    restarted.set_journeys(ACCOUNT, list(world.saved.values()))
+    position = [(a, n, u, p) for (a, n, u), p in world.positions.items()]
+    restarted.load(position)
+    restarted.load(position)  # a load retried after a failure part-way
+    world.engine = restarted
+    await world.advance(DAY)
+    assert world.sent("u1") == [("email", "welcome"), ("sms", "nudge")]
+    assert world.waiting("onboarding", "week") == 1 and min(world.stats.values()) >= 0
+
+
+async def test_a_journey_deleted_and_saved_again_starts_empty() -> None:
+    world = World({"cart": ABANDONED_CART})
+    await world.event("u1", "Added To Cart", CartId="c1")
+    world.engine.set_journeys(ACCOUNT, [SavedJourney("cart", 2, "active", {2: ABANDONED_CART}, created_ms=5)])
+    world.commit()
+    assert world.positions == {}
+    await world.advance(2 * DAY)
+    assert world.sends == []
