@@ -77,7 +77,7 @@ def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog
     coordinator = QueryCoordinator(backend.partition_map, backend.call_shard)
     app.add_routes(CleverTapApi(backend, coordinator, admission, settings.max_body_bytes).routes())
     app.add_routes(SegmentApi(backend, accounts, admission, settings.max_body_bytes).routes())
-    app.add_routes(KairosApi(coordinator, catalog, signals).routes())
+    app.add_routes(KairosApi(coordinator, catalog, signals, journeys).routes())
     app.add_routes(JourneyApi(backend, journeys).routes())
     app.add_routes([web.get("/api/openapi.json", openapi_document)])
     return app

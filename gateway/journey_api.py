@@ -24,8 +24,8 @@ from kairos.journeys.model import ACTIVE, PAUSED, SavedJourney
 
 # The counters of a version (`v<version>|<what>`), every one shown, 0 when absent.
 VERSION_COUNTERS = ("entered", "control_entered", "completed", "exited", "converted", "control_converted",
-                    "moved_in", "moved_out")
-TOTALS = ("entered", "control_entered", "completed", "exited", "converted", "control_converted")
+                    "moved_in", "moved_out", "goal_window")
+TOTALS = ("entered", "control_entered", "completed", "exited", "converted", "control_converted", "goal_window")
 
 
 class JourneyApi:
@@ -70,8 +70,8 @@ class JourneyApi:
         only_fields(body, {"definition", "description"})
         if "definition" not in body:
             raise ApiError(400, "a journey needs 'definition'", path="definition")
-        description = body.get("description", "")
-        if not isinstance(description, str):
+        description = body.get("description")  # absent: keep the one saved before
+        if description is not None and not isinstance(description, str):
             raise ApiError(400, "'description' must be a string", path="description")
         try:
             saved = await self.catalog.save(account, name, body["definition"], description)
@@ -159,6 +159,7 @@ def _view(saved: SavedJourney, version: int | None = None) -> dict[str, Any]:
         "status": saved.status,
         "description": saved.description,
         "definition": saved.definitions[saved.version if version is None else version],
+        "definition_version": saved.version if version is None else version,
         "versions": sorted(saved.definitions),
         "created_ms": saved.created_ms,
         "updated_ms": saved.updated_ms,

@@ -23,6 +23,7 @@ from gateway.admission import Admission
 from gateway.auth import ACCOUNT
 from gateway.api_requests import bad_definition, checked, json_object, only_fields
 from gateway.errors import ApiError, json_response
+from kairos.journeys.catalog import JourneyCatalog
 from kairos.query_coordinator import QueryCoordinator
 from kairos.segments.catalog import SegmentCatalog, check_name
 from kairos.segments.signals import SignalLog
@@ -62,10 +63,12 @@ class MembersCursor(msgspec.Struct, array_like=True):
 
 
 class KairosApi:
-    def __init__(self, coordinator: QueryCoordinator, catalog: SegmentCatalog, signals: SignalLog) -> None:
+    def __init__(self, coordinator: QueryCoordinator, catalog: SegmentCatalog, signals: SignalLog,
+                 journeys: JourneyCatalog) -> None:
         self.coordinator = coordinator
         self.catalog = catalog
         self.signals = signals
+        self.journeys = journeys
         # Queries scan the shards, whose event loops also apply uploads: a bound on the
         # queries in flight keeps a burst of them from stalling ingest.
         self.admission = Admission(MAX_QUERIES_IN_FLIGHT, MAX_QUERIES_PER_ACCOUNT)
@@ -104,6 +107,8 @@ class KairosApi:
             raise ApiError(400, "'live' must be true or false", path="live")
         if not isinstance(description, str):
             raise ApiError(400, "'description' must be a string", path="description")
+        if not live:
+            await self._refuse_if_used(request[ACCOUNT], name, "made not live", signals_only=True)
         try:
             saved = await self.catalog.save(request[ACCOUNT], name, body["definition"], live, description)
         except SegmentError as exc:
@@ -119,7 +124,16 @@ class KairosApi:
             raise ApiError(404, f"no saved segment named {request.match_info['name']!r}")
         return json_response(saved)
 
+    async def _refuse_if_used(self, account: str, name: str, change: str, signals_only: bool) -> None:
+        """409 when journeys enter on the segment: they would stop getting its signals."""
+        users = await self.journeys.users_of_segment(account, name, signals_only)
+        if users:
+            raise ApiError(409, f"segment {name!r} cannot be {change}: journey {users[0]!r} enters on it"
+                                f"{f' (and {len(users) - 1} more)' if len(users) > 1 else ''}; change or delete"
+                                " the journey first")
+
     async def delete_segment(self, request: web.Request) -> web.Response:
+        await self._refuse_if_used(request[ACCOUNT], request.match_info["name"], "deleted", signals_only=False)
         if not await self.catalog.delete(request[ACCOUNT], request.match_info["name"]):
             raise ApiError(404, f"no saved segment named {request.match_info['name']!r}")
         await self.coordinator.refresh_live(request[ACCOUNT])

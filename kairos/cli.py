@@ -90,6 +90,11 @@ def load_definition(path: str) -> dict[str, Any]:
         raise CliError(f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}") from None
     if not isinstance(raw, dict):
         raise CliError(f"{path} must hold a journey definition: an object with 'entry', 'start' and 'nodes'")
+    try:
+        # What JSON cannot carry (NaN, infinities, binary, a YAML alias that contains itself).
+        json.dumps(raw, allow_nan=False)
+    except (ValueError, TypeError, RecursionError) as exc:
+        raise CliError(f"{path} holds a value JSON cannot carry: {exc}") from None
     return raw
 
 

@@ -33,11 +33,12 @@ class JourneyCatalog:
     def __init__(self, client: aioredis.Redis) -> None:
         self._redis = client
 
-    async def save(self, account: str, name: str, definition: Any, description: str = "") -> SavedJourney:
+    async def save(self, account: str, name: str, definition: Any, description: str | None = None) -> SavedJourney:
+        """Save a new version (`description` None keeps the one saved before)."""
         check_name(name)
         journey = parse_journey(definition)
         await self._check_segment(account, journey)
-        if len(description) > 1000:
+        if description is not None and len(description) > 1000:
             raise JourneyError("description", "is longer than 1000 characters")
         key, versions = keys.journeys(account), keys.journey_versions(account)
         now = int(time.time() * 1000)
@@ -49,15 +50,19 @@ class JourneyCatalog:
                     if old_raw is None and await pipe.hlen(key) >= MAX_JOURNEYS:
                         raise JourneyError("name", f"the account already has {MAX_JOURNEYS} journeys")
                     old = msgspec.msgpack.decode(old_raw, type=SavedJourney) if old_raw else None
-                    if old is not None and len(old.definitions) >= MAX_VERSIONS:
-                        raise JourneyError("definition", f"the journey has {MAX_VERSIONS} versions; delete it and"
-                                                         " save it under a new name")
+                    definitions = await self._in_use(account, old) if old else {}
+                    if len(definitions) >= MAX_VERSIONS:
+                        raise JourneyError("definition", f"the journey has users on {MAX_VERSIONS} versions; move"
+                                                         " them to the current one (or wait for them to finish)")
                     version = int(await pipe.hget(versions, name) or 0) + 1
-                    definitions = dict(old.definitions) if old else {}
                     definitions[version] = definition
-                    saved = SavedJourney(name, version, old.status if old else ACTIVE, definitions, description,
+                    kept = description if description is not None else (old.description if old else "")
+                    saved = SavedJourney(name, version, old.status if old else ACTIVE, definitions, kept,
                                          old.created_ms if old else now, now)
                     pipe.multi()
+                    if old is None:
+                        # Counters a step left behind after an earlier journey of this name was deleted.
+                        pipe.delete(keys.journey_stats(account, name))
                     pipe.hset(key, name, msgspec.msgpack.encode(saved))
                     pipe.hset(versions, name, version)
                     pipe.sadd(keys.JOURNEY_ACCOUNTS, account)
@@ -65,6 +70,31 @@ class JourneyCatalog:
                     return saved
                 except aioredis.WatchError:
                     continue
+
+    async def _in_use(self, account: str, saved: SavedJourney) -> dict[int, Any]:
+        """The current version and every older one that still has users (waiting at a
+        node or in the goal window): the others are dropped from the catalog."""
+        counters = await self.stats(account, saved.name)
+        held: dict[int, int] = {}
+        for name, value in counters.items():
+            head, _, rest = name.partition("|")
+            if rest == "goal_window" or rest.endswith("|waiting"):
+                version = int(head[1:])
+                held[version] = held.get(version, 0) + value
+        return {v: d for v, d in saved.definitions.items() if v == saved.version or held.get(v, 0) > 0}
+
+    async def users_of_segment(self, account: str, segment: str, signals_only: bool = False) -> list[str]:
+        """Journeys that enter on the segment (any version still kept); with
+        `signals_only`, just those entered on its live signals (not on a schedule)."""
+        kinds = (SegmentEntry,) if signals_only else (SegmentEntry, ScheduleEntry)
+        found = []
+        for saved in await self.all(account):
+            for definition in saved.definitions.values():
+                entry = parse_journey(definition).entry
+                if isinstance(entry, kinds) and entry.segment == segment:
+                    found.append(saved.name)
+                    break
+        return found
 
     async def _check_segment(self, account: str, journey: Journey) -> None:
         """A journey entered on a segment needs it saved, and live if entered on its signals."""

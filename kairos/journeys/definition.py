@@ -35,8 +35,8 @@ JourneyError = SegmentError  # one error shape (path + message) for every defini
 CHANNELS = ("push", "email", "sms", "webhook", "in_app")
 MAX_NODES = 100
 MAX_MESSAGE_BYTES = 32 * 1024
-NODE_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-TIME_OF_DAY = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+TIME_OF_DAY = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 MAX_WAIT_MS = 366 * 86_400_000
 
 
@@ -170,7 +170,7 @@ def parse_journey(raw: Any, path: str = "definition") -> Journey:
     no_extra_fields(raw, {"entry", "start", "nodes", "goal", "exit", "reentry", "control_percent", "tz",
                           "match_property"}, path)
     tz = raw.get("tz", "UTC")
-    if not isinstance(tz, str):
+    if not isinstance(tz, str) or not tz:
         raise JourneyError(f"{path}.tz", "must be an IANA time zone name")
     zone(tz, f"{path}.tz")
     entry = _entry(raw.get("entry"), f"{path}.entry")
@@ -248,7 +248,7 @@ def _nodes(raw: Any, path: str) -> dict[str, Node]:
     nodes: dict[str, Node] = {}
     for node_id, node in raw.items():
         node_path = f"{path}.{node_id}"
-        if not NODE_ID.match(node_id):
+        if not NODE_ID.fullmatch(node_id):
             raise JourneyError(node_path, "a node id is 1-64 letters, digits, _ or -")
         nodes[node_id] = _node(node, node_path)
     return nodes
@@ -290,7 +290,7 @@ def _node(raw: Any, path: str) -> Node:
         return Wait(_wait_ms(raw.get("duration"), f"{path}.duration"), _next(raw, "next", path))
     if kind == "wait_until":
         no_extra_fields(raw, {"type", "time", "next"}, path)
-        match = TIME_OF_DAY.match(raw["time"]) if isinstance(raw.get("time"), str) else None
+        match = TIME_OF_DAY.fullmatch(raw["time"]) if isinstance(raw.get("time"), str) else None
         if match is None:
             raise JourneyError(f"{path}.time", "must be a local time of day 'HH:MM' (24-hour)")
         return WaitUntil(int(match.group(1)), int(match.group(2)), _next(raw, "next", path))
@@ -327,7 +327,7 @@ def _variants(raw: Any, path: str) -> tuple[Variant, ...]:
             raise JourneyError(item_path, "must be an object with 'name', 'percent' and 'next'")
         no_extra_fields(item, {"name", "percent", "next"}, item_path)
         name = item.get("name")
-        if not isinstance(name, str) or not NODE_ID.match(name) or name in names:
+        if not isinstance(name, str) or not NODE_ID.fullmatch(name) or name in names:
             raise JourneyError(f"{item_path}.name", "must be a distinct name of 1-64 letters, digits, _ or -")
         names.add(name)
         variants.append(Variant(name, _percent(item.get("percent"), f"{item_path}.percent", 100),
@@ -367,7 +367,7 @@ def _reentry(raw: Any, path: str) -> Reentry:
     if raw in ("once", "always"):
         return Reentry(raw)
     if isinstance(raw, dict) and set(raw) == {"every"}:
-        return Reentry("every", parse_duration(raw["every"], f"{path}.every"))
+        return Reentry("every", _wait_ms(raw["every"], f"{path}.every"))
     raise JourneyError(path, "must be 'once', 'always' or {'every': '7d'}")
 
 

@@ -34,6 +34,10 @@ from kairos.segments.timing import zone
 # drains in steps that leave room for fresh events between them.
 MAX_TIMERS_PER_BATCH = 20_000
 
+# An event older than this (by its own time) enters no journey: a backfill of history
+# must not start journeys for what users did long ago.
+MAX_ENTRY_AGE_MS = 86_400_000
+
 UserKey = tuple[str, str, str]  # account, journey, user
 
 
@@ -214,14 +218,13 @@ class JourneyEngine:
         return self._timers[0][0] if self._timers else None
 
     def _set(self, run: _Run, user: str, old: Position | None, new: Position | None) -> None:
-        if old is not None and old.node != GOAL_NODE:
-            self.changes.count(run.account, run.name, f"v{old.version}|node|{old.node}|waiting", -1)
+        if old is not None:
+            self.changes.count(run.account, run.name, _gauge(old), -1)
         if new is None:
             run.positions.pop(user, None)
             run.held.discard(user)
         else:
-            if new.node != GOAL_NODE:
-                self.changes.count(run.account, run.name, f"v{new.version}|node|{new.node}|waiting")
+            self.changes.count(run.account, run.name, _gauge(new))
             run.positions[user] = new
             if new.phase == 1:
                 heapq.heappush(self._timers, (new.due_ms, run.index, user))
@@ -283,7 +286,8 @@ class JourneyEngine:
             pos = run.positions.get(trigger.user)
             if pos is None:
                 entry = run.current.entry
-                if getattr(entry, "event", None) == trigger.event and all_pass(entry.where, trigger.props, now_ms):  # type: ignore[union-attr]
+                if (getattr(entry, "event", None) == trigger.event and trigger.ts_ms >= now_ms - MAX_ENTRY_AGE_MS
+                        and all_pass(entry.where, trigger.props, now_ms)):  # type: ignore[union-attr]
                     self._enter(run, trigger.user, now_ms, trigger.props)
                 continue
             journey = run.versions[pos.version]
@@ -347,6 +351,8 @@ class JourneyEngine:
         variant = pos.variant
         while True:
             if node_id is None or isinstance(journey.nodes[node_id], Exit):
+                if node_id is not None:
+                    self.changes.count(run.account, run.name, f"v{pos.version}|node|{node_id}|reached")
                 self._finish(run, user, pos, now_ms, variant)
                 return
             if run.status == PAUSED:
@@ -505,6 +511,13 @@ class JourneyEngine:
                 self._ready.append((run, user))
             moved += 1
         return moved
+
+
+def _gauge(pos: Position) -> str:
+    """The counter of users where `pos` is: waiting at a node, or in the goal window."""
+    if pos.node == GOAL_NODE:
+        return f"v{pos.version}|goal_window"
+    return f"v{pos.version}|node|{pos.node}|waiting"
 
 
 def _same_key(journey: Journey, pos: Position, trigger: Trigger) -> bool:

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from kairos import keys
 from kairos.segments.definition import Condition, SegmentError, parse_segment
 
-NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,119}$")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,119}\Z")
 MAX_SEGMENTS = 1000
 
 

@@ -38,7 +38,7 @@ PROPERTY_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "between", "in", "not_in",
                 "not_exists", "before", "after")
 COMPARE_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "between")
 METRICS = ("count", "sum", "avg", "min", "max")
-_DURATION = re.compile(r"^(\d{1,6})(m|h|d|w)$")
+_DURATION = re.compile(r"^(\d{1,6})(m|h|d|w)\Z")
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 
 

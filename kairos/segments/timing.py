@@ -14,7 +14,7 @@ from kairos.segments.definition import Bound, SegmentError, Window
 
 UTC = ZoneInfo("UTC")
 NO_END = np.iinfo(np.int64).max
-_CLEVERTAP_DATE = re.compile(r"^\$D_(-?\d{1,12})$")
+_CLEVERTAP_DATE = re.compile(r"^\$D_(-?\d{1,12})\Z")
 
 
 @lru_cache(maxsize=1)

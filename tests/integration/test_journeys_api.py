@@ -59,16 +59,26 @@ async def test_save_get_list_and_versions(make_api: Any) -> None:
     assert first["status"] == "active" and first["description"] == "hi" and first["definition"] == WELCOME
     assert first["created_ms"] == first["updated_ms"] > 0
 
+    # A user waits on version 1, so version 1 is kept when version 2 is saved.
+    assert (await api.upload([signed_up("keeper")]))[0] == 200
+    await stats_when(api, "Welcome", lambda s: s["totals"]["waiting"] == 1)
     second_definition = welcome(reentry="always")
     status, second = await api.request("PUT", "/api/journeys/Welcome", {"definition": second_definition})
     assert status == 200, second
     assert (second["version"], second["versions"], second["definition"]) == (2, [1, 2], second_definition)
-    assert second["created_ms"] == first["created_ms"] and second["description"] == ""
+    assert second["created_ms"] == first["created_ms"]
+    assert second["description"] == "hi"  # not given: kept
 
     status, got = await api.request("GET", "/api/journeys/Welcome")
     assert (status, got) == (200, second)
     status, old = await api.request("GET", "/api/journeys/Welcome?version=1")
-    assert status == 200 and old["definition"] == WELCOME and old["version"] == 2
+    assert status == 200 and old["definition"] == WELCOME and old["version"] == 2 and old["definition_version"] == 1
+    # An old version no one is on is dropped, once it is not the one just replaced
+    # (users may be entering that one as the save happens); 1 still has its user.
+    status, third = await api.request("PUT", "/api/journeys/Welcome", {"definition": WELCOME, "description": ""})
+    assert (status, third["versions"], third["description"]) == (200, [1, 2, 3], "")
+    status, fourth = await api.request("PUT", "/api/journeys/Welcome", {"definition": WELCOME})
+    assert (status, fourth["versions"]) == (200, [1, 3, 4])
     status, body = await api.request("GET", "/api/journeys/Welcome?version=7")
     assert status == 404 and body["path"] == "version" and body["code"] == 404, body
     status, body = await api.request("GET", "/api/journeys/Welcome?version=two")
@@ -78,7 +88,7 @@ async def test_save_get_list_and_versions(make_api: Any) -> None:
     status, listed = await api.request("GET", "/api/journeys")
     assert status == 200
     assert [j["name"] for j in listed["journeys"]] == ["Another one", "Welcome"]
-    assert listed["journeys"][1] == second
+    assert listed["journeys"][1] == fourth
 
     # Another account sees none of them.
     other = await make_api()
@@ -105,6 +115,14 @@ BAD_DEFINITIONS = {
                     "definition.nodes.hi.channel"),
     "missing start": (welcome(start="nowhere"), "definition.start"),
     "not an object": ([1, 2], "definition"),
+    "a number beyond 64 bits in a message": (
+        _with_node("hi", {"type": "send", "channel": "push", "message": {"n": 2**70}, "next": "wait"}),
+        "definition.nodes.hi.message"),
+    "a time with a newline": (_with_node("wait", {"type": "wait_until", "time": "09:00\n"}),
+                              "definition.nodes.wait.time"),
+    "an empty time zone": (welcome(tz=""), "definition.tz"),
+    "re-entry every 19,000 years": (welcome(reentry={"every": "999999w"}), "definition.reentry.every"),
+    "a live-segment entry on no segment": (welcome(entry={"segment": "Nobody"}), "definition.entry.segment"),
 }
 
 
@@ -219,16 +237,17 @@ async def test_stats_of_a_journey_that_ran_and_a_move(make_api: Any) -> None:
     assert fresh == {
         "name": "Welcome", "version": 1, "status": "active",
         "totals": {"entered": 0, "control_entered": 0, "completed": 0, "exited": 0, "converted": 0,
-                   "control_converted": 0, "waiting": 0},
+                   "control_converted": 0, "goal_window": 0, "waiting": 0},
         "versions": {"1": {"entered": 0, "control_entered": 0, "completed": 0, "exited": 0, "converted": 0,
-                           "control_converted": 0, "moved_in": 0, "moved_out": 0, "nodes": zero_nodes}},
+                           "control_converted": 0, "moved_in": 0, "moved_out": 0, "goal_window": 0,
+                           "nodes": zero_nodes}},
     }
 
     status, body = await api.upload([signed_up("newcomer")])
     assert status == 200 and body["processed"] == 1, body
     stats = await stats_when(api, "Welcome", lambda s: s["totals"]["entered"] == 1 and s["totals"]["waiting"] == 1)
     assert stats["totals"] == {"entered": 1, "control_entered": 0, "completed": 0, "exited": 0, "converted": 0,
-                               "control_converted": 0, "waiting": 1}, stats
+                               "control_converted": 0, "goal_window": 0, "waiting": 1}, stats
     assert stats["versions"]["1"]["nodes"] == {"hi": {"waiting": 0, "reached": 1, "sent": {"-": 1}},
                                                "wait": {"waiting": 1, "reached": 1, "sent": {}}}, stats
 
@@ -335,3 +354,19 @@ async def test_cli(kairos: Kairos, make_api: Any, tmp_path: Path, capsys: pytest
     monkeypatch.setenv("KAIROS_PASSCODE", "wrong")
     code, _, err = await run("list", "--url", kairos.base_url, connect=False)
     assert code == 2 and err.startswith("kairos: "), err
+
+
+async def test_a_segment_a_journey_enters_on_can_be_neither_deleted_nor_made_not_live(make_api: Any) -> None:
+    api = await make_api()
+    gold = {"definition": {"profile": "Plan", "op": "eq", "value": "gold"}, "live": True}
+    assert (await api.request("PUT", "/api/segments/Gold", gold))[0] == 200
+    status, body = await api.request("PUT", "/api/journeys/Gold welcome",
+                                     {"definition": welcome(entry={"segment": "Gold"})})
+    assert status == 200, body
+    status, body = await api.request("DELETE", "/api/segments/Gold")
+    assert status == 409 and "Gold welcome" in body["error"], body
+    status, body = await api.request("PUT", "/api/segments/Gold", {**gold, "live": False})
+    assert status == 409 and "Gold welcome" in body["error"], body
+    assert (await api.request("PUT", "/api/segments/Gold", gold))[0] == 200  # still live: fine
+    assert (await api.request("DELETE", "/api/journeys/Gold welcome"))[0] == 200
+    assert (await api.request("DELETE", "/api/segments/Gold"))[0] == 200

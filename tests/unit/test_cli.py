@@ -58,6 +58,16 @@ def test_unreadable_definitions(tmp_path: Path) -> None:
         cli.load_definition(str(tmp_path / "missing.json"))
 
 
+@pytest.mark.parametrize(("name", "text"), [
+    ("nan.json", '{"n": NaN}'), ("inf.yaml", "message: {x: .inf}\n"),
+    ("binary.yaml", "message: {b: !!binary aGVsbG8=}\n"), ("loop.yaml", "a: &a [*a]\n"),
+])
+def test_values_json_cannot_carry_are_refused(tmp_path: Path, name: str, text: str) -> None:
+    (tmp_path / name).write_text(text)
+    with pytest.raises(cli.CliError, match="JSON cannot carry"):
+        cli.load_definition(str(tmp_path / name))
+
+
 def test_errors_print_and_exit_2(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("KAIROS_ACCOUNT_ID", raising=False)
     monkeypatch.delenv("KAIROS_PASSCODE", raising=False)

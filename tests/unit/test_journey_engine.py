@@ -463,3 +463,38 @@ async def test_a_journey_deleted_and_saved_again_starts_empty() -> None:
     assert world.positions == {}
     await world.advance(2 * DAY)
     assert world.sends == []
+
+
+async def test_exit_nodes_count_who_reached_them() -> None:
+    journey = {"entry": {"event": "Visited"}, "start": "gold",
+               "nodes": {"gold": {"type": "branch", "condition": {"profile": "Plan", "op": "eq", "value": "gold"},
+                                  "yes": "done_gold", "no": "done_other"},
+                         "done_gold": {"type": "exit"}, "done_other": {"type": "exit"}}}
+    world = World({"sort": journey})
+    await world.profile("identity:1", Plan="gold")
+    for user in ("identity:1", "identity:2", "identity:3"):
+        await world.event(user, "Visited")
+    assert world.stats["sort|v1|node|done_gold|reached"] == 1
+    assert world.stats["sort|v1|node|done_other|reached"] == 2
+
+
+async def test_users_in_the_goal_window_are_counted_and_cannot_enter_again_yet() -> None:
+    journey = dict(ABANDONED_CART, goal={"event": "Charged", "match": True, "within": "3d"})
+    world = World({"cart": journey})
+    await world.event("u1", "Added To Cart", CartId="c1")
+    await world.advance(HOUR)
+    await world.advance(DAY)
+    assert world.stats["cart|v1|goal_window"] == 1 and world.waiting("cart", "wait_day") == 0
+    await world.event("u1", "Added To Cart", CartId="c2")
+    assert world.stats["cart|v1|entered"] == 1
+    await world.advance(2 * DAY)
+    assert world.stats["cart|v1|goal_window"] == 0
+    await world.event("u1", "Added To Cart", CartId="c3")
+    assert world.stats["cart|v1|entered"] == 2
+
+
+async def test_an_entry_event_from_long_ago_enters_no_one() -> None:
+    world = World({"cart": ABANDONED_CART})
+    await world.step(events=[Trigger(ACCOUNT, "u1", "Added To Cart", T0 - 2 * DAY, {"CartId": "old"}),
+                             Trigger(ACCOUNT, "u2", "Added To Cart", T0 - HOUR, {"CartId": "recent"})])
+    assert [key[2] for key in world.positions] == ["u2"]
