@@ -13,8 +13,11 @@ from typing import Any
 
 import pytest
 
+import redis.asyncio as aioredis
+
 from kairos import cli
 from kairos.client import KairosClient, KairosError
+from kairos.journeys.clock import ManualClock
 from tests.integration.conftest import Api, Kairos
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -36,8 +39,15 @@ def welcome(**changes: Any) -> dict[str, Any]:
     return definition
 
 
-def signed_up(identity: str) -> dict[str, Any]:
-    return {"identity": identity, "type": "event", "evtName": "Signed Up", "ts": int(time.time()), "evtData": {}}
+async def signed_up(kairos: Kairos, identity: str) -> dict[str, Any]:
+    """A `Signed Up` at the journeys' clock's now (manual: other tests may have moved it
+    days ahead, and an entry event over a day old enters no one)."""
+    client = aioredis.Redis.from_url(kairos.settings.redis_url)
+    try:
+        now_s = await ManualClock(client).now_ms() // 1000
+    finally:
+        await client.aclose()
+    return {"identity": identity, "type": "event", "evtName": "Signed Up", "ts": now_s, "evtData": {}}
 
 
 async def stats_when(api: Api, name: str, done: Any, timeout_s: float = 10.0) -> dict[str, Any]:
@@ -51,7 +61,7 @@ async def stats_when(api: Api, name: str, done: Any, timeout_s: float = 10.0) ->
         await asyncio.sleep(0.1)
 
 
-async def test_save_get_list_and_versions(make_api: Any) -> None:
+async def test_save_get_list_and_versions(kairos: Kairos, make_api: Any) -> None:
     api = await make_api()
     status, first = await api.request("PUT", "/api/journeys/Welcome", {"definition": WELCOME, "description": "hi"})
     assert status == 200, first
@@ -60,7 +70,7 @@ async def test_save_get_list_and_versions(make_api: Any) -> None:
     assert first["created_ms"] == first["updated_ms"] > 0
 
     # A user waits on version 1, so version 1 is kept when version 2 is saved.
-    assert (await api.upload([signed_up("keeper")]))[0] == 200
+    assert (await api.upload([await signed_up(kairos, "keeper")]))[0] == 200
     await stats_when(api, "Welcome", lambda s: s["totals"]["waiting"] == 1)
     second_definition = welcome(reentry="always")
     status, second = await api.request("PUT", "/api/journeys/Welcome", {"definition": second_definition})
@@ -227,7 +237,7 @@ async def test_move_is_validated(make_api: Any) -> None:
         200, {"moved": 0})
 
 
-async def test_stats_of_a_journey_that_ran_and_a_move(make_api: Any) -> None:
+async def test_stats_of_a_journey_that_ran_and_a_move(kairos: Kairos, make_api: Any) -> None:
     api = await make_api()
     status, saved = await api.request("PUT", "/api/journeys/Welcome", {"definition": WELCOME})
     assert status == 200, saved
@@ -243,7 +253,7 @@ async def test_stats_of_a_journey_that_ran_and_a_move(make_api: Any) -> None:
                            "nodes": zero_nodes}},
     }
 
-    status, body = await api.upload([signed_up("newcomer")])
+    status, body = await api.upload([await signed_up(kairos, "newcomer")])
     assert status == 200 and body["processed"] == 1, body
     stats = await stats_when(api, "Welcome", lambda s: s["totals"]["entered"] == 1 and s["totals"]["waiting"] == 1)
     assert stats["totals"] == {"entered": 1, "control_entered": 0, "completed": 0, "exited": 0, "converted": 0,
