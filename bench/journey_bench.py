@@ -40,7 +40,6 @@ from kairos.journeys.clock import ManualClock  # noqa: E402
 from kairos.journeys.outbox import OutboxReader  # noqa: E402
 
 DAY_MS = 86_400_000
-TS = 1_790_000_000
 
 CHECKOUT = {
     "entry": {"event": "Checkout Started"}, "match_property": "CartId", "start": "wait_order",
@@ -59,7 +58,9 @@ WELCOME = {
 
 def checkout_bodies(users: int, batch: int = 1000) -> Iterator[bytes]:
     for start in range(0, users, batch):
-        records = [{"identity": f"w{i}", "type": "event", "evtName": "Checkout Started", "ts": TS,
+        # Stamped now: the manual clock starts at the real time, and an entry event over a
+        # day old enters no journey.
+        records = [{"identity": f"w{i}", "type": "event", "evtName": "Checkout Started", "ts": int(time.time()),
                     "evtData": {"CartId": f"c{i}", "Amount": i % 500}}
                    for i in range(start, min(users, start + batch))]
         yield msgspec.json.encode({"d": records})
@@ -112,7 +113,7 @@ async def latency_probe(running: Running, client: aioredis.Redis, seconds: float
     async with aiohttp.ClientSession(headers=headers) as session:
         async def one(identity: str) -> None:
             body = msgspec.json.encode({"d": [{"identity": identity, "type": "event", "evtName": "Signed Up",
-                                               "ts": TS, "evtData": {}}]})
+                                               "ts": int(time.time()), "evtData": {}}]})
             sent_at[identity] = time.perf_counter()
             async with session.post(running.base_url + "/1/upload", data=body) as resp:
                 await resp.read()
