@@ -67,6 +67,9 @@ class JourneyApi:
         account = request[ACCOUNT]
         name = checked(check_name, request.match_info["name"])
         body = await json_object(request)
+        if "definition" not in body and {"entry", "start", "nodes"} & body.keys():
+            raise ApiError(400, "the journey goes under 'definition': send {\"definition\": {\"entry\": ...,"
+                                " \"start\": ..., \"nodes\": ...}}", path="definition")
         only_fields(body, {"definition", "description"})
         if "definition" not in body:
             raise ApiError(400, "a journey needs 'definition'", path="definition")

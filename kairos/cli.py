@@ -87,7 +87,8 @@ def load_definition(path: str) -> dict[str, Any]:
         else:
             raw = yaml.load(text, Loader=_JsonLikeYaml)  # a SafeLoader: no arbitrary objects
     except (ValueError, yaml.YAMLError) as exc:
-        raise CliError(f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {exc}") from None
+        detail = str(exc).replace('"<unicode string>"', path)
+        raise CliError(f"{path} is not valid {'JSON' if path.endswith('.json') else 'YAML'}: {detail}") from None
     if not isinstance(raw, dict):
         raise CliError(f"{path} must hold a journey definition: an object with 'entry', 'start' and 'nodes'")
     try:
@@ -154,8 +155,8 @@ def _add_journey_commands(commands: Any) -> None:
     put = journey_commands.add_parser("put", parents=[connection],
                                       help="save a journey from a JSON or YAML file (a new version each time)")
     put.add_argument("name")
-    put.add_argument("file", help="the definition: FILE.json, or FILE.yaml")
-    put.add_argument("--description", default="")
+    put.add_argument("file", help="the definition: a .json file, else read as YAML")
+    put.add_argument("--description", help="(default: keep the one saved before)")
     journey_commands.add_parser("list", parents=[connection], help="list the account's journeys")
     show = journey_commands.add_parser("show", parents=[connection], help="print a journey and its definition")
     show.add_argument("name")

@@ -107,10 +107,13 @@ class KairosClient:
 
     # --- journeys -----------------------------------------------------------------------
 
-    def save_journey(self, name: str, definition: dict[str, Any], description: str = "") -> dict[str, Any]:
-        """Save a new version of the journey; returns it (`version`, `versions`, `status`...)."""
-        return self._call("PUT", f"/api/journeys/{quote(name, safe='')}",
-                          {"definition": definition, "description": description})
+    def save_journey(self, name: str, definition: dict[str, Any], description: str | None = None) -> dict[str, Any]:
+        """Save a new version of the journey (no `description`: keep the last one);
+        returns it (`version`, `versions`, `status`...)."""
+        body: dict[str, Any] = {"definition": definition}
+        if description is not None:
+            body["description"] = description
+        return self._call("PUT", f"/api/journeys/{quote(name, safe='')}", body)
 
     def journeys(self) -> list[dict[str, Any]]:
         return self._call("GET", "/api/journeys")["journeys"]

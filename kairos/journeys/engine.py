@@ -44,7 +44,6 @@ UserKey = tuple[str, str, str]  # account, journey, user
 class Lookups(Protocol):
     async def matching(self, account: str, condition: Any, users: list[str], now_ms: int, tz: str) -> list[bool]: ...
 
-
     async def time_zones(self, account: str, users: list[str]) -> list[str | None]: ...
 
 

@@ -284,7 +284,8 @@ async def test_client_methods(kairos: Kairos, make_api: Any) -> None:
         with KairosClient(kairos.base_url, api.creds.account_id, api.creds.passcode) as client:
             saved = client.save_journey("Client journey", WELCOME, description="from the client")
             assert (saved["version"], saved["description"]) == (1, "from the client")
-            assert client.save_journey("Client journey", welcome(reentry="always"))["versions"] == [1, 2]
+            second = client.save_journey("Client journey", welcome(reentry="always"))
+            assert (second["versions"], second["description"]) == ([1, 2], "from the client")
             assert client.journey("Client journey")["definition"]["reentry"] == "always"
             assert client.journey("Client journey", version=1)["definition"] == WELCOME
             assert [j["name"] for j in client.journeys()] == ["Client journey"]
@@ -340,7 +341,7 @@ async def test_cli(kairos: Kairos, make_api: Any, tmp_path: Path, capsys: pytest
     assert shown["definition"]["nodes"]["when"]["time"] == "10:30"
     assert shown["definition"]["nodes"]["check"]["yes"] == "wait"
     code, out, _ = await run("list")
-    assert (code, out) == (0, "Welcome\tv2\tactive\n")  # version 2 was saved without a description
+    assert (code, out) == (0, "Welcome\tv2\tactive\tSay hi\n")  # saved again without one: kept
     assert await run("pause", "Welcome") == (0, "'Welcome' is paused (version 2)\n", "")
     assert await run("resume", "Welcome") == (0, "'Welcome' is active (version 2)\n", "")
     code, out, _ = await run("stats", "Welcome")
@@ -380,3 +381,9 @@ async def test_a_segment_a_journey_enters_on_can_be_neither_deleted_nor_made_not
     assert (await api.request("PUT", "/api/segments/Gold", gold))[0] == 200  # still live: fine
     assert (await api.request("DELETE", "/api/journeys/Gold welcome"))[0] == 200
     assert (await api.request("DELETE", "/api/segments/Gold"))[0] == 200
+
+
+async def test_a_bare_definition_is_told_to_go_under_definition(make_api: Any) -> None:
+    api = await make_api()
+    status, body = await api.request("PUT", "/api/journeys/Bare", WELCOME)
+    assert status == 400 and body["path"] == "definition" and "goes under 'definition'" in body["error"], body
