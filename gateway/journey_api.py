@@ -18,6 +18,7 @@ from gateway.auth import ACCOUNT
 from gateway.backend import Backend
 from gateway.errors import ApiError, json_response
 from gateway.api_requests import bad_definition, checked, json_object, only_fields
+from kairos.journeys import counters
 from kairos.journeys.catalog import JourneyCatalog, check_name
 from kairos.journeys.definition import JourneyError
 from kairos.journeys.model import ACTIVE, PAUSED, SavedJourney
@@ -77,11 +78,13 @@ class JourneyApi:
         if description is not None and not isinstance(description, str):
             raise ApiError(400, "'description' must be a string", path="description")
         try:
-            saved = await self.catalog.save(account, name, body["definition"], description)
+            await self.catalog.save(account, name, body["definition"], description)
         except JourneyError as exc:
             raise bad_definition(exc) from None
         await self._refresh(account)
-        return json_response(_view(saved))
+        # Every actor now enters users on the new version only: old ones can be dropped.
+        await self.catalog.prune(account, name)
+        return json_response(_view(await self._saved(account, name)))
 
     async def get_journey(self, request: web.Request) -> web.Response:
         saved = await self._saved(request[ACCOUNT], request.match_info["name"])
@@ -144,6 +147,13 @@ class JourneyApi:
             if target not in new_nodes:
                 raise ApiError(400, f"nodes.{source}: {target!r} is not a node of the current version"
                                     f" ({saved.version})", path=f"nodes.{source}")
+        # Only nodes users are on now must have somewhere to go; the others may be left out.
+        held = _users_at_nodes(await self.catalog.stats(account, name), from_version)
+        unplaced = sorted(n for n in old_nodes if held.get(n, 0) > 0 and n not in nodes and n not in new_nodes)
+        if unplaced:
+            raise ApiError(400, f"nodes.{unplaced[0]}: users wait at {unplaced[0]!r}, which the current version"
+                                f" ({saved.version}) does not have; map it to one of its nodes",
+                           path=f"nodes.{unplaced[0]}")
         moved = await asyncio.gather(*(self.backend.call_journey(i, "move", account, name, from_version, nodes)
                                        for i in range(self.backend.partition_map.shards)))
         return json_response({"moved": sum(moved)})
@@ -169,15 +179,23 @@ def _view(saved: SavedJourney, version: int | None = None) -> dict[str, Any]:
     }
 
 
+def _users_at_nodes(counts: dict[str, int], version: int) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for name, value in counts.items():
+        counter = counters.parse(name)
+        if counter is not None and counter.version == version and counter.what == "waiting" and counter.node:
+            found[counter.node] = value
+    return found
+
+
 def _node_ids(definition: Any) -> set[str]:
     nodes = definition.get("nodes") if isinstance(definition, dict) else None
     return set(nodes) if isinstance(nodes, dict) else set()
 
 
-def _stats(saved: SavedJourney, counters: dict[str, int]) -> dict[str, Any]:
-    """The counters (`v<version>|<what>`, `v<version>|node|<id>|<what>[|<variant>]`) as
-    per-version and per-node figures. Every version and node of the journey is shown,
-    with 0 for a counter never touched."""
+def _stats(saved: SavedJourney, counts: dict[str, int]) -> dict[str, Any]:
+    """The counters (kairos.journeys.counters) as per-version and per-node figures. Every
+    kept version and its nodes are shown, with 0 for a counter never touched."""
     versions: dict[int, dict[str, Any]] = {}
 
     def version_entry(version: int) -> dict[str, Any]:
@@ -194,22 +212,19 @@ def _stats(saved: SavedJourney, counters: dict[str, int]) -> dict[str, Any]:
     for version in sorted(saved.definitions):
         for node in sorted(_node_ids(saved.definitions[version])):
             node_entry(version, node)
-    for field, value in sorted(counters.items()):
-        head, _, rest = field.partition("|")
-        if not head.startswith("v") or not head[1:].isdigit():
+    # Every version with counters shows, kept or not: a dropped version's users still
+    # count in the totals. (A delete takes the counters with it.)
+    for name, value in sorted(counts.items()):
+        counter = counters.parse(name)
+        if counter is None:
             continue
-        version = int(head[1:])
-        if version not in saved.definitions:
-            continue  # a counter left by a step that raced the journey's delete
-        if not rest.startswith("node|"):
-            if rest in VERSION_COUNTERS:
-                version_entry(version)[rest] = value
-            continue
-        parts = rest.split("|")  # node, <id>, waiting | reached | sent, [variant]
-        if len(parts) == 3 and parts[2] in ("waiting", "reached"):
-            node_entry(version, parts[1])[parts[2]] = value
-        elif len(parts) == 4 and parts[2] == "sent":
-            node_entry(version, parts[1])["sent"][parts[3]] = value
+        if counter.node is None:
+            if counter.what in VERSION_COUNTERS:
+                version_entry(counter.version)[counter.what] = value
+        elif counter.what == "sent":
+            node_entry(counter.version, counter.node)["sent"][counter.variant] = value
+        else:
+            node_entry(counter.version, counter.node)[counter.what] = value
     totals = {what: sum(v[what] for v in versions.values()) for what in TOTALS}
     totals["waiting"] = sum(n["waiting"] for v in versions.values() for n in v["nodes"].values())
     return {

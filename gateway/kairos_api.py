@@ -126,11 +126,11 @@ class KairosApi:
 
     async def _refuse_if_used(self, account: str, name: str, change: str, signals_only: bool) -> None:
         """409 when journeys enter on the segment: they would stop getting its signals."""
-        users = await self.journeys.users_of_segment(account, name, signals_only)
-        if users:
-            raise ApiError(409, f"segment {name!r} cannot be {change}: journey {users[0]!r} enters on it"
-                                f"{f' (and {len(users) - 1} more)' if len(users) > 1 else ''}; change or delete"
-                                " the journey first")
+        journeys = await self.journeys.journeys_entering_on(account, name, signals_only)
+        if journeys:
+            raise ApiError(409, f"segment {name!r} cannot be {change}: journey {journeys[0]!r} enters on it"
+                                f"{f' (and {len(journeys) - 1} more)' if len(journeys) > 1 else ''}; change or"
+                                " delete the journey first")
 
     async def delete_segment(self, request: web.Request) -> web.Response:
         await self._refuse_if_used(request[ACCOUNT], request.match_info["name"], "deleted", signals_only=False)

@@ -222,3 +222,5 @@ class Trigger(msgspec.Struct, array_like=True, gc=False):
     event: str
     ts_ms: int
     props: dict[str, Any]
+    # When the shard took it (its batch's log id); 0 where unknown. Set by the reader.
+    ingested_ms: int = 0

@@ -14,6 +14,7 @@ import msgspec
 import redis.asyncio as aioredis
 
 from kairos import keys
+from kairos.journeys import counters
 from kairos.journeys.definition import Journey, JourneyError, ScheduleEntry, SegmentEntry, parse_journey
 from kairos.journeys.model import ACTIVE, PAUSED, SavedJourney
 from kairos.segments.catalog import NAME, SavedSegment
@@ -50,7 +51,7 @@ class JourneyCatalog:
                     if old_raw is None and await pipe.hlen(key) >= MAX_JOURNEYS:
                         raise JourneyError("name", f"the account already has {MAX_JOURNEYS} journeys")
                     old = msgspec.msgpack.decode(old_raw, type=SavedJourney) if old_raw else None
-                    definitions = await self._in_use(account, old) if old else {}
+                    definitions = dict(old.definitions) if old else {}
                     if len(definitions) >= MAX_VERSIONS:
                         raise JourneyError("definition", f"the journey has users on {MAX_VERSIONS} versions; move"
                                                          " them to the current one (or wait for them to finish)")
@@ -71,19 +72,32 @@ class JourneyCatalog:
                 except aioredis.WatchError:
                     continue
 
-    async def _in_use(self, account: str, saved: SavedJourney) -> dict[int, Any]:
-        """The current version and every older one that still has users (waiting at a
-        node or in the goal window): the others are dropped from the catalog."""
-        counters = await self.stats(account, saved.name)
-        held: dict[int, int] = {}
-        for name, value in counters.items():
-            head, _, rest = name.partition("|")
-            if rest == "goal_window" or rest.endswith("|waiting"):
-                version = int(head[1:])
-                held[version] = held.get(version, 0) + value
-        return {v: d for v, d in saved.definitions.items() if v == saved.version or held.get(v, 0) > 0}
+    async def prune(self, account: str, name: str) -> None:
+        """Drop the old versions no one is on (waiting at a node or in the goal window).
+        Call it once every journey actor has taken up the current version: from then on
+        only that one gains users, so an old version whose count is 0 stays empty."""
+        key = keys.journeys(account)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    await pipe.watch(key)
+                    raw = await pipe.hget(key, name)
+                    if raw is None:
+                        return
+                    saved = msgspec.msgpack.decode(raw, type=SavedJourney)
+                    held = counters.users_on(await self.stats(account, name))
+                    kept = {v: d for v, d in saved.definitions.items() if v == saved.version or held.get(v, 0) > 0}
+                    if len(kept) == len(saved.definitions):
+                        return
+                    saved.definitions = kept
+                    pipe.multi()
+                    pipe.hset(key, name, msgspec.msgpack.encode(saved))
+                    await pipe.execute()
+                    return
+                except aioredis.WatchError:
+                    continue
 
-    async def users_of_segment(self, account: str, segment: str, signals_only: bool = False) -> list[str]:
+    async def journeys_entering_on(self, account: str, segment: str, signals_only: bool = False) -> list[str]:
         """Journeys that enter on the segment (any version still kept); with
         `signals_only`, just those entered on its live signals (not on a schedule)."""
         kinds = (SegmentEntry,) if signals_only else (SegmentEntry, ScheduleEntry)

@@ -14,21 +14,26 @@ stale entries skipped when they surface.
 from __future__ import annotations
 
 import heapq
+import logging
 import zlib
 from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable, Protocol
+from typing import Any, Iterable, Protocol, Sequence
 
 import msgspec
 
 from kairos.journeys.definition import (
-    Branch, EventRule, Exit, Journey, Reentry, ScheduleEntry, Send, Split, Wait, WaitForEvent, WaitUntil, parse_journey,
+    Branch, EventEntry, EventRule, Exit, Journey, Reentry, ScheduleEntry, Send, Split, Wait, WaitForEvent, WaitUntil,
+    parse_journey,
 )
+from kairos.journeys import counters
 from kairos.journeys.event_filters import all_pass
 from kairos.journeys.model import (
-    ACTIVE, GOAL_NODE, PAUSED, Position, SavedJourney, SegmentSignalIn, SendRequest, Trigger,
+    ACTIVE, GOAL_NODE, PAUSED, READY, WAITING, Position, SavedJourney, SegmentSignalIn, SendRequest, Trigger,
 )
 from kairos.segments.definition import SegmentError
 from kairos.segments.timing import zone
+
+logger = logging.getLogger(__name__)
 
 # Timers fired per `process` call: bounds one commit, so a backlog (after a restart)
 # drains in steps that leave room for fresh events between them.
@@ -119,6 +124,9 @@ class JourneyEngine:
         self._runs: dict[tuple[str, str], _Run] = {}
         self._run_list: list[_Run] = []
         self._timers: list[tuple[int, int, str]] = []
+        # Heap entries whose position has moved on: skipped when they surface, and swept
+        # out when they are most of the heap (a wait replaced long before its end).
+        self._stale = 0
         self._by_event: dict[tuple[str, str], list[_Run]] = {}
         self._by_segment: dict[tuple[str, str], list[_Run]] = {}
         self._ready: list[tuple[_Run, str]] = []
@@ -155,8 +163,9 @@ class JourneyEngine:
 
     def _drop(self, run: _Run) -> None:
         """A deleted journey: its users leave it, uncounted (its counters went with it)."""
-        for user in run.positions:
+        for user, pos in run.positions.items():
             self.changes.positions[(run.account, run.name, user)] = None
+            self._stale += pos.phase == WAITING
         run.positions.clear()
         run.deleted = True
         del self._runs[(run.account, run.name)]
@@ -198,16 +207,23 @@ class JourneyEngine:
     def load(self, positions: Iterable[tuple[str, str, str, Position]]) -> None:
         """Positions as last made durable (after a restart). A wait that came due while
         no one was running fires at the next `process`, once."""
+        dropped = 0
         for account, name, user, pos in positions:
             run = self._runs.get((account, name))
             if run is None or pos.version not in run.versions:
+                # Its journey was deleted (the delete's refresh missed us), or its version
+                # was dropped from the catalog with a count of 0 that was wrong.
                 self.changes.positions[(account, name, user)] = None
+                dropped += 1
                 continue
             run.positions[user] = pos
-            if pos.phase == 1:
-                heapq.heappush(self._timers, (pos.due_ms, run.index, user))
+            if pos.phase == WAITING:
+                self._timers.append((pos.due_ms, run.index, user))
             else:
                 self._ready.append((run, user))
+        heapq.heapify(self._timers)
+        if dropped:
+            logger.warning("dropped %d positions of deleted journeys or of versions no longer kept", dropped)
 
     def take_changes(self) -> Changes:
         changes, self.changes = self.changes, Changes()
@@ -219,21 +235,23 @@ class JourneyEngine:
     def _set(self, run: _Run, user: str, old: Position | None, new: Position | None) -> None:
         if old is not None:
             self.changes.count(run.account, run.name, _gauge(old), -1)
+            if old.phase == WAITING:
+                self._stale += 1
         if new is None:
             run.positions.pop(user, None)
             run.held.discard(user)
         else:
             self.changes.count(run.account, run.name, _gauge(new))
             run.positions[user] = new
-            if new.phase == 1:
+            if new.phase == WAITING:
                 heapq.heappush(self._timers, (new.due_ms, run.index, user))
         self.changes.positions[(run.account, run.name, user)] = new
 
     # --- inputs -----------------------------------------------------------------------
 
     async def process(
-        self, now_ms: int, events: list[Trigger] = (), signals: list[SegmentSignalIn] = (),  # type: ignore[assignment]
-        scheduled: list[tuple[str, str, int, list[str]]] = (),  # type: ignore[assignment]
+        self, now_ms: int, events: Sequence[Trigger] = (), signals: Sequence[SegmentSignalIn] = (),
+        scheduled: Sequence[tuple[str, str, int, list[str]]] = (),
     ) -> None:
         """Take a batch of inputs in order, then fire the waits due by `now_ms`.
         `scheduled` holds (account, journey, run time, users) of schedule runs come due;
@@ -252,20 +270,33 @@ class JourneyEngine:
         ready, self._ready = self._ready, []
         for run, user in dict.fromkeys(ready):
             pos = run.positions.get(user)
-            if pos is not None and pos.phase == 0 and not run.deleted and user not in run.held:
+            if pos is not None and pos.phase == READY and not run.deleted and user not in run.held:
                 self._advance(run, user, pos, pos.node, now_ms)
         await self._resolve_pending(now_ms)
         self._known_history.clear()
+        if self._stale > 100_000 and self._stale * 2 > len(self._timers):
+            self._sweep_timers()
 
-    async def _prefetch_history(self, events: list[Trigger], signals: list[SegmentSignalIn],
-                                scheduled: list[tuple[str, str, int, list[str]]]) -> None:
+    def _sweep_timers(self) -> None:
+        def live(entry: tuple[int, int, str]) -> bool:
+            due, index, user = entry
+            run = self._run_list[index]
+            pos = run.positions.get(user)
+            return not run.deleted and pos is not None and pos.phase == WAITING and pos.due_ms == due
+
+        self._timers = [entry for entry in self._timers if live(entry)]
+        heapq.heapify(self._timers)
+        self._stale = 0
+
+    async def _prefetch_history(self, events: Sequence[Trigger], signals: Sequence[SegmentSignalIn],
+                                scheduled: Sequence[tuple[str, str, int, list[str]]]) -> None:
         """Entry rules need how often each would-be entrant entered before: one read."""
         wanted: set[UserKey] = set()
         for trigger in events:
             for run in self._by_event.get((trigger.account, trigger.event), ()):
                 entry = run.current.entry
                 # Even for a user in the journey now: a goal earlier in the batch may end it.
-                if getattr(entry, "event", None) == trigger.event:
+                if isinstance(entry, EventEntry) and entry.event == trigger.event:
                     wanted.add((run.account, run.name, trigger.user))
         for signal in signals:
             if signal.entered:
@@ -285,8 +316,9 @@ class JourneyEngine:
             pos = run.positions.get(trigger.user)
             if pos is None:
                 entry = run.current.entry
-                if (getattr(entry, "event", None) == trigger.event and trigger.ts_ms >= now_ms - MAX_ENTRY_AGE_MS
-                        and all_pass(entry.where, trigger.props, now_ms)):  # type: ignore[union-attr]
+                taken_ms = trigger.ingested_ms or now_ms
+                if (isinstance(entry, EventEntry) and entry.event == trigger.event
+                        and taken_ms - trigger.ts_ms <= MAX_ENTRY_AGE_MS and all_pass(entry.where, trigger.props, now_ms)):
                     self._enter(run, trigger.user, now_ms, trigger.props)
                 continue
             journey = run.versions[pos.version]
@@ -299,13 +331,14 @@ class JourneyEngine:
                 self._leave(run, trigger.user, pos, "exited")
                 continue
             node = journey.nodes[pos.node]
-            if (pos.phase == 1 and isinstance(node, WaitForEvent) and node.event == trigger.event
-                    and all_pass(node.where, trigger.props, now_ms)
-                    and (not node.match or _same_key(journey, pos, trigger))):
+            if pos.phase == WAITING and isinstance(node, WaitForEvent) and self._rule_hits(journey, node, pos, trigger,
+                                                                                           now_ms):
                 self._advance(run, trigger.user, pos, node.on_event, now_ms)
 
     @staticmethod
-    def _rule_hits(journey: Journey, rule: EventRule, pos: Position, trigger: Trigger, now_ms: int) -> bool:
+    def _rule_hits(journey: Journey, rule: EventRule | WaitForEvent, pos: Position, trigger: Trigger,
+                   now_ms: int) -> bool:
+        """The event is the rule's (name, `where` filters, and the entry's match value)."""
         return (rule.event == trigger.event and all_pass(rule.where, trigger.props, now_ms)
                 and (not rule.match or _same_key(journey, pos, trigger)))
 
@@ -313,10 +346,12 @@ class JourneyEngine:
         for run in self._by_segment.get((signal.account, signal.segment), ()):
             pos = run.positions.get(signal.user)
             if signal.entered:
-                if pos is None and getattr(run.current.entry, "segment", None) == signal.segment:
+                if pos is None and run.current.signal_segment() == signal.segment:
                     self._enter(run, signal.user, now_ms, {})
-            elif pos is not None and pos.node != GOAL_NODE and run.versions[pos.version].exit_on_segment_exit:
-                self._leave(run, signal.user, pos, "exited")
+            elif pos is not None and pos.node != GOAL_NODE:
+                journey = run.versions[pos.version]
+                if journey.exit_on_segment_exit and journey.signal_segment() == signal.segment:
+                    self._leave(run, signal.user, pos, "exited")
 
     def _enter(self, run: _Run, user: str, now_ms: int, props: dict[str, Any], not_since: int | None = None) -> bool:
         if run.status != ACTIVE or run.deleted or user in run.positions:
@@ -333,13 +368,13 @@ class JourneyEngine:
         control = bucket(run.account, run.name, "$control", user) < journey.control_percent
         match_value = props.get(journey.match_property) if journey.match_property else None
         pos = Position(run.version, journey.start, 0, 0, now_ms, seq, match_value, None, control)
-        self.changes.count(run.account, run.name, f"v{run.version}|control_entered" if control else f"v{run.version}|entered")
+        self.changes.count(run.account, run.name, counters.outcome(run.version, "control_entered" if control else "entered"))
         self._set(run, user, None, pos)
         self._advance(run, user, pos, journey.start, now_ms)
         return True
 
     def _leave(self, run: _Run, user: str, pos: Position, outcome: str) -> None:
-        self.changes.count(run.account, run.name, f"v{pos.version}|{outcome}")
+        self.changes.count(run.account, run.name, counters.outcome(pos.version, outcome))
         self._set(run, user, pos, None)
 
     # --- moving along -----------------------------------------------------------------
@@ -351,15 +386,15 @@ class JourneyEngine:
         while True:
             if node_id is None or isinstance(journey.nodes[node_id], Exit):
                 if node_id is not None:
-                    self.changes.count(run.account, run.name, f"v{pos.version}|node|{node_id}|reached")
+                    self.changes.count(run.account, run.name, counters.at_node(pos.version, node_id, "reached"))
                 self._finish(run, user, pos, now_ms, variant)
                 return
             if run.status == PAUSED:
-                self._rest(run, user, pos, node_id, 0, 0, variant)
+                self._rest(run, user, pos, node_id, READY, 0, variant)
                 run.held.add(user)
                 return
             node = journey.nodes[node_id]
-            self.changes.count(run.account, run.name, f"v{pos.version}|node|{node_id}|reached")
+            self.changes.count(run.account, run.name, counters.at_node(pos.version, node_id, "reached"))
             if isinstance(node, Send):
                 if not pos.control:
                     self._send(run, user, pos, node_id, node, variant, now_ms)
@@ -372,16 +407,16 @@ class JourneyEngine:
                         break
                 variant, node_id = option.name, option.next
             elif isinstance(node, Wait):
-                self._rest(run, user, pos, node_id, 1, now_ms + node.duration_ms, variant)
+                self._rest(run, user, pos, node_id, WAITING, now_ms + node.duration_ms, variant)
                 return
             elif isinstance(node, WaitForEvent):
-                self._rest(run, user, pos, node_id, 1, now_ms + node.timeout_ms, variant)
+                self._rest(run, user, pos, node_id, WAITING, now_ms + node.timeout_ms, variant)
                 return
             else:
                 assert isinstance(node, (Branch, WaitUntil))
                 # Undo the count: it is made when the lookup answers and the node runs.
-                self.changes.count(run.account, run.name, f"v{pos.version}|node|{node_id}|reached", -1)
-                self._rest(run, user, pos, node_id, 0, 0, variant)
+                self.changes.count(run.account, run.name, counters.at_node(pos.version, node_id, "reached"), -1)
+                self._rest(run, user, pos, node_id, READY, 0, variant)
                 self._pending.setdefault((run.index, pos.version, node_id), []).append(user)
                 return
 
@@ -394,12 +429,12 @@ class JourneyEngine:
     def _finish(self, run: _Run, user: str, pos: Position, now_ms: int, variant: str | None) -> None:
         current = run.positions.get(user, pos)
         journey = run.versions[current.version]
-        self.changes.count(run.account, run.name, f"v{current.version}|completed")
+        self.changes.count(run.account, run.name, counters.outcome(current.version, "completed"))
         if journey.goal is not None and journey.goal_within_ms is not None:
             due = current.entered_ms + journey.goal_within_ms
             if due > now_ms:
                 # Still inside the conversion window: the goal may yet come.
-                new = msgspec.structs.replace(current, node=GOAL_NODE, phase=1, due_ms=due, variant=variant)
+                new = msgspec.structs.replace(current, node=GOAL_NODE, phase=WAITING, due_ms=due, variant=variant)
                 self._set(run, user, current, new)
                 return
         self._set(run, user, current, None)
@@ -409,7 +444,7 @@ class JourneyEngine:
         send_id = f"{run.account}/{run.name}/{pos.version}/{user}/{pos.seq}/{node_id}"
         self.changes.sends.append(SendRequest(send_id, run.account, user, node.channel, node.message, run.name,
                                               pos.version, node_id, now_ms, variant))
-        self.changes.count(run.account, run.name, f"v{pos.version}|node|{node_id}|sent|{variant or '-'}")
+        self.changes.count(run.account, run.name, counters.sent(pos.version, node_id, variant))
 
     def _fire_due(self, now_ms: int) -> None:
         fired = 0
@@ -417,7 +452,8 @@ class JourneyEngine:
             due, index, user = heapq.heappop(self._timers)
             run = self._run_list[index]
             pos = run.positions.get(user)
-            if run.deleted or pos is None or pos.phase != 1 or pos.due_ms != due:
+            if run.deleted or pos is None or pos.phase != WAITING or pos.due_ms != due:
+                self._stale = max(0, self._stale - 1)
                 continue  # stale: the user moved on since this timer was set
             fired += 1
             if run.status == PAUSED:
@@ -442,7 +478,7 @@ class JourneyEngine:
             pos = run.positions.get(user)
             if pos is None:
                 continue
-            if pos.phase == 1:
+            if pos.phase == WAITING:
                 heapq.heappush(self._timers, (pos.due_ms, run.index, user))
             else:
                 self._ready.append((run, user))
@@ -465,7 +501,7 @@ class JourneyEngine:
                         pos = run.positions[user]
                         if not _at(run, user, version, node_id):
                             continue
-                        self.changes.count(run.account, run.name, f"v{version}|node|{node_id}|reached")
+                        self.changes.count(run.account, run.name, counters.at_node(version, node_id, "reached"))
                         self._advance(run, user, pos, node.yes if yes else node.no, now_ms)
                 else:
                     assert isinstance(node, WaitUntil)
@@ -474,9 +510,9 @@ class JourneyEngine:
                         pos = run.positions[user]
                         if not _at(run, user, version, node_id):
                             continue
-                        self.changes.count(run.account, run.name, f"v{version}|node|{node_id}|reached")
+                        self.changes.count(run.account, run.name, counters.at_node(version, node_id, "reached"))
                         due = next_local_time(now_ms, node.hour, node.minute, tz_name, journey.tz)
-                        self._rest(run, user, pos, node_id, 1, due, pos.variant)
+                        self._rest(run, user, pos, node_id, WAITING, due, pos.variant)
 
     # --- operator actions ---------------------------------------------------------------
 
@@ -500,13 +536,13 @@ class JourneyEngine:
                     continue
                 old_node = run.versions[from_version].nodes[pos.node]
                 same_kind = type(old_node) is type(target.nodes[node_id])
-                keep = pos.phase == 1 and same_kind
-                new = msgspec.structs.replace(pos, version=run.version, node=node_id, phase=1 if keep else 0,
+                keep = pos.phase == WAITING and same_kind
+                new = msgspec.structs.replace(pos, version=run.version, node=node_id, phase=WAITING if keep else READY,
                                               due_ms=pos.due_ms if keep else 0)
-            self.changes.count(account, name, f"v{from_version}|moved_out")
-            self.changes.count(account, name, f"v{run.version}|moved_in")
+            self.changes.count(account, name, counters.outcome(from_version, "moved_out"))
+            self.changes.count(account, name, counters.outcome(run.version, "moved_in"))
             self._set(run, user, pos, new)
-            if new.phase == 0:
+            if new.phase == READY:
                 self._ready.append((run, user))
             moved += 1
         return moved
@@ -515,8 +551,8 @@ class JourneyEngine:
 def _gauge(pos: Position) -> str:
     """The counter of users where `pos` is: waiting at a node, or in the goal window."""
     if pos.node == GOAL_NODE:
-        return f"v{pos.version}|goal_window"
-    return f"v{pos.version}|node|{pos.node}|waiting"
+        return counters.outcome(pos.version, "goal_window")
+    return counters.at_node(pos.version, pos.node, "waiting")
 
 
 def _same_key(journey: Journey, pos: Position, trigger: Trigger) -> bool:
@@ -526,7 +562,7 @@ def _same_key(journey: Journey, pos: Position, trigger: Trigger) -> bool:
 
 def _at(run: _Run, user: str, version: int, node_id: str) -> bool:
     pos = run.positions.get(user)
-    return pos is not None and pos.version == version and pos.node == node_id and pos.phase == 0
+    return pos is not None and pos.version == version and pos.node == node_id and pos.phase == READY
 
 
 def _may_enter(reentry: Reentry, count: int, last_ms: int | None, now_ms: int) -> bool:

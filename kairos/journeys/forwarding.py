@@ -18,14 +18,12 @@ from redis.exceptions import ResponseError
 
 from kairos import keys
 from kairos.journeys.definition import parse_journey
-from kairos.journeys.model import SavedJourney, Trigger, trigger_list_encoder
+from kairos.journeys.model import CATALOG_RESYNC_S, SavedJourney, Trigger, trigger_list_encoder
 
 logger = logging.getLogger(__name__)
 
 # Inbox entries kept per partition; journey actors trim what they have read long before.
 MAX_INBOX_ENTRIES = 1_000_000
-# How often a shard re-reads every account's journeys, in case a refresh missed it.
-RESYNC_S = 30.0
 
 
 class JourneySource(Protocol):
@@ -41,6 +39,9 @@ class JourneyForwarding:
         # account -> events to forward; partitions hold this same dict and read it as they apply.
         self.interest: dict[str, frozenset[str]] = {}
         self._resync: asyncio.Task[None] | None = None
+        # Loads and refreshes one at a time: a full load that read the catalog before a
+        # refresh must not put the older picture back after it.
+        self._lock = asyncio.Lock()
         # (account, journey, created, version) -> its events: a resync parses only what is new.
         self._names: dict[tuple[str, str, int, int], frozenset[str]] = {}
 
@@ -62,25 +63,28 @@ class JourneyForwarding:
             self._resync = asyncio.ensure_future(self._resync_forever())
 
     async def _load(self) -> None:
-        found = {account: self.events_for(account, saved) for account, saved in (await self._source.everything()).items()}
-        self.interest.clear()
-        self.interest.update({a: e for a, e in found.items() if e})
+        async with self._lock:
+            everything = await self._source.everything()
+            found = {account: self.events_for(account, saved) for account, saved in everything.items()}
+            self.interest.clear()
+            self.interest.update({a: e for a, e in found.items() if e})
 
     async def _resync_forever(self) -> None:
         while True:
-            await asyncio.sleep(RESYNC_S)
+            await asyncio.sleep(CATALOG_RESYNC_S)
             try:
                 await self._load()
             except Exception:
-                logger.exception("could not re-read journeys; trying again in %ss", RESYNC_S)
+                logger.exception("could not re-read journeys; trying again in %ss", CATALOG_RESYNC_S)
 
     async def refresh(self, account: str) -> list[str]:
-        events = self.events_for(account, await self._source.all(account))
-        if events:
-            self.interest[account] = events
-        else:
-            self.interest.pop(account, None)
-        return sorted(events)
+        async with self._lock:
+            events = self.events_for(account, await self._source.all(account))
+            if events:
+                self.interest[account] = events
+            else:
+                self.interest.pop(account, None)
+            return sorted(events)
 
     async def write(self, items: list[tuple[int, str, list[Trigger]]]) -> None:
         """(partition, log id, triggers) -> the partition's inbox, in log order."""

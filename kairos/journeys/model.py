@@ -10,6 +10,10 @@ import msgspec
 from kairos.models import Trigger
 
 ACTIVE, PAUSED = "active", "paused"
+# Shards and journey actors re-read the catalog this often, in case a refresh missed them.
+CATALOG_RESYNC_S = 30.0
+# A position's phase: its node is to run next, or it waits inside its node.
+READY, WAITING = 0, 1
 
 
 class SavedJourney(msgspec.Struct):

@@ -19,7 +19,7 @@ from kairos.journeys.catalog import JourneyCatalog
 from kairos.journeys.clock import Clock
 from kairos.journeys.definition import ScheduleEntry
 from kairos.journeys.engine import JourneyEngine, Lookups
-from kairos.journeys.model import SegmentSignalIn, Trigger, trigger_list_decoder
+from kairos.journeys.model import CATALOG_RESYNC_S, SegmentSignalIn, Trigger, trigger_list_decoder
 from kairos.journeys.state_store import SEP, JourneyStateStore, stream_id_order
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,6 @@ READ_COUNT = 500  # stream entries per stream per step
 # Members of a schedule run entered per step: a run over a million members goes in
 # steps whose commits stay small, between which events keep flowing.
 SCHEDULE_CHUNK = 20_000
-RESYNC_S = 30.0  # catalog re-read, in case a refresh missed this actor
 TRIM_EVERY_S = 10.0
 
 
@@ -98,13 +97,14 @@ class JourneyRunner:
         cursors = await self.store.load_cursors()
         for stream, p in self._inboxes.items():
             self._read_at[stream] = cursors[p].get("inbox", "0-0")
+        entered_on = set(self.engine.signal_segments())
         for name in cursors[self.partitions[0]] if self.partitions else ():
             # Partitions commit together; the least of them is where all of them are.
             values = [cursors[p][name] for p in self.partitions if name in cursors[p]]
             if name.startswith("sig" + SEP):
                 _, account, segment = name.split(SEP, 2)
-                stream = keys.segment_signals(account, segment)
-                self._read_at[stream] = min(values, key=stream_id_order)
+                if (account, segment) in entered_on:  # else no journey enters on it any more
+                    self._read_at[keys.segment_signals(account, segment)] = min(values, key=stream_id_order)
             elif name.startswith("sched" + SEP):
                 self._schedules_done[name] = min(int(v) for v in values)
         await self._sync_signal_streams()
@@ -133,7 +133,7 @@ class JourneyRunner:
         while True:
             try:
                 await self.step()
-                if time.monotonic() - last_sync >= RESYNC_S:
+                if time.monotonic() - last_sync >= CATALOG_RESYNC_S:
                     last_sync = time.monotonic()
                     for account in await self.catalog.accounts():
                         await self.refresh(account)
@@ -163,8 +163,12 @@ class JourneyRunner:
             for stream, entries in found:
                 read_to[stream] = entries[-1][0].decode()
                 if stream in self._inboxes:
-                    for _, fields in entries:
-                        events.extend(trigger_list_decoder.decode(fields[b"t"]))
+                    for entry_id, fields in entries:
+                        # The entry's id is its batch's log id: when the shard took the events.
+                        ingested_ms = stream_id_order(entry_id.decode())[0]
+                        for trigger in trigger_list_decoder.decode(fields[b"t"]):
+                            trigger.ingested_ms = ingested_ms
+                            events.append(trigger)
                 elif stream in self._signal_streams:
                     account, segment = self._signal_streams[stream]
                     for _, fields in entries:
@@ -244,9 +248,10 @@ class JourneyRunner:
 
     async def refresh(self, account: str) -> None:
         await self.load()
-        saved = await self.catalog.all(account)
         async with self._lock:
-            self.engine.set_journeys(account, saved)
+            # Read under the lock: a read that overtook a later one would put an older
+            # catalog back over a newer one.
+            self.engine.set_journeys(account, await self.catalog.all(account))
             await self._sync_signal_streams()
             await self._commit({})
 

@@ -83,12 +83,12 @@ async def test_save_get_list_and_versions(kairos: Kairos, make_api: Any) -> None
     assert (status, got) == (200, second)
     status, old = await api.request("GET", "/api/journeys/Welcome?version=1")
     assert status == 200 and old["definition"] == WELCOME and old["version"] == 2 and old["definition_version"] == 1
-    # An old version no one is on is dropped, once it is not the one just replaced
-    # (users may be entering that one as the save happens); 1 still has its user.
+    # Once every journey actor has the new version, old versions no one is on are
+    # dropped: 2 had no one; 1 still has its user.
     status, third = await api.request("PUT", "/api/journeys/Welcome", {"definition": WELCOME, "description": ""})
-    assert (status, third["versions"], third["description"]) == (200, [1, 2, 3], "")
+    assert (status, third["versions"], third["description"]) == (200, [1, 3], "")
     status, fourth = await api.request("PUT", "/api/journeys/Welcome", {"definition": WELCOME})
-    assert (status, fourth["versions"]) == (200, [1, 3, 4])
+    assert (status, fourth["versions"]) == (200, [1, 4])
     status, body = await api.request("GET", "/api/journeys/Welcome?version=7")
     assert status == 404 and body["path"] == "version" and body["code"] == 404, body
     status, body = await api.request("GET", "/api/journeys/Welcome?version=two")
@@ -209,12 +209,15 @@ async def test_pause_resume_and_delete(make_api: Any) -> None:
     assert (again["version"], again["versions"], again["status"]) == (3, [3], "active")
 
 
-async def test_move_is_validated(make_api: Any) -> None:
+async def test_move_is_validated(kairos: Kairos, make_api: Any) -> None:
     api = await make_api()
     await api.request("PUT", "/api/journeys/Welcome", {"definition": WELCOME})
     move = "/api/journeys/Welcome/move"
     status, body = await api.request("POST", move, {"from_version": 1})
     assert status == 400 and body["path"] == "from_version" and "current version" in body["error"], body
+    # One user waits at "wait" on version 1 (so version 1 is kept), which version 2 lacks.
+    assert (await api.upload([await signed_up(kairos, "mover")]))[0] == 200
+    await stats_when(api, "Welcome", lambda s: s["totals"]["waiting"] == 1)
     await api.request("PUT", "/api/journeys/Welcome", {"definition": welcome(start="hello", nodes={
         "hello": {"type": "send", "channel": "push", "message": {"title": "Hi"}, "next": "pause"},
         "pause": {"type": "wait", "duration": "30d"}})})
@@ -229,12 +232,12 @@ async def test_move_is_validated(make_api: Any) -> None:
         ({"from_version": 1, "nodes": ["wait"]}, "nodes"),
         ({"from_version": 1, "nodes": {"wait": 3}}, "nodes"),
         ({"from_version": 1, "extra": 1}, "extra"),
+        ({"from_version": 1}, "nodes.wait"),  # its user would have nowhere to go
     ]:
         status, body = await api.request("POST", move, request)
         assert (status, body.get("path")) == (400, path), (request, body)
-    # Valid, with nobody on version 1.
     assert await api.request("POST", move, {"from_version": 1, "nodes": {"wait": "pause", "hi": "hello"}}) == (
-        200, {"moved": 0})
+        200, {"moved": 1})
 
 
 async def test_stats_of_a_journey_that_ran_and_a_move(kairos: Kairos, make_api: Any) -> None:
@@ -285,16 +288,18 @@ async def test_client_methods(kairos: Kairos, make_api: Any) -> None:
             saved = client.save_journey("Client journey", WELCOME, description="from the client")
             assert (saved["version"], saved["description"]) == (1, "from the client")
             second = client.save_journey("Client journey", welcome(reentry="always"))
-            assert (second["versions"], second["description"]) == ([1, 2], "from the client")
+            # No one was on version 1: it is not kept.
+            assert (second["versions"], second["description"]) == ([2], "from the client")
             assert client.journey("Client journey")["definition"]["reentry"] == "always"
-            assert client.journey("Client journey", version=1)["definition"] == WELCOME
+            assert client.journey("Client journey", version=2)["definition_version"] == 2
             assert [j["name"] for j in client.journeys()] == ["Client journey"]
             assert client.pause_journey("Client journey")["status"] == "paused"
             assert client.resume_journey("Client journey")["status"] == "active"
-            assert client.move_journey("Client journey", 1) == 0
-            assert client.move_journey("Client journey", 1, {"wait": "wait"}) == 0
+            with pytest.raises(KairosError) as gone:
+                client.move_journey("Client journey", 1, {"wait": "wait"})
+            assert (gone.value.status, gone.value.path) == (400, "from_version")
             stats = client.journey_stats("Client journey")
-            assert stats["totals"]["entered"] == 0 and set(stats["versions"]) == {"1", "2"}
+            assert stats["totals"]["entered"] == 0 and set(stats["versions"]) == {"2"}
             with pytest.raises(KairosError) as bad:
                 client.save_journey("Client journey", welcome(start="nowhere"))
             assert (bad.value.status, bad.value.path) == (400, "definition.start")
@@ -337,7 +342,7 @@ async def test_cli(kairos: Kairos, make_api: Any, tmp_path: Path, capsys: pytest
 
     code, out, _ = await run("show", "Welcome")
     shown = json.loads(out)
-    assert code == 0 and shown["version"] == 2 and shown["versions"] == [1, 2]
+    assert code == 0 and shown["version"] == 2 and shown["versions"] == [2]
     assert shown["definition"]["nodes"]["when"]["time"] == "10:30"
     assert shown["definition"]["nodes"]["check"]["yes"] == "wait"
     code, out, _ = await run("list")

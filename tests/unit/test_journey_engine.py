@@ -498,3 +498,16 @@ async def test_an_entry_event_from_long_ago_enters_no_one() -> None:
     await world.step(events=[Trigger(ACCOUNT, "u1", "Added To Cart", T0 - 2 * DAY, {"CartId": "old"}),
                              Trigger(ACCOUNT, "u2", "Added To Cart", T0 - HOUR, {"CartId": "recent"})])
     assert [key[2] for key in world.positions] == ["u2"]
+
+
+async def test_waits_replaced_long_before_their_end_are_swept_from_the_heap() -> None:
+    journey = {"entry": {"event": "Visited"}, "start": "long", "reentry": "always",
+               "nodes": {"long": {"type": "wait_for_event", "event": "Bought", "timeout": "300d"}}}
+    world = World({"long": journey})
+    users = [f"u{i}" for i in range(60_000)]
+    for _ in range(3):  # each round: everyone enters (a 300-day wait), then leaves at once
+        await world.step(events=[Trigger(ACCOUNT, u, "Visited", world.now, {}) for u in users])
+        await world.step(events=[Trigger(ACCOUNT, u, "Bought", world.now, {}) for u in users])
+    await world.step(events=[Trigger(ACCOUNT, u, "Visited", world.now, {}) for u in users[:10]])
+    assert len(world.engine._timers) < 100_000  # 180,010 pushed; the stale ones swept
+    assert world.waiting("long", "long") == 10
