@@ -498,6 +498,11 @@ async def test_an_entry_event_from_long_ago_enters_no_one() -> None:
     await world.step(events=[Trigger(ACCOUNT, "u1", "Added To Cart", T0 - 2 * DAY, {"CartId": "old"}),
                              Trigger(ACCOUNT, "u2", "Added To Cart", T0 - HOUR, {"CartId": "recent"})])
     assert [key[2] for key in world.positions] == ["u2"]
+    # Taken an hour after it happened, read three days later (the journey actor was down): it enters.
+    late = Trigger(ACCOUNT, "u3", "Added To Cart", T0, {"CartId": "late"}, ingested_ms=T0 + HOUR)
+    world.now = T0 + 3 * DAY
+    await world.step(events=[late])
+    assert sorted(key[2] for key in world.positions) == ["u2", "u3"]
 
 
 async def test_waits_replaced_long_before_their_end_are_swept_from_the_heap() -> None:
