@@ -57,7 +57,7 @@ class JourneyForwarding:
         return frozenset(names)
 
     async def load(self) -> None:
-        """Every account's journeys (at start); then again every RESYNC_S."""
+        """Every account's journeys (at start); then again every CATALOG_RESYNC_S."""
         await self._load()
         if self._resync is None or self._resync.done():
             self._resync = asyncio.ensure_future(self._resync_forever())
