@@ -8,10 +8,11 @@ after a delete, so a version number always names one definition.
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from kairos import keys
 from kairos.journeys import counters
@@ -43,59 +44,63 @@ class JourneyCatalog:
             raise JourneyError("description", "is longer than 1000 characters")
         key, versions = keys.journeys(account), keys.journey_versions(account)
         now = int(time.time() * 1000)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key, versions)
-                    old_raw = await pipe.hget(key, name)
-                    if old_raw is None and await pipe.hlen(key) >= MAX_JOURNEYS:
-                        raise JourneyError("name", f"the account already has {MAX_JOURNEYS} journeys")
-                    old = msgspec.msgpack.decode(old_raw, type=SavedJourney) if old_raw else None
-                    definitions = dict(old.definitions) if old else {}
-                    if len(definitions) >= MAX_VERSIONS:
-                        raise JourneyError("definition", f"the journey has users on {MAX_VERSIONS} versions; move"
-                                                         " them to the current one (or wait for them to finish)")
-                    version = int(await pipe.hget(versions, name) or 0) + 1
-                    definitions[version] = definition
-                    kept = description if description is not None else (old.description if old else "")
-                    saved = SavedJourney(name, version, old.status if old else ACTIVE, definitions, kept,
-                                         old.created_ms if old else now, now)
-                    pipe.multi()
-                    if old is None:
-                        # Counters a step left behind after an earlier journey of this name was deleted.
-                        pipe.delete(keys.journey_stats(account, name))
-                    pipe.hset(key, name, msgspec.msgpack.encode(saved))
-                    pipe.hset(versions, name, version)
-                    pipe.sadd(keys.JOURNEY_ACCOUNTS, account)
-                    await pipe.execute()
-                    return saved
-                except aioredis.WatchError:
-                    continue
+
+        async def write(pipe: Pipeline) -> SavedJourney:
+            old_raw = await pipe.hget(key, name)
+            if old_raw is None and await pipe.hlen(key) >= MAX_JOURNEYS:
+                raise JourneyError("name", f"the account already has {MAX_JOURNEYS} journeys")
+            old = msgspec.msgpack.decode(old_raw, type=SavedJourney) if old_raw else None
+            definitions = dict(old.definitions) if old else {}
+            if len(definitions) >= MAX_VERSIONS:
+                raise JourneyError("definition", f"the journey has users on {MAX_VERSIONS} versions; move"
+                                                 " them to the current one (or wait for them to finish)")
+            version = int(await pipe.hget(versions, name) or 0) + 1
+            definitions[version] = definition
+            kept = description if description is not None else (old.description if old else "")
+            saved = SavedJourney(name, version, old.status if old else ACTIVE, definitions, kept,
+                                 old.created_ms if old else now, now)
+            pipe.multi()
+            if old is None:
+                # Counters a step left behind after an earlier journey of this name was deleted.
+                pipe.delete(keys.journey_stats(account, name))
+            pipe.hset(key, name, msgspec.msgpack.encode(saved))
+            pipe.hset(versions, name, version)
+            pipe.sadd(keys.JOURNEY_ACCOUNTS, account)
+            return saved
+
+        # WATCH makes the version bump and the limits safe against a concurrent save.
+        return await self._redis.transaction(write, key, versions, value_from_callable=True)
+
+    async def _update(self, account: str, name: str, change: Callable[[SavedJourney], bool]) -> SavedJourney | None:
+        """Read, change and write back a saved journey under WATCH; `change` says whether
+        it changed anything. None when there is no such journey."""
+        key = keys.journeys(account)
+
+        async def write(pipe: Pipeline) -> SavedJourney | None:
+            raw = await pipe.hget(key, name)
+            if raw is None:
+                return None
+            saved = msgspec.msgpack.decode(raw, type=SavedJourney)
+            if change(saved):
+                pipe.multi()
+                pipe.hset(key, name, msgspec.msgpack.encode(saved))
+            return saved
+
+        return await self._redis.transaction(write, key, value_from_callable=True)
 
     async def prune(self, account: str, name: str) -> None:
         """Drop the old versions no one is on (waiting at a node or in the goal window).
         Call it once every journey actor has taken up the current version: from then on
         only that one gains users, so an old version whose count is 0 stays empty."""
-        key = keys.journeys(account)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.hget(key, name)
-                    if raw is None:
-                        return
-                    saved = msgspec.msgpack.decode(raw, type=SavedJourney)
-                    held = counters.users_on(await self.stats(account, name))
-                    kept = {v: d for v, d in saved.definitions.items() if v == saved.version or held.get(v, 0) > 0}
-                    if len(kept) == len(saved.definitions):
-                        return
-                    saved.definitions = kept
-                    pipe.multi()
-                    pipe.hset(key, name, msgspec.msgpack.encode(saved))
-                    await pipe.execute()
-                    return
-                except aioredis.WatchError:
-                    continue
+        held = counters.users_on(await self.stats(account, name))
+
+        def drop_empty(saved: SavedJourney) -> bool:
+            kept = {v: d for v, d in saved.definitions.items() if v == saved.version or held.get(v, 0) > 0}
+            changed = len(kept) < len(saved.definitions)
+            saved.definitions = kept
+            return changed
+
+        await self._update(account, name, drop_empty)
 
     async def journeys_entering_on(self, account: str, segment: str, signals_only: bool = False) -> list[str]:
         """Journeys that enter on the segment (any version still kept); with
@@ -128,22 +133,12 @@ class JourneyCatalog:
 
     async def set_status(self, account: str, name: str, status: str) -> SavedJourney | None:
         assert status in (ACTIVE, PAUSED), status
-        key = keys.journeys(account)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key)
-                    raw = await pipe.hget(key, name)
-                    if raw is None:
-                        return None
-                    saved = msgspec.msgpack.decode(raw, type=SavedJourney)
-                    saved.status, saved.updated_ms = status, int(time.time() * 1000)
-                    pipe.multi()
-                    pipe.hset(key, name, msgspec.msgpack.encode(saved))
-                    await pipe.execute()
-                    return saved
-                except aioredis.WatchError:
-                    continue
+
+        def set_it(saved: SavedJourney) -> bool:
+            saved.status, saved.updated_ms = status, int(time.time() * 1000)
+            return True
+
+        return await self._update(account, name, set_it)
 
     async def get(self, account: str, name: str) -> SavedJourney | None:
         raw = await self._redis.hget(keys.journeys(account), name)

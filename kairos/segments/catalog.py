@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from kairos import keys
 from kairos.segments.definition import Condition, SegmentError, parse_segment
@@ -51,29 +52,25 @@ class SegmentCatalog:
             raise SegmentError("description", "is longer than 1000 characters")
         key, versions = keys.segments(account), keys.segment_versions(account)
         now = int(time.time() * 1000)
+
+        async def write(pipe: Pipeline) -> SavedSegment:
+            old_raw = await pipe.hget(key, name)
+            if old_raw is None and await pipe.hlen(key) >= MAX_SEGMENTS:
+                raise SegmentError("name", f"the account already has {MAX_SEGMENTS} saved segments")
+            old = msgspec.msgpack.decode(old_raw, type=SavedSegment) if old_raw else None
+            # Versions never repeat, not even after a delete: a signal's version
+            # always names the definition that made it.
+            version = int(await pipe.hget(versions, name) or 0) + 1
+            saved = SavedSegment(name, definition, live, description, version, old.created_ms if old else now, now)
+            pipe.multi()
+            pipe.hset(key, name, msgspec.msgpack.encode(saved))
+            pipe.hset(versions, name, version)
+            if live:
+                pipe.sadd(keys.LIVE_SEGMENT_ACCOUNTS, account)
+            return saved
+
         # WATCH makes the version bump and the limit check safe against a concurrent save.
-        async with self._redis.pipeline(transaction=True) as pipe:
-            while True:
-                try:
-                    await pipe.watch(key, versions)
-                    old_raw = await pipe.hget(key, name)
-                    if old_raw is None and await pipe.hlen(key) >= MAX_SEGMENTS:
-                        raise SegmentError("name", f"the account already has {MAX_SEGMENTS} saved segments")
-                    old = msgspec.msgpack.decode(old_raw, type=SavedSegment) if old_raw else None
-                    # Versions never repeat, not even after a delete: a signal's version
-                    # always names the definition that made it.
-                    version = int(await pipe.hget(versions, name) or 0) + 1
-                    saved = SavedSegment(name, definition, live, description, version,
-                                         old.created_ms if old else now, now)
-                    pipe.multi()
-                    pipe.hset(key, name, msgspec.msgpack.encode(saved))
-                    pipe.hset(versions, name, version)
-                    if live:
-                        pipe.sadd(keys.LIVE_SEGMENT_ACCOUNTS, account)
-                    await pipe.execute()
-                    return saved
-                except aioredis.WatchError:
-                    continue
+        return await self._redis.transaction(write, key, versions, value_from_callable=True)
 
     async def get(self, account: str, name: str) -> SavedSegment | None:
         raw = await self._redis.hget(keys.segments(account), name)

@@ -107,6 +107,18 @@ async def journeys(kairos: Kairos, make_api: Callable[[], Awaitable[Api]]) -> An
     await client.aclose()
 
 
+async def serving_again(deployment: Any) -> None:
+    """Restart the journey loops of actors Ray brought back (`kairos up` does it every 2 s)."""
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            await asyncio.to_thread(deployment.ensure_serving)
+            return
+        except ray.exceptions.RayActorError:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.5)
+
+
 def by_user(sends: list[SendRequest]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for s in sends:
@@ -166,14 +178,7 @@ async def test_a_wait_survives_a_journey_actor_restart_and_fires_once(journeys: 
         os.kill(pid, signal.SIGKILL)
     # The hour passes while no journey actor runs.
     await journeys.clock.advance(HOUR)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            await asyncio.to_thread(deployment.ensure_serving)
-            break
-        except ray.exceptions.RayActorError:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.5)
+    await serving_again(deployment)
     await journeys.collect(lambda s: len(s) >= 20, timeout_s=60)
     await journeys.settle(2.0)
     assert await identities(journeys, journeys.sends) == sorted(users)
@@ -202,14 +207,7 @@ async def test_sends_are_exactly_once_when_a_journey_actor_dies_mid_step(journey
     await journeys.collect(lambda s: len(s) > 0)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            await asyncio.to_thread(deployment.ensure_serving)
-            break
-        except ray.exceptions.RayActorError:
-            assert time.monotonic() < deadline
-            await asyncio.sleep(0.5)
+    await serving_again(deployment)
     await journeys.collect(lambda s: len(s) >= len(users), timeout_s=90)
     await journeys.settle(2.0)
     assert len(journeys.sends) == len(users)
