@@ -18,17 +18,15 @@ from kairos import keys
 from kairos.journeys import counters
 from kairos.journeys.definition import Journey, JourneyError, ScheduleEntry, SegmentEntry, parse_journey
 from kairos.journeys.model import ACTIVE, PAUSED, SavedJourney
-from kairos.segments.catalog import NAME, SavedSegment
+from kairos.segments.catalog import SavedSegment
+from kairos.segments.catalog import check_name as check_segment_name
 
 MAX_JOURNEYS = 500
 MAX_VERSIONS = 100
 
 
 def check_name(name: str) -> str:
-    if not NAME.match(name) or name != name.rstrip():
-        raise JourneyError("name", f"{name[:130]!r} is not a journey name: 1-120 letters, digits, space, _ . : -,"
-                                   " starting with a letter or digit, not ending with a space")
-    return name
+    return check_segment_name(name, "journey")
 
 
 class JourneyCatalog:

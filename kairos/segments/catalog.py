@@ -34,9 +34,10 @@ class SavedSegment(msgspec.Struct):
         return parse_segment(self.definition)
 
 
-def check_name(name: str) -> str:
+def check_name(name: str, kind: str = "segment") -> str:
+    """The name of a saved segment (or journey: same rules), else a SegmentError."""
     if not NAME.match(name) or name != name.rstrip():
-        raise SegmentError("name", f"{name[:130]!r} is not a segment name: 1-120 letters, digits, space, _ . : -,"
+        raise SegmentError("name", f"{name[:130]!r} is not a {kind} name: 1-120 letters, digits, space, _ . : -,"
                                    " starting with a letter or digit, not ending with a space")
     return name
 
