@@ -29,6 +29,7 @@ from kairos.segments.definition import (
     parse_segment, parse_where,
 )
 from kairos.segments.timing import zone
+from kairos.templates import check_message
 
 JourneyError = SegmentError  # one error shape (path + message) for every definition language
 
@@ -284,6 +285,7 @@ def _node(raw: Any, path: str) -> Node:
             raise JourneyError(f"{path}.message", "holds a number beyond 64 bits") from None
         if size is None or size > MAX_MESSAGE_BYTES:
             raise JourneyError(f"{path}.message", f"must be an object of at most {MAX_MESSAGE_BYTES} bytes")
+        check_message(message, f"{path}.message")
         return Send(raw["channel"], message, _next(raw, "next", path))
     if kind == "wait":
         no_extra_fields(raw, {"type", "duration", "next"}, path)

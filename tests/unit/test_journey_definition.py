@@ -79,6 +79,8 @@ def broken(path: list[Any], value: Any) -> dict[str, Any]:
     (["nodes", "ab", "variants", 1, "percent"], 40, "definition.nodes.ab.variants"),
     (["nodes", "vip", "condition"], {"profile": "Tier", "op": "resembles", "value": 1}, "definition.nodes.vip.condition.op"),
     (["nodes", "push", "message"], "hi", "definition.nodes.push.message"),
+    (["nodes", "push", "message", "title"], "Hi {{ profile.Name | shout }}", "definition.nodes.push.message.title"),
+    (["nodes", "email", "message", "subject"], "{% if %}", "definition.nodes.email.message.subject"),
     (["start"], "missing", "definition.start"),
     (["entry"], {"event": ""}, "definition.entry.event"),
     (["entry", "where", 0, "op"], "like", "definition.entry.where[0].op"),
