@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from gateway.body import read_body
+from gateway.body import json_decode_errors, read_body
 from gateway.errors import ApiError
 from kairos.segments.definition import SegmentError
 
@@ -32,14 +32,8 @@ def checked(check: Any, value: Any) -> Any:
 
 async def json_object(request: web.Request) -> dict[str, Any]:
     body = await read_body(request, MAX_BODY_BYTES)
-    try:
+    with json_decode_errors():
         decoded = msgspec.json.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"malformed JSON: {exc}") from None
-    except RecursionError:
-        raise ApiError(400, "request body is nested too deeply") from None
-    except UnicodeDecodeError:
-        raise ApiError(400, "request body is not valid UTF-8") from None
     if not isinstance(decoded, dict):
         raise ApiError(400, "request body must be a JSON object")
     return decoded

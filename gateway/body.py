@@ -1,9 +1,13 @@
-"""Reading request bodies: bounded in size and in time."""
+"""Reading request bodies: bounded in size and in time, and decoded with a 400 for
+what is not JSON."""
 
 from __future__ import annotations
 
 import asyncio
+from contextlib import contextmanager
+from typing import Iterator
 
+import msgspec
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
@@ -33,3 +37,16 @@ async def read_body(request: web.Request, limit: int, too_large_status: int = 41
     if len(body) > limit:
         raise ApiError(too_large_status, f"request body is larger than {limit} bytes")
     return body
+
+
+@contextmanager
+def json_decode_errors() -> Iterator[None]:
+    """A body that is not JSON (malformed, nested too deeply, not UTF-8) becomes a 400."""
+    try:
+        yield
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply") from None
+    except UnicodeDecodeError:
+        raise ApiError(400, "request body is not valid UTF-8") from None

@@ -14,7 +14,7 @@ from aiohttp import web
 from gateway.admission import Admission
 from gateway.auth import ACCOUNT
 from gateway.backend import Backend
-from gateway.body import read_body
+from gateway.body import json_decode_errors, read_body
 from gateway.errors import ApiError, json_response
 from kairos.identity import ANONYMOUS_ID, IDENTIFIER_KINDS, identifying_key, user_key
 from kairos.models import LooseUploadBody, UploadBody, UploadResponse, encode_upload
@@ -235,26 +235,15 @@ class CleverTapApi:
 
 
 def _decode_upload(body: bytes) -> list[Any]:
-    try:
-        records: list[Any] = _upload_decoder.decode(body).d
-    except UnicodeDecodeError:
-        raise ApiError(400, "request body is not valid UTF-8") from None
-    except RecursionError:
-        raise ApiError(400, "request body is nested too deeply") from None
-    except msgspec.ValidationError:
-        # Some element of `d` is not an object: decode loosely so each gets its own error.
+    with json_decode_errors():
         try:
-            records = _loose_decoder.decode(body).d
-        except msgspec.ValidationError as exc:
-            raise ApiError(400, f"request body must be an object with a list 'd' of records: {exc}") from None
-        except msgspec.DecodeError as exc:
-            raise ApiError(400, f"malformed JSON: {exc}") from None
-        except RecursionError:
-            raise ApiError(400, "request body is nested too deeply") from None
-        except UnicodeDecodeError:
-            raise ApiError(400, "request body is not valid UTF-8") from None
-    except msgspec.DecodeError as exc:
-        raise ApiError(400, f"malformed JSON: {exc}") from None
+            records: list[Any] = _upload_decoder.decode(body).d
+        except msgspec.ValidationError:
+            # Some element of `d` is not an object: decode loosely so each gets its own error.
+            try:
+                records = _loose_decoder.decode(body).d
+            except msgspec.ValidationError as exc:
+                raise ApiError(400, f"request body must be an object with a list 'd' of records: {exc}") from None
     if not records:
         raise ApiError(400, "'d' must hold at least one record")
     if len(records) > MAX_RECORDS:

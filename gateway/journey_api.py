@@ -23,10 +23,8 @@ from kairos.journeys.catalog import JourneyCatalog, check_name
 from kairos.journeys.definition import JourneyError
 from kairos.journeys.model import ACTIVE, PAUSED, SavedJourney
 
-# The counters of a version (`v<version>|<what>`), every one shown, 0 when absent.
-VERSION_COUNTERS = ("entered", "control_entered", "completed", "exited", "converted", "control_converted",
-                    "moved_in", "moved_out", "goal_window")
-TOTALS = ("entered", "control_entered", "completed", "exited", "converted", "control_converted", "goal_window")
+# Summed over versions in `totals` (moves between versions cancel out, so they are not).
+TOTALS = tuple(what for what in counters.OUTCOMES if what not in ("moved_in", "moved_out"))
 
 
 class JourneyApi:
@@ -200,7 +198,7 @@ def _stats(saved: SavedJourney, counts: dict[str, int]) -> dict[str, Any]:
 
     def version_entry(version: int) -> dict[str, Any]:
         if version not in versions:
-            versions[version] = {**dict.fromkeys(VERSION_COUNTERS, 0), "nodes": {}}
+            versions[version] = {**dict.fromkeys(counters.OUTCOMES, 0), "nodes": {}}
         return versions[version]
 
     def node_entry(version: int, node: str) -> dict[str, Any]:
@@ -219,7 +217,7 @@ def _stats(saved: SavedJourney, counts: dict[str, int]) -> dict[str, Any]:
         if counter is None:
             continue
         if counter.node is None:
-            if counter.what in VERSION_COUNTERS:
+            if counter.what in counters.OUTCOMES:
                 version_entry(counter.version)[counter.what] = value
         elif counter.what == "sent":
             node_entry(counter.version, counter.node)["sent"][counter.variant] = value

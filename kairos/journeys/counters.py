@@ -14,6 +14,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 NO_VARIANT = "-"
+# Every per-version counter that is not a node's, in the order the API shows them.
+OUTCOMES = ("entered", "control_entered", "completed", "exited", "converted", "control_converted",
+            "moved_in", "moved_out", "goal_window")
 
 
 class Counter(NamedTuple):

@@ -20,13 +20,14 @@ leaves in a bounded number of steps. Errors name their path, as segments' do.
 from __future__ import annotations
 
 import re
+from datetime import time
 from typing import Any, Union
 
 import msgspec
 
 from kairos.segments.definition import (
     Condition, PropertyFilter, SegmentError, event_name, no_extra_fields, parse_duration, parse_instant,
-    parse_segment, parse_where,
+    parse_segment, parse_time_of_day, parse_where,
 )
 from kairos.segments.timing import zone
 from kairos.templates import check_message
@@ -37,7 +38,6 @@ CHANNELS = ("push", "email", "sms", "webhook", "in_app")
 MAX_NODES = 100
 MAX_MESSAGE_BYTES = 32 * 1024
 NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-TIME_OF_DAY = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 MAX_WAIT_MS = 366 * 86_400_000
 
 
@@ -75,10 +75,9 @@ class Wait(msgspec.Struct, frozen=True):
 
 
 class WaitUntil(msgspec.Struct, frozen=True):
-    """Until the next `hour:minute` in the user's time zone (profile `Tz`, else the journey's)."""
+    """Until the clock next reads `at` in the user's time zone (profile `Tz`, else the journey's)."""
 
-    hour: int
-    minute: int
+    at: time
     next: str | None
 
 
@@ -292,10 +291,7 @@ def _node(raw: Any, path: str) -> Node:
         return Wait(_wait_ms(raw.get("duration"), f"{path}.duration"), _next(raw, "next", path))
     if kind == "wait_until":
         no_extra_fields(raw, {"type", "time", "next"}, path)
-        match = TIME_OF_DAY.fullmatch(raw["time"]) if isinstance(raw.get("time"), str) else None
-        if match is None:
-            raise JourneyError(f"{path}.time", "must be a local time of day 'HH:MM' (24-hour)")
-        return WaitUntil(int(match.group(1)), int(match.group(2)), _next(raw, "next", path))
+        return WaitUntil(parse_time_of_day(raw.get("time"), f"{path}.time"), _next(raw, "next", path))
     if kind == "wait_for_event":
         no_extra_fields(raw, {"type", "event", "where", "match", "timeout", "on_event", "on_timeout"}, path)
         match_flag = raw.get("match", False)

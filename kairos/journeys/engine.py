@@ -16,7 +16,7 @@ from __future__ import annotations
 import heapq
 import logging
 import zlib
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, time, timedelta, timezone
 from typing import Any, Iterable, Protocol, Sequence
 
 import msgspec
@@ -30,8 +30,7 @@ from kairos.journeys.event_filters import all_pass
 from kairos.journeys.model import (
     ACTIVE, GOAL_NODE, PAUSED, READY, WAITING, Position, SavedJourney, SegmentSignalIn, SendRequest, Trigger,
 )
-from kairos.segments.definition import SegmentError
-from kairos.segments.timing import zone
+from kairos.segments.timing import local_instant, zone_or
 
 logger = logging.getLogger(__name__)
 
@@ -101,19 +100,14 @@ def bucket(*parts: str) -> int:
     return zlib.crc32("\x00".join(parts).encode()) % 100
 
 
-def next_local_time(now_ms: int, hour: int, minute: int, tz_name: str | None, fallback: str) -> int:
-    """The first instant after `now_ms` whose wall clock in the zone reads hour:minute."""
-    try:
-        tz = zone(tz_name or fallback)
-    except SegmentError:
-        tz = zone(fallback)
-    local = datetime.fromtimestamp(now_ms / 1000, timezone.utc).astimezone(tz)
+def next_local_time(now_ms: int, at: time, tz_name: str | None, fallback: str) -> int:
+    """The first instant after `now_ms` whose wall clock in the user's zone reads `at`."""
+    tz = zone_or(tz_name, fallback)
+    today = datetime.fromtimestamp(now_ms / 1000, timezone.utc).astimezone(tz).date()
     for days in range(0, 3):
-        day = local.date() + timedelta(days=days)
-        candidate = datetime(day.year, day.month, day.day, hour, minute, tzinfo=tz)
-        at = int(candidate.astimezone(timezone.utc).timestamp() * 1000)
-        if at > now_ms:
-            return at
+        instant = local_instant(today + timedelta(days=days), at, tz)
+        if instant > now_ms:
+            return instant
     raise AssertionError("a time of day recurs within two days")
 
 
@@ -511,7 +505,7 @@ class JourneyEngine:
                         if not _at(run, user, version, node_id):
                             continue
                         self.changes.count(run.account, run.name, counters.at_node(version, node_id, "reached"))
-                        due = next_local_time(now_ms, node.hour, node.minute, tz_name, journey.tz)
+                        due = next_local_time(now_ms, node.at, tz_name, journey.tz)
                         self._rest(run, user, pos, node_id, WAITING, due, pos.variant)
 
     # --- operator actions ---------------------------------------------------------------

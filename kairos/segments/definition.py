@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import date, datetime, timezone
+from datetime import date, datetime, time, timezone
 from typing import Any, Union
 
 import msgspec
@@ -39,6 +39,7 @@ PROPERTY_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "between", "in", "not_in",
 COMPARE_OPS = ("eq", "ne", "gt", "gte", "lt", "lte", "between")
 METRICS = ("count", "sum", "avg", "min", "max")
 _DURATION = re.compile(r"^(\d{1,6})(m|h|d|w)\Z")
+_TIME_OF_DAY = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 _UNIT_MS = {"m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 7 * 86_400_000}
 
 
@@ -147,6 +148,14 @@ def parse_duration(text: Any, path: str, allow_zero: bool = False) -> int:
     if match is None or (int(match.group(1)) == 0 and not allow_zero):
         raise SegmentError(path, f"{text!r} is not a duration such as '30m', '24h', '7d' or '2w'")
     return int(match.group(1)) * _UNIT_MS[match.group(2)]
+
+
+def parse_time_of_day(raw: Any, path: str) -> time:
+    """'22:00' -> a wall-clock time (24-hour, minutes)."""
+    match = _TIME_OF_DAY.fullmatch(raw) if isinstance(raw, str) else None
+    if match is None:
+        raise SegmentError(path, "must be a local time of day 'HH:MM' (24-hour)")
+    return time(int(match.group(1)), int(match.group(2)))
 
 
 def parse_window(raw: Any, path: str) -> Window:

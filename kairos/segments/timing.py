@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, time, timedelta, timezone
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
@@ -36,10 +36,24 @@ def zone(name: str | None, path: str = "tz") -> ZoneInfo:
         raise SegmentError(path, f"{name[:60]!r} is not an IANA time zone such as 'Asia/Kolkata'") from None
 
 
+def zone_or(name: str | None, fallback: str) -> ZoneInfo:
+    """The zone `name` (a user's `Tz`), else the fallback when it is unset or not a zone."""
+    try:
+        return zone(name or fallback)
+    except SegmentError:
+        return zone(fallback)
+
+
+def local_instant(day: date, at: time, tz: ZoneInfo) -> int:
+    """Epoch ms when the wall clock in `tz` reads `at` on `day`. A time that a clock change
+    skips is read with the offset before the change, as zoneinfo does: 02:30 on a night
+    that jumps from 02:00 to 03:00 is the instant the clock shows 03:30."""
+    return int(datetime.combine(day, at, tzinfo=tz).astimezone(timezone.utc).timestamp() * 1000)
+
+
 def midnight_ms(day: date, tz: ZoneInfo) -> int:
     """The first instant of `day` in `tz` (midnight, or the first valid time after a gap)."""
-    local = datetime(day.year, day.month, day.day, tzinfo=tz)
-    return int(local.astimezone(timezone.utc).timestamp() * 1000)
+    return local_instant(day, time(0), tz)
 
 
 def resolve_bound(bound: Bound, now_ms: int, tz: ZoneInfo, end_of_day: bool = False) -> int:

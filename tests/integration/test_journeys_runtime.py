@@ -8,6 +8,7 @@ import asyncio
 import os
 import signal
 import time
+from datetime import time as clock_time
 from typing import Any, Awaitable, Callable
 
 import pytest
@@ -25,27 +26,13 @@ from kairos.journeys.outbox import OutboxReader
 from kairos.journeys.state_store import field
 from kairos.partitions import PartitionMap
 from tests.integration.conftest import Api, Kairos, event
+from tests.journey_examples import ABANDONED_CART
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
 HOUR, DAY = 3_600_000, 86_400_000
 ALL_IDENTITIES = [f"shopper-{i}" for i in range(6)] + [f"sleeper-{i}" for i in range(20)]
 
-CART: dict[str, Any] = {
-    "entry": {"event": "Added To Cart"},
-    "match_property": "CartId",
-    "start": "wait_charge",
-    "nodes": {
-        "wait_charge": {"type": "wait_for_event", "event": "Charged", "match": True, "timeout": "1h",
-                        "on_timeout": "push"},
-        "push": {"type": "send", "channel": "push", "message": {"title": "Your cart misses you"}, "next": "wait_day"},
-        "wait_day": {"type": "wait_for_event", "event": "Charged", "match": True, "timeout": "1d",
-                     "on_timeout": "email"},
-        "email": {"type": "send", "channel": "email", "message": {"subject": "10% off", "coupon": "SAVE10"}},
-    },
-    "goal": {"event": "Charged", "match": True},
-    "reentry": "always",
-}
 
 
 class Journeys:
@@ -64,10 +51,8 @@ class Journeys:
         await self.refresh()
 
     async def refresh(self) -> None:
-        handles = self.kairos.deployment.shards + self.kairos.deployment.journeys
         await asyncio.gather(*(h.refresh_journeys.remote(self.account) for h in self.kairos.deployment.shards),
                              *(h.refresh.remote(self.account) for h in self.kairos.deployment.journeys))
-        assert handles
 
     async def collect(self, until: Callable[[list[SendRequest]], bool], timeout_s: float = 20.0) -> list[SendRequest]:
         deadline = time.monotonic() + timeout_s
@@ -136,7 +121,7 @@ async def identities(journeys: Journeys, sends: list[SendRequest]) -> list[str]:
 
 
 async def test_abandoned_cart_over_the_gateway(journeys: Journeys) -> None:
-    await journeys.save("cart", CART)
+    await journeys.save("cart", ABANDONED_CART)
     carts = {f"shopper-{i}": f"cart-{i}" for i in range(6)}
     await journeys.upload([event(u, "Added To Cart", CartId=c) for u, c in carts.items()])
     # Two pay for their own cart within the hour; one pays for a different cart.
@@ -168,7 +153,7 @@ async def test_abandoned_cart_over_the_gateway(journeys: Journeys) -> None:
 
 
 async def test_a_wait_survives_a_journey_actor_restart_and_fires_once(journeys: Journeys) -> None:
-    await journeys.save("cart", CART)
+    await journeys.save("cart", ABANDONED_CART)
     users = [f"sleeper-{i}" for i in range(20)]
     await journeys.upload([event(u, "Added To Cart", CartId=u) for u in users])
     await asyncio.sleep(0.5)
@@ -270,8 +255,8 @@ async def test_a_drip_branches_on_behaviour_and_waits_for_ten_in_each_users_zone
         raw = await journeys.client.hget(stream_key, field(journeys.account, "drip", user))
         positions[user] = position_decoder.decode(raw)
     assert positions[a].node == positions[b].node == "ten"
-    assert positions[a].due_ms == next_local_time(branch_at, 10, 0, "Asia/Kolkata", "UTC")
-    assert positions[b].due_ms == next_local_time(branch_at, 10, 0, None, "UTC")
+    assert positions[a].due_ms == next_local_time(branch_at, clock_time(10), "Asia/Kolkata", "UTC")
+    assert positions[b].due_ms == next_local_time(branch_at, clock_time(10), None, "UTC")
     await journeys.clock.advance(min(p.due_ms for p in positions.values()) - branch_at)
     first = min(positions, key=lambda u: positions[u].due_ms)
     await journeys.collect(lambda s: len(s) >= 5)
@@ -284,7 +269,7 @@ async def test_a_drip_branches_on_behaviour_and_waits_for_ten_in_each_users_zone
 
 
 async def test_a_paused_journey_holds_its_users_and_sends_when_resumed(journeys: Journeys) -> None:
-    await journeys.save("cart", CART)
+    await journeys.save("cart", ABANDONED_CART)
     await journeys.upload([event(f"held-{i}", "Added To Cart", CartId=f"h{i}") for i in range(3)])
     await asyncio.sleep(0.5)
     status, _ = await journeys.api.request("POST", "/api/journeys/cart/pause")

@@ -16,6 +16,7 @@ from kairos.journeys.model import Position, SavedJourney, SegmentSignalIn, Trigg
 from kairos.models import EventRecord, ProfileRecord, ShardBlob, record_list_encoder
 from kairos.shard import UserShard
 from fakes import FakeLog
+from tests.journey_examples import ABANDONED_CART
 from tests.unit.test_shard_core import log_batch
 
 pytestmark = pytest.mark.timeout(60)
@@ -24,21 +25,6 @@ ACCOUNT = "ACC-JRN-0001"
 MINUTE, HOUR, DAY = 60_000, 3_600_000, 86_400_000
 T0 = 1_790_000_000_000  # 2026-09-21T14:13:20Z
 
-ABANDONED_CART: dict[str, Any] = {
-    "entry": {"event": "Added To Cart"},
-    "match_property": "CartId",
-    "start": "wait_charge",
-    "nodes": {
-        "wait_charge": {"type": "wait_for_event", "event": "Charged", "match": True, "timeout": "1h",
-                        "on_timeout": "push"},
-        "push": {"type": "send", "channel": "push", "message": {"title": "Still thinking?"}, "next": "wait_day"},
-        "wait_day": {"type": "wait_for_event", "event": "Charged", "match": True, "timeout": "1d",
-                     "on_timeout": "email"},
-        "email": {"type": "send", "channel": "email", "message": {"subject": "10% off", "coupon": "SAVE10"}},
-    },
-    "goal": {"event": "Charged", "match": True},
-    "reentry": "always",
-}
 
 ONBOARDING: dict[str, Any] = {
     "entry": {"event": "Signed Up"},
