@@ -9,6 +9,7 @@ import msgspec
 import ray
 
 from actors import names
+from actors.channel_router import ChannelRouterActor
 from actors.gateway import GatewayActor
 from actors.ingest import IngestActor
 from actors.journey import JourneyActor
@@ -45,6 +46,8 @@ UserShardRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT, **_QUIET)(UserShardAc
 IngestRemote = ray.remote(max_restarts=-1, max_task_retries=0, **_PLACEMENT, **_QUIET)(IngestActor)
 # Journey actors reload from Redis after a restart; refresh and move are idempotent.
 JourneyRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT, **_QUIET)(JourneyActor)
+# Routers reload cursors and histories from Redis; stats and start are idempotent.
+ChannelRouterRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT, **_QUIET)(ChannelRouterActor)
 GatewayRemote = ray.remote(max_restarts=-1, **_PLACEMENT, **_QUIET)(GatewayActor)
 
 
@@ -53,16 +56,17 @@ class Deployment(msgspec.Struct):
     ingest: list[Any]
     gateways: list[Any]
     journeys: list[Any]
+    routers: list[Any]
 
     def ensure_serving(self) -> None:
-        """(Re)start gateways, journey loops, and the ingest actors' sweep of pending
+        """(Re)start gateways, journey and channel-router loops, and the ingest actors' sweep of pending
         merges; actors restarted by Ray come back without them."""
         ray.get([i.start.remote() for i in self.ingest] + [j.start.remote() for j in self.journeys]
-                + [g.start.remote() for g in self.gateways])
+                + [r.start.remote() for r in self.routers] + [g.start.remote() for g in self.gateways])
 
     def shutdown(self) -> None:
         ray.get([g.stop.remote() for g in self.gateways])
-        for handle in self.gateways + self.ingest + self.journeys + self.shards:
+        for handle in self.gateways + self.routers + self.ingest + self.journeys + self.shards:
             ray.kill(handle, no_restart=True)
 
 
@@ -81,10 +85,14 @@ def deploy(settings: Settings) -> Deployment:
         IngestRemote.options(name=names.ingest(i), namespace=NAMESPACE).remote(settings)
         for i in range(settings.ingest_actors)
     ]
+    routers = [
+        ChannelRouterRemote.options(name=names.channel_router(i), namespace=NAMESPACE).remote(i, settings)
+        for i in range(settings.shards)
+    ]
     gateways = [
         GatewayRemote.options(name=names.gateway(i), namespace=NAMESPACE).remote(settings)
         for i in range(settings.gateway_processes)
     ]
-    deployment = Deployment(shards, ingest, gateways, journeys)
+    deployment = Deployment(shards, ingest, gateways, journeys, routers)
     deployment.ensure_serving()
     return deployment

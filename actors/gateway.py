@@ -20,7 +20,9 @@ from gateway.backend import BackendUnavailable
 from kairos.accounts import Accounts
 from kairos.coalesce import Coalescer
 from kairos.config import Settings
+from kairos.channels.in_app import Inbox
 from kairos.identity_graph import IdentityGraph
+from kairos.journeys.clock import Clock, ManualClock, SystemClock
 from kairos.journeys.catalog import JourneyCatalog
 from kairos.segments.catalog import SegmentCatalog
 from kairos.segments.definition import SegmentError
@@ -100,8 +102,9 @@ class GatewayActor:
             client = aioredis.Redis.from_url(settings.redis_url)
             accounts = Accounts(client, settings.auth_cache_s)
             self._backend = RayBackend(settings, self._ingest, self._shards, self._journeys, IdentityGraph(client))
+            clock: Clock = ManualClock(client) if settings.clock == "manual" else SystemClock()
             app = create_app(settings, self._backend, accounts, SegmentCatalog(client), SignalLog(client),
-                             JourneyCatalog(client))
+                             JourneyCatalog(client), client, Inbox(client, clock))
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port, reuse_port=True).start()

@@ -19,3 +19,7 @@ def gateway(index: int) -> str:
 
 def journey(index: int) -> str:
     return f"kairos-journey-{index}"
+
+
+def channel_router(index: int) -> str:
+    return f"kairos-channel-router-{index}"

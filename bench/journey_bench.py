@@ -52,7 +52,7 @@ CHECKOUT = {
 }
 WELCOME = {
     "entry": {"event": "Signed Up"}, "start": "hello",
-    "nodes": {"hello": {"type": "send", "channel": "email", "message": {"subject": "Welcome"}}},
+    "nodes": {"hello": {"type": "send", "channel": "email", "message": {"subject": "Welcome", "text": "Welcome"}}},
 }
 
 

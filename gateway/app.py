@@ -5,18 +5,21 @@ from __future__ import annotations
 import logging
 from typing import Awaitable, Callable
 
+import redis.asyncio as aioredis
 from aiohttp import web
 
 from gateway.admission import Admission
 from gateway.auth import Handler, auth_middleware
 from gateway.backend import Backend, BackendUnavailable
 from gateway.clevertap import CleverTapApi
+from gateway.delivery_api import DeliveryApi
 from gateway.segment_api import SegmentApi
 from gateway.errors import ApiError, error_for, json_response
 from gateway.journey_api import JourneyApi
 from gateway.kairos_api import KairosApi
 from gateway.openapi import openapi_document
 from kairos.accounts import Accounts
+from kairos.channels.in_app import Inbox
 from kairos.config import Settings
 from kairos.journeys.catalog import JourneyCatalog
 from kairos.query_coordinator import QueryCoordinator
@@ -66,7 +69,7 @@ async def _health(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog: SegmentCatalog,
-               signals: SignalLog, journeys: JourneyCatalog) -> web.Application:
+               signals: SignalLog, journeys: JourneyCatalog, client: aioredis.Redis, inbox: Inbox) -> web.Application:
     admission = Admission(settings.max_inflight_uploads, settings.max_inflight_uploads_per_account)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -79,5 +82,6 @@ def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog
     app.add_routes(SegmentApi(backend, accounts, admission, settings.max_body_bytes).routes())
     app.add_routes(KairosApi(coordinator, catalog, signals, journeys).routes())
     app.add_routes(JourneyApi(backend, journeys).routes())
+    app.add_routes(DeliveryApi(backend, client, inbox).routes())
     app.add_routes([web.get("/api/openapi.json", openapi_document)])
     return app

@@ -122,5 +122,61 @@ def outbox(partition: int) -> str:
     return f"{PREFIX}p:{partition}:outbox"
 
 
+# --- delivery (see kairos.routing and kairos.channels) ----------------------------------
+
+
+def delivery_settings(account_id: str) -> str:
+    """The account's delivery settings: the JSON its owner saved (kairos.routing.settings)."""
+    return f"{PREFIX}a:{account_id}:delivery-settings"
+
+
+def send_history(partition: int) -> str:
+    """Hash: account \0 user -> msgpack list of `HistoryEntry`: the user's recent sends, for
+    frequency caps and for dedupe (a send id seen here is never delivered again)."""
+    return f"{PREFIX}p:{partition}:send-history"
+
+
+def router_delayed(partition: int) -> str:
+    """Sorted set of send requests waiting (quiet hours, throttle, retry backoff), scored
+    by when to look at them again; members are msgpack `Pending`."""
+    return f"{PREFIX}p:{partition}:router-delayed"
+
+
+def router_cursor(partition: int) -> str:
+    """The outbox entry id the partition's router has taken everything up to."""
+    return f"{PREFIX}p:{partition}:router-cursor"
+
+
+def delivery_events(partition: int) -> str:
+    """Stream of records the router feeds back into ingest (field `r`: msgpack Record):
+    Notification Sent / Failed / Delivered events, and removals of dead push tokens."""
+    return f"{PREFIX}p:{partition}:delivery-events"
+
+
+def dead_letters(account_id: str) -> str:
+    """Stream of the account's messages that failed for good (capped length)."""
+    return f"{PREFIX}a:{account_id}:dead-letters"
+
+
+def delivery_stats(account_id: str) -> str:
+    """Hash of delivery counters: `<channel>|<outcome>` and `<kind>:<source>|<outcome>`."""
+    return f"{PREFIX}a:{account_id}:delivery-stats"
+
+
+def throttle(account_id: str, source: str, minute: int) -> str:
+    """Messages a journey or campaign sent in one minute (epoch minutes), for its throttle."""
+    return f"{PREFIX}a:{account_id}:throttle:{source}:{minute}"
+
+
+def inbox(account_id: str, user: str) -> str:
+    """Hash: message id -> msgpack `InboxMessage`, the user's in-app inbox."""
+    return f"{PREFIX}a:{account_id}:inbox:{user}"
+
+
+def inbox_live(account_id: str, user: str) -> str:
+    """Pub/sub channel on which a user's new in-app messages are announced (for SSE)."""
+    return f"{PREFIX}a:{account_id}:inbox-live:{user}"
+
+
 # The manual clock's current time in epoch ms (only with KAIROS_CLOCK=manual).
 MANUAL_CLOCK = PREFIX + "manual-clock"

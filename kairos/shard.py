@@ -453,6 +453,17 @@ class UserShard:
             zones.append(value if isinstance(value, str) else None)
         return zones
 
+    async def profile_properties(self, account: str, users: list[str]) -> list[dict[str, Any] | None]:
+        """Each user's profile properties (None for a user not here, or merged away):
+        what the channel router reads for consent, addresses, time zone and templates."""
+        await self.ready()
+        found: list[dict[str, Any] | None] = []
+        for user in users:
+            store = self._state(self.partition_map.partition_of(account, user)).account(account)
+            slot = store.find_user(user) if store is not None else None
+            found.append(store.profile_properties(slot) if store is not None and slot is not None else None)
+        return found
+
     async def segment_user_keys(self, account: str, definition: Any, now_ms: int, tz: str,
                                 partitions: list[int]) -> list[str]:
         await self.ready()

@@ -15,9 +15,10 @@ known filters, size) and rendered when it is sent:
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from functools import lru_cache
+from typing import Any, Iterable, Mapping
 
-from liquid import Environment, StrictDefaultUndefined
+from liquid import BoundTemplate, Environment, StrictDefaultUndefined
 from liquid.exceptions import LiquidError
 
 from kairos.segments.definition import SegmentError
@@ -50,6 +51,27 @@ def _environment(field: str) -> Environment:
     return _HTML if field in HTML_FIELDS else _PLAIN
 
 
+@lru_cache(maxsize=4096)
+def _parsed(text: str, html: bool) -> BoundTemplate:
+    # A journey sends the same few templates to millions: parse each once, not per message.
+    return (_HTML if html else _PLAIN).from_string(text)
+
+
+def event_properties(messages: Iterable[Mapping[str, Any]]) -> frozenset[str] | None:
+    """The properties of the triggering event these messages' templates read (what a
+    journey must keep for a user who waits before the send), or None when a template
+    reads the event whole or by a computed name, so every property is needed."""
+    names: set[str] = set()
+    for message in messages:
+        for _, field, text in _strings(message, ""):
+            for variable in _parsed(text, field in HTML_FIELDS).analyze().globals.get("event", ()):
+                segments = variable.segments
+                if len(segments) < 2 or not isinstance(segments[1], str):
+                    return None
+                names.add(segments[1])
+    return frozenset(names)
+
+
 def check_message(message: Mapping[str, Any], path: str = "message") -> None:
     """Every string of the message parses, within size, with known filters; else a
     SegmentError (the definition languages' error: it names the field)."""
@@ -58,7 +80,7 @@ def check_message(message: Mapping[str, Any], path: str = "message") -> None:
             raise SegmentError(field_path, f"is longer than {MAX_TEMPLATE_CHARS} characters")
         env = _environment(field)
         try:
-            unknown = sorted(set(env.from_string(text).analyze().filters) - set(env.filters))
+            unknown = sorted(set(_parsed(text, field in HTML_FIELDS).analyze().filters) - set(env.filters))
         except LiquidError as exc:
             raise SegmentError(field_path, f"is not a valid Liquid template: {_first_line(exc)}") from None
         if unknown:
@@ -73,7 +95,7 @@ def render_message(message: Mapping[str, Any], profile: Mapping[str, Any], event
     def render(value: Any, field: str, at: str) -> Any:
         if isinstance(value, str):
             try:
-                return _environment(field).from_string(value).render(**context)
+                return _parsed(value, field in HTML_FIELDS).render(**context)
             except LiquidError as exc:
                 raise RenderError(at, _first_line(exc)) from None
         if isinstance(value, dict):

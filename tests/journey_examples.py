@@ -16,7 +16,7 @@ ABANDONED_CART: dict[str, Any] = {
         "push": {"type": "send", "channel": "push", "message": {"title": "Still thinking?"}, "next": "wait_day"},
         "wait_day": {"type": "wait_for_event", "event": "Charged", "match": True, "timeout": "1d",
                      "on_timeout": "email"},
-        "email": {"type": "send", "channel": "email", "message": {"subject": "10% off", "coupon": "SAVE10"}},
+        "email": {"type": "send", "channel": "email", "message": {"subject": "10% off", "text": "Use SAVE10 at checkout"}},
     },
     "goal": {"event": "Charged", "match": True},
     "reentry": "always",

@@ -30,11 +30,12 @@ from kairos.segments.definition import (
     parse_segment, parse_time_of_day, parse_where,
 )
 from kairos.segments.timing import zone
-from kairos.templates import check_message
+from kairos.channels.messages import CHANNELS, check_content
+from kairos.templates import check_message, event_properties
 
 JourneyError = SegmentError  # one error shape (path + message) for every definition language
 
-CHANNELS = ("push", "email", "sms", "webhook", "in_app")
+QUIET_HOURS_MODES = ("drop", "delay", "ignore")
 MAX_NODES = 100
 MAX_MESSAGE_BYTES = 32 * 1024
 NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -63,10 +64,20 @@ class ScheduleEntry(msgspec.Struct, frozen=True):
 Entry = Union[EventEntry, SegmentEntry, ScheduleEntry]
 
 
+class Fallback(msgspec.Struct, frozen=True, array_like=True):
+    """The next channel to try when the one before cannot reach the user."""
+
+    channel: str
+    message: dict[str, Any]
+
+
 class Send(msgspec.Struct, frozen=True):
     channel: str
     message: dict[str, Any]
     next: str | None
+    fallback: tuple[Fallback, ...] = ()
+    quiet_hours: str | None = None  # drop | delay | ignore; None: the account's setting
+    respect_caps: bool = True  # False for transactional messages (a receipt, a password reset)
 
 
 class Wait(msgspec.Struct, frozen=True):
@@ -148,6 +159,11 @@ class Journey(msgspec.Struct, frozen=True):
     tz: str
     # The entry event property that `match` compares (one per journey: a cart id, an order id).
     match_property: str | None
+    # Messages from this journey a minute, over all users (None: no limit).
+    throttle_per_minute: int | None = None
+    # The entry event's properties its messages' templates read: kept while users wait.
+    # None: every property (a template reads the event whole).
+    event_properties: frozenset[str] | None = frozenset()
 
     def event_names(self) -> set[str]:
         """Every event the journey reacts to: what a shard must forward to it."""
@@ -168,7 +184,7 @@ def parse_journey(raw: Any, path: str = "definition") -> Journey:
     if not isinstance(raw, dict):
         raise JourneyError(path, "must be an object with 'entry', 'start' and 'nodes'")
     no_extra_fields(raw, {"entry", "start", "nodes", "goal", "exit", "reentry", "control_percent", "tz",
-                          "match_property"}, path)
+                          "match_property", "throttle_per_minute"}, path)
     tz = raw.get("tz", "UTC")
     if not isinstance(tz, str) or not tz:
         raise JourneyError(f"{path}.tz", "must be an IANA time zone name")
@@ -203,9 +219,15 @@ def parse_journey(raw: Any, path: str = "definition") -> Journey:
     matched += [f"{path}.nodes.{k}" for k, n in nodes.items() if isinstance(n, WaitForEvent) and n.match]
     if matched and (match_property is None or not isinstance(entry, EventEntry)):
         raise JourneyError(matched[0], "'match' needs an event entry and the journey's 'match_property'")
+    throttle = raw.get("throttle_per_minute")
+    if throttle is not None and (isinstance(throttle, bool) or not isinstance(throttle, int)
+                                 or not 1 <= throttle <= 10_000_000):
+        raise JourneyError(f"{path}.throttle_per_minute", "must be a whole number of messages from 1 to 10000000")
+    messages = [m for n in nodes.values() if isinstance(n, Send) for m in [n.message, *(f.message for f in n.fallback)]]
     return Journey(entry, start, nodes, goal, goal_within, tuple(exits), exit_on_segment_exit,
                    _reentry(raw.get("reentry", "once"), f"{path}.reentry"),
-                   _percent(raw.get("control_percent", 0), f"{path}.control_percent", 90), tz, match_property)
+                   _percent(raw.get("control_percent", 0), f"{path}.control_percent", 90), tz, match_property,
+                   throttle, event_properties(messages))
 
 
 def _entry(raw: Any, path: str) -> Entry:
@@ -268,24 +290,49 @@ def _wait_ms(raw: Any, path: str) -> int:
     return ms
 
 
+def _channel_message(raw: dict[str, Any], path: str) -> tuple[str, dict[str, Any]]:
+    channel = raw.get("channel")
+    if channel not in CHANNELS:
+        raise JourneyError(f"{path}.channel", f"{str(channel)[:40]!r} is not one of {', '.join(CHANNELS)}")
+    message = raw.get("message")
+    try:
+        # msgpack is how it is stored and sent: it also refuses integers beyond 64 bits.
+        size = len(msgspec.msgpack.encode(message)) if isinstance(message, dict) else None
+    except (OverflowError, TypeError):
+        raise JourneyError(f"{path}.message", "holds a number beyond 64 bits") from None
+    if size is None or size > MAX_MESSAGE_BYTES:
+        raise JourneyError(f"{path}.message", f"must be an object of at most {MAX_MESSAGE_BYTES} bytes")
+    check_content(channel, message, f"{path}.message")
+    check_message(message, f"{path}.message")
+    return channel, message
+
+
 def _node(raw: Any, path: str) -> Node:
     if not isinstance(raw, dict):
         raise JourneyError(path, "must be an object with a 'type'")
     kind = raw.get("type")
     if kind == "send":
-        no_extra_fields(raw, {"type", "channel", "message", "next"}, path)
-        if raw.get("channel") not in CHANNELS:
-            raise JourneyError(f"{path}.channel", f"{str(raw.get('channel'))[:40]!r} is not one of {', '.join(CHANNELS)}")
-        message = raw.get("message")
-        try:
-            # msgpack is how it is stored and sent: it also refuses integers beyond 64 bits.
-            size = len(msgspec.msgpack.encode(message)) if isinstance(message, dict) else None
-        except (OverflowError, TypeError):
-            raise JourneyError(f"{path}.message", "holds a number beyond 64 bits") from None
-        if size is None or size > MAX_MESSAGE_BYTES:
-            raise JourneyError(f"{path}.message", f"must be an object of at most {MAX_MESSAGE_BYTES} bytes")
-        check_message(message, f"{path}.message")
-        return Send(raw["channel"], message, _next(raw, "next", path))
+        no_extra_fields(raw, {"type", "channel", "message", "next", "fallback", "quiet_hours", "respect_caps"}, path)
+        channel, message = _channel_message(raw, path)
+        fallback_raw = raw.get("fallback", [])
+        if not isinstance(fallback_raw, list) or len(fallback_raw) > len(CHANNELS) - 1:
+            raise JourneyError(f"{path}.fallback", "must be a list of at most 4 {'channel', 'message'} steps")
+        fallback = []
+        for i, step in enumerate(fallback_raw):
+            if not isinstance(step, dict):
+                raise JourneyError(f"{path}.fallback[{i}]", "must be an object with 'channel' and 'message'")
+            no_extra_fields(step, {"channel", "message"}, f"{path}.fallback[{i}]")
+            fallback.append(Fallback(*_channel_message(step, f"{path}.fallback[{i}]")))
+        channels = [channel] + [f.channel for f in fallback]
+        if len(set(channels)) != len(channels):
+            raise JourneyError(f"{path}.fallback", "names a channel twice: each channel is tried once")
+        quiet = raw.get("quiet_hours")
+        if quiet is not None and quiet not in QUIET_HOURS_MODES:
+            raise JourneyError(f"{path}.quiet_hours", f"must be one of {', '.join(QUIET_HOURS_MODES)}")
+        respect_caps = raw.get("respect_caps", True)
+        if not isinstance(respect_caps, bool):
+            raise JourneyError(f"{path}.respect_caps", "must be true or false")
+        return Send(channel, message, _next(raw, "next", path), tuple(fallback), quiet, respect_caps)
     if kind == "wait":
         no_extra_fields(raw, {"type", "duration", "next"}, path)
         return Wait(_wait_ms(raw.get("duration"), f"{path}.duration"), _next(raw, "next", path))

@@ -361,7 +361,9 @@ class JourneyEngine:
         self._known_history[key] = self.changes.entries[key] = (seq, now_ms)
         control = bucket(run.account, run.name, "$control", user) < journey.control_percent
         match_value = props.get(journey.match_property) if journey.match_property else None
-        pos = Position(run.version, journey.start, 0, 0, now_ms, seq, match_value, None, control)
+        wanted = journey.event_properties
+        kept = dict(props) if wanted is None else {k: props[k] for k in wanted if k in props}
+        pos = Position(run.version, journey.start, 0, 0, now_ms, seq, match_value, None, control, kept or None)
         self.changes.count(run.account, run.name, counters.outcome(run.version, "control_entered" if control else "entered"))
         self._set(run, user, None, pos)
         self._advance(run, user, pos, journey.start, now_ms)
@@ -436,8 +438,11 @@ class JourneyEngine:
     def _send(self, run: _Run, user: str, pos: Position, node_id: str, node: Send, variant: str | None,
               now_ms: int) -> None:
         send_id = f"{run.account}/{run.name}/{pos.version}/{user}/{pos.seq}/{node_id}"
-        self.changes.sends.append(SendRequest(send_id, run.account, user, node.channel, node.message, run.name,
-                                              pos.version, node_id, now_ms, variant))
+        journey = run.versions[pos.version]
+        self.changes.sends.append(SendRequest(
+            send_id, run.account, user, node.channel, node.message, run.name, pos.version, node_id, now_ms, variant,
+            [(f.channel, f.message) for f in node.fallback], node.quiet_hours, node.respect_caps,
+            journey.throttle_per_minute, pos.event or {}))
         self.changes.count(run.account, run.name, counters.sent(pos.version, node_id, variant))
 
     def _fire_due(self, now_ms: int) -> None:

@@ -43,6 +43,8 @@ class Position(msgspec.Struct, array_like=True, gc=False):
     key: Any = None  # the entry event's value of the journey's match property
     variant: str | None = None
     control: bool = False
+    # The entry event's properties that the journey's messages personalise with.
+    event: dict[str, Any] | None = None
 
 
 GOAL_NODE = "$goal"
@@ -57,7 +59,8 @@ class SegmentSignalIn(msgspec.Struct, array_like=True, gc=False):
 
 class SendRequest(msgspec.Struct, omit_defaults=True):
     """A message to deliver. `id` is stable across retries and restarts: the router
-    delivers each id once."""
+    delivers each id once. `journey` names the source: a journey, or (with
+    `source_kind` "campaign") a campaign."""
 
     id: str
     account: str
@@ -69,6 +72,12 @@ class SendRequest(msgspec.Struct, omit_defaults=True):
     node: str
     at_ms: int
     variant: str | None = None
+    fallback: list[tuple[str, dict[str, Any]]] = []  # (channel, message), tried in order
+    quiet_hours: str | None = None  # drop | delay | ignore; None: the account's setting
+    respect_caps: bool = True
+    throttle_per_minute: int | None = None
+    event: dict[str, Any] = {}  # the triggering event's properties, for templates
+    source_kind: str = "journey"
 
 
 trigger_list_encoder = msgspec.msgpack.Encoder()

@@ -13,6 +13,8 @@ from aiohttp import web
 
 from gateway.app import ADMISSION, create_app
 from kairos.accounts import Accounts
+from kairos.channels.in_app import Inbox
+from kairos.journeys.clock import SystemClock
 from kairos.config import load_settings
 from kairos.partitions import PartitionMap
 from kairos.redis_server import _free_port
@@ -50,7 +52,8 @@ async def stalled_gateway(redis_server: Any) -> AsyncIterator[tuple[str, Stalled
     client = aioredis.Redis.from_url(redis_server.url)
     accounts = Accounts(client)
     backend = StalledBackend()
-    app = create_app(settings, backend, accounts, SegmentCatalog(client), SignalLog(client), JourneyCatalog(client))
+    app = create_app(settings, backend, accounts, SegmentCatalog(client), SignalLog(client), JourneyCatalog(client),
+                     client, Inbox(client, SystemClock()))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", settings.port).start()

@@ -26,7 +26,7 @@ WELCOME: dict[str, Any] = {
     "entry": {"event": "Signed Up"},
     "start": "hi",
     "nodes": {
-        "hi": {"type": "send", "channel": "email", "message": {"subject": "Welcome"}, "next": "wait"},
+        "hi": {"type": "send", "channel": "email", "message": {"subject": "Welcome", "text": "Welcome"}, "next": "wait"},
         # Long: the suite's manual clock may be advanced by other tests, never this far.
         "wait": {"type": "wait", "duration": "30d"},
     },

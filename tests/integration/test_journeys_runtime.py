@@ -145,7 +145,7 @@ async def test_abandoned_cart_over_the_gateway(journeys: Journeys) -> None:
     assert pushed == ["shopper-2", "shopper-3", "shopper-4", "shopper-5"]
     assert emailed == ["shopper-2", "shopper-4", "shopper-5"]
     email = next(s for s in journeys.sends if s.node == "email")
-    assert email.message == {"subject": "10% off", "coupon": "SAVE10"} and email.channel == "email"
+    assert email.message == {"subject": "10% off", "text": "Use SAVE10 at checkout"} and email.channel == "email"
     stats = await journeys.stats("cart")
     assert stats["v1|entered"] == 6 and stats["v1|converted"] == 3 and stats["v1|completed"] == 3
     assert stats["v1|node|wait_charge|waiting"] == stats["v1|node|wait_day|waiting"] == 0
@@ -175,7 +175,7 @@ async def test_a_wait_survives_a_journey_actor_restart_and_fires_once(journeys: 
 async def test_sends_are_exactly_once_when_a_journey_actor_dies_mid_step(journeys: Journeys) -> None:
     journey = {"entry": {"event": "Trial Started"}, "start": "week", "reentry": "once",
                "nodes": {"week": {"type": "wait", "duration": "7d", "next": "ask"},
-                         "ask": {"type": "send", "channel": "email", "message": {"subject": "Upgrade?"}}}}
+                         "ask": {"type": "send", "channel": "email", "message": {"subject": "Upgrade?", "text": "Upgrade?"}}}}
     await journeys.save("trial", journey)
     users = [f"trial-{i}" for i in range(6000)]
     for start in range(0, len(users), 1000):
@@ -223,14 +223,14 @@ async def test_the_inbox_keeps_one_entry_per_log_batch_when_a_replay_writes_it_a
 DRIP: dict[str, Any] = {
     "entry": {"event": "Signed Up"}, "start": "welcome",
     "nodes": {
-        "welcome": {"type": "send", "channel": "email", "message": {"subject": "Welcome"}, "next": "day"},
+        "welcome": {"type": "send", "channel": "email", "message": {"subject": "Welcome", "text": "Welcome"}, "next": "day"},
         "day": {"type": "wait", "duration": "1d", "next": "launched"},
         "launched": {"type": "branch", "condition": {"did": "Lesson Finished", "within": "2d"},
                      "yes": "tips", "no": "nudge"},
         "tips": {"type": "send", "channel": "push", "message": {"title": "3 tips"}, "next": "ten"},
         "nudge": {"type": "send", "channel": "sms", "message": {"text": "Open the app"}, "next": "ten"},
         "ten": {"type": "wait_until", "time": "10:00", "next": "survey"},
-        "survey": {"type": "send", "channel": "email", "message": {"subject": "How is it going?"}},
+        "survey": {"type": "send", "channel": "email", "message": {"subject": "How is it going?", "text": "How is it going?"}},
     },
 }
 

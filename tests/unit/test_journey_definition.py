@@ -26,7 +26,7 @@ VALID: dict[str, Any] = {
         "later": {"type": "wait_until", "time": "10:00", "next": "vip"},
         "vip": {"type": "branch", "condition": {"profile": "Tier", "op": "eq", "value": "gold"},
                 "yes": "email", "no": None},
-        "email": {"type": "send", "channel": "email", "message": {"subject": "For you"}},
+        "email": {"type": "send", "channel": "email", "message": {"subject": "For you", "text": "For you"}},
         "done": {"type": "exit"},
     },
     "goal": {"event": "Charged", "match": True, "within": "7d"},

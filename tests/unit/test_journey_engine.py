@@ -30,7 +30,7 @@ ONBOARDING: dict[str, Any] = {
     "entry": {"event": "Signed Up"},
     "start": "welcome",
     "nodes": {
-        "welcome": {"type": "send", "channel": "email", "message": {"subject": "Welcome"}, "next": "day1"},
+        "welcome": {"type": "send", "channel": "email", "message": {"subject": "Welcome", "text": "Welcome"}, "next": "day1"},
         "day1": {"type": "wait", "duration": "1d", "next": "launched"},
         "launched": {"type": "branch", "condition": {"did": "App Launched", "within": "2d"},
                      "yes": "ab", "no": "nudge"},
@@ -39,7 +39,7 @@ ONBOARDING: dict[str, Any] = {
                                              {"name": "quiet", "percent": 50, "next": "week"}]},
         "tips": {"type": "send", "channel": "push", "message": {"title": "3 tips"}, "next": "week"},
         "week": {"type": "wait", "duration": "6d", "next": "survey"},
-        "survey": {"type": "send", "channel": "email", "message": {"subject": "How was week one?"}},
+        "survey": {"type": "send", "channel": "email", "message": {"subject": "How was week one?", "text": "How was week one?"}},
     },
 }
 
@@ -139,7 +139,7 @@ async def test_abandoned_cart_pushes_after_an_hour_then_emails_a_coupon_after_a_
     assert world.sent("u1") == [("push", "push")]
     await world.advance(1)
     assert world.sent("u1") == [("push", "push"), ("email", "email")]
-    assert world.sends[-1].message == {"subject": "10% off", "coupon": "SAVE10"}
+    assert world.sends[-1].message == {"subject": "10% off", "text": "Use SAVE10 at checkout"}
     assert world.positions == {}
     assert world.stats["cart|v1|entered"] == 1 and world.stats["cart|v1|completed"] == 1
     assert world.stats["cart|v1|converted"] == 0 and world.waiting("cart", "wait_day") == 0
@@ -242,7 +242,7 @@ async def test_wait_until_ten_in_each_users_time_zone() -> None:
 async def test_a_seven_day_wait_runs_on_a_jumping_clock_and_fires_once() -> None:
     journey = {"entry": {"event": "Trial Started"}, "start": "week",
                "nodes": {"week": {"type": "wait", "duration": "7d", "next": "ask"},
-                         "ask": {"type": "send", "channel": "email", "message": {"subject": "Upgrade?"}}}}
+                         "ask": {"type": "send", "channel": "email", "message": {"subject": "Upgrade?", "text": "Upgrade?"}}}}
     world = World({"trial": journey})
     await world.step(events=[Trigger(ACCOUNT, f"u{i}", "Trial Started", T0, {}) for i in range(1000)])
     await world.advance(7 * DAY - 1)
@@ -256,7 +256,7 @@ async def test_a_seven_day_wait_runs_on_a_jumping_clock_and_fires_once() -> None
 async def test_reentry_once_always_and_every_n_days() -> None:
     def simple(reentry: Any) -> dict[str, Any]:
         return {"entry": {"event": "Visited"}, "start": "hi", "reentry": reentry,
-                "nodes": {"hi": {"type": "send", "channel": "push", "message": {"t": "hi"}}}}
+                "nodes": {"hi": {"type": "send", "channel": "push", "message": {"title": "hi"}}}}
 
     world = World({"once": simple("once"), "always": simple("always"), "weekly": simple({"every": "7d"})})
     for day in range(15):
@@ -311,7 +311,7 @@ async def test_goal_window_counts_a_conversion_after_the_last_message() -> None:
 async def test_exit_events_and_leaving_the_entry_segment_end_the_journey() -> None:
     journey = {"entry": {"segment": "VIP"}, "start": "wait", "exit": [{"event": "Unsubscribed"}, {"left_segment": True}],
                "nodes": {"wait": {"type": "wait", "duration": "1d", "next": "hi"},
-                         "hi": {"type": "send", "channel": "email", "message": {"s": "Hi VIP"}}}}
+                         "hi": {"type": "send", "channel": "email", "message": {"subject": "Hi VIP", "text": "Hi VIP"}}}}
     world = World({"vip": journey})
     await world.step(signals=[SegmentSignalIn(ACCOUNT, "VIP", u, True) for u in ("a", "b", "c")])
     await world.event("a", "Unsubscribed")
@@ -324,7 +324,7 @@ async def test_exit_events_and_leaving_the_entry_segment_end_the_journey() -> No
 
 async def test_a_schedule_enters_the_members_it_is_given() -> None:
     journey = {"entry": {"schedule": {"segment": "All", "at": "2026-09-21T00:00:00Z"}}, "start": "hi",
-               "nodes": {"hi": {"type": "send", "channel": "email", "message": {"s": "news"}}}}
+               "nodes": {"hi": {"type": "send", "channel": "email", "message": {"subject": "news", "text": "news"}}}}
     world = World({"news": journey})
     run_at = 1_789_948_800_000
     await world.step(scheduled=[(ACCOUNT, "news", run_at, ["a", "b"])])

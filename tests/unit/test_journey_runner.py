@@ -22,7 +22,7 @@ T0 = 1_790_000_000_000
 PMAP = PartitionMap(4, 1)
 TRIAL = {"entry": {"event": "Trial Started"}, "start": "week",
          "nodes": {"week": {"type": "wait", "duration": "7d", "next": "ask"},
-                   "ask": {"type": "send", "channel": "email", "message": {"subject": "Upgrade?"}}}}
+                   "ask": {"type": "send", "channel": "email", "message": {"subject": "Upgrade?", "text": "Upgrade?"}}}}
 
 
 class Catalog:

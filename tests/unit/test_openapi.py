@@ -31,7 +31,7 @@ def test_the_document_is_valid_openapi() -> None:
 
 
 def test_every_api_route_is_documented() -> None:
-    app = create_app(load_settings(env={}), NoBackend(), None, None, None, None)  # type: ignore[arg-type]
+    app = create_app(load_settings(env={}), NoBackend(), None, None, None, None, None, None)  # type: ignore[arg-type]
     served = {
         (re.sub(r"\{(\w+)\}", r"{\1}", route.resource.canonical), route.method.lower())
         for route in app.router.routes()

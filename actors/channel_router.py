@@ -1,0 +1,83 @@
+"""`channel_router` actor: delivers the send requests of its partitions (see
+kairos.routing.router). Router i owns the partitions that shard i owns, so its profile
+lookups go to one shard; its delivery events go back in through ingest."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import uuid
+from typing import Any
+
+import ray
+import redis.asyncio as aioredis
+
+from actors import names
+from kairos.channels.in_app import InAppProvider, Inbox
+from kairos.channels.registry import AccountProviders
+from kairos.config import Settings
+from kairos.journeys.clock import Clock, ManualClock, SystemClock
+from kairos.models import Record, encode_upload
+from kairos.partitions import PartitionMap
+from kairos.routing.delivery_store import DeliveryStore
+from kairos.routing.feedback import FeedbackForwarder
+from kairos.routing.router import ChannelRouter
+
+logger = logging.getLogger(__name__)
+
+
+class ShardProfiles:
+    def __init__(self, shard: Any) -> None:
+        self._shard = shard
+
+    async def profiles(self, account: str, users: list[str]) -> list[dict[str, Any] | None]:
+        return await self._shard.profile_properties.remote(account, users)
+
+
+class ChannelRouterActor:
+    def __init__(self, index: int, settings: Settings) -> None:
+        self._settings = settings
+        self._redis = aioredis.Redis.from_url(settings.redis_url)
+        partition_map = PartitionMap(settings.partitions, settings.shards)
+        self._partitions = partition_map.partitions_of(index)
+        self._store = DeliveryStore(self._redis, partition_map, self._partitions)
+        self._shard = ray.get_actor(names.shard(index), namespace=names.NAMESPACE)
+        self._ingest = [ray.get_actor(names.ingest(i), namespace=names.NAMESPACE) for i in range(settings.ingest_actors)]
+        clock: Clock = ManualClock(self._redis) if settings.clock == "manual" else SystemClock()
+        self._clock = clock
+        self.providers = AccountProviders(self._redis, InAppProvider(Inbox(self._redis, clock)))
+        self.feedback = FeedbackForwarder(self._redis, self._partitions, self._emit)
+        self.router: ChannelRouter | None = None
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _emit(self, account: str, records: list[Record]) -> None:
+        ingest = self._ingest[hash(account) % len(self._ingest)]
+        await ingest.ingest.remote(uuid.uuid4().hex, [(account, encode_upload(records))])
+
+    async def start(self) -> None:
+        """Starts the delivery and feedback loops (again, after a restart)."""
+        if self.router is None:
+            self.router = await ChannelRouter.open(self._store, ShardProfiles(self._shard), self.providers, self._clock)
+        if not self._tasks or any(t.done() for t in self._tasks):
+            for task in self._tasks:
+                task.cancel()
+            self._tasks = [asyncio.ensure_future(self.router.run(self._stopping)),
+                           asyncio.ensure_future(self._forward_forever())]
+
+    async def _forward_forever(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                await self.feedback.step(block_ms=200)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("forwarding delivery events to ingest failed; retrying")
+                await asyncio.sleep(1.0)
+
+    async def stats(self) -> dict[str, int]:
+        return {"handled": self.router.handled if self.router else 0, "forwarded": self.feedback.forwarded}
+
+    def pid(self) -> int:
+        return os.getpid()

@@ -1,0 +1,163 @@
+"""What the channel router keeps in Redis, and how it writes it: each user's recent sends
+(caps and dedupe), the delayed set (quiet hours, throttle, retry backoff), the outbox
+cursors, dead letters, counters, and the delivery events waiting to go back into ingest.
+
+Every decision about a batch is written in one MULTI/EXEC with the cursor that moved
+past it, so after a crash a request is either decided (and its id is in the user's
+history, which stops it from being sent again) or read again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import msgspec
+import redis.asyncio as aioredis
+
+from kairos import keys
+from kairos.journeys.model import SendRequest
+from kairos.models import Record
+from kairos.partitions import PartitionMap
+from kairos.routing.caps import Sent
+
+# History states: waiting in the delayed set, handed to a provider (outcome not yet
+# known), delivered, or given up on (dropped or failed).
+QUEUED, CLAIMED, DELIVERED, GIVEN_UP = "q", "c", "d", "x"
+COUNTED = frozenset({CLAIMED, DELIVERED})  # what frequency caps count
+DEDUPE_WINDOW_MS = 7 * 86_400_000
+MAX_HISTORY = 200
+DEAD_LETTERS_KEPT = 10_000
+DELIVERY_EVENTS_KEPT = 1_000_000
+
+
+class HistoryEntry(Sent, frozen=True, array_like=True, gc=False):
+    send_id: str = ""
+    state: str = QUEUED
+
+
+class Pending(msgspec.Struct, array_like=True, frozen=True):
+    """A request in the delayed set, with where it is in its channels and retries."""
+
+    request: SendRequest
+    channel_index: int = 0
+    attempt: int = 0
+    first_try_ms: int = 0  # when its current channel was first tried (0: not yet)
+
+
+UserRef = tuple[str, str]  # (account, user)
+
+_history_decoder = msgspec.msgpack.Decoder(list[HistoryEntry])
+_pending_decoder = msgspec.msgpack.Decoder(Pending)
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def decode_pending(raw: bytes) -> Pending:
+    return _pending_decoder.decode(raw)
+
+
+def encode_pending(pending: Pending) -> bytes:
+    return _encode(pending)
+
+
+def history_field(account: str, user: str) -> str:
+    return f"{account}\0{user}"
+
+
+def trimmed(entries: list[HistoryEntry], horizon_ms: int, now_ms: int) -> list[HistoryEntry]:
+    """The entries that still matter: within the caps' horizon or the dedupe window."""
+    since = now_ms - max(horizon_ms, DEDUPE_WINDOW_MS)
+    return [e for e in entries if e.at_ms >= since][-MAX_HISTORY:]
+
+
+class Commit:
+    """Writes for one MULTI/EXEC, gathered while a batch is decided."""
+
+    def __init__(self) -> None:
+        self.histories: dict[tuple[int, str], list[HistoryEntry]] = {}
+        self.delayed: dict[int, list[tuple[bytes, int]]] = {}
+        self.undelayed: dict[int, list[bytes]] = {}
+        self.cursors: dict[int, str] = {}
+        self.events: dict[int, list[tuple[str, Record]]] = {}  # partition -> (account, record)
+        self.dead: dict[str, list[dict[str, Any]]] = {}
+        self.stats: dict[str, dict[str, int]] = {}
+
+    def count(self, account: str, *fields: str) -> None:
+        counters = self.stats.setdefault(account, {})
+        for name in fields:
+            counters[name] = counters.get(name, 0) + 1
+
+    def __bool__(self) -> bool:
+        return any((self.histories, self.delayed, self.undelayed, self.cursors, self.events, self.dead, self.stats))
+
+
+class DeliveryStore:
+    def __init__(self, client: aioredis.Redis, partition_map: PartitionMap, partitions: list[int]) -> None:
+        self.redis = client
+        self.partition_map = partition_map
+        self.partitions = partitions
+
+    def partition_of(self, account: str, user: str) -> int:
+        return self.partition_map.partition_of(account, user)
+
+    async def cursors(self) -> dict[int, str]:
+        """Partition -> the outbox id its requests are decided up to."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in self.partitions:
+                pipe.get(keys.router_cursor(p))
+            found = await pipe.execute()
+        return {p: (raw.decode() if raw else "0-0") for p, raw in zip(self.partitions, found)}
+
+    async def histories(self, users: Iterable[UserRef]) -> dict[UserRef, list[HistoryEntry]]:
+        wanted = list(dict.fromkeys(users))
+        if not wanted:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for account, user in wanted:
+                pipe.hget(keys.send_history(self.partition_of(account, user)), history_field(account, user))
+            found = await pipe.execute()
+        return {ref: (_history_decoder.decode(raw) if raw else []) for ref, raw in zip(wanted, found)}
+
+    async def due(self, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
+        """Delayed members whose time has come: (partition, member)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in self.partitions:
+                pipe.zrangebyscore(keys.router_delayed(p), "-inf", now_ms, start=0, num=limit)
+            found = await pipe.execute()
+        return [(p, member) for p, members in zip(self.partitions, found) for member in members]
+
+    async def take_throttle(self, account: str, source: str, minute: int, wanted: int) -> int:
+        """Adds `wanted` sends to the source's count for `minute`; returns the count before."""
+        key = keys.throttle(account, source, minute)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incrby(key, wanted)
+            pipe.expire(key, 180)
+            total, _ = await pipe.execute()
+        return int(total) - wanted
+
+    async def commit(self, commit: Commit) -> None:
+        if not commit:
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            for (partition, field), entries in commit.histories.items():
+                if entries:
+                    pipe.hset(keys.send_history(partition), field, _encode(entries))
+                else:
+                    pipe.hdel(keys.send_history(partition), field)
+            for partition, members in commit.delayed.items():
+                pipe.zadd(keys.router_delayed(partition), {m: score for m, score in members})
+            for partition, members in commit.undelayed.items():
+                pipe.zrem(keys.router_delayed(partition), *members)
+            for partition, records in commit.events.items():
+                for account, record in records:
+                    pipe.xadd(keys.delivery_events(partition), {"a": account, "r": _encode(record)},
+                              maxlen=DELIVERY_EVENTS_KEPT, approximate=True)
+            for account, letters in commit.dead.items():
+                for letter in letters:
+                    pipe.xadd(keys.dead_letters(account), {"d": msgspec.json.encode(letter)},
+                              maxlen=DEAD_LETTERS_KEPT, approximate=True)
+            for account, counters in commit.stats.items():
+                for name, n in counters.items():
+                    pipe.hincrby(keys.delivery_stats(account), name, n)
+            for partition, cursor in commit.cursors.items():
+                pipe.set(keys.router_cursor(partition), cursor)
+            await pipe.execute()

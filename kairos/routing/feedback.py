@@ -1,0 +1,45 @@
+"""Delivery events back into the users' event streams: the router writes them (in the
+same transaction as the outcome they report) to its partitions' delivery-event streams;
+this forwarder hands them to ingest and deletes them once ingest has them. Each record
+carries a messageId made from its send id, so one forwarded twice (a crash between the
+hand-over and the delete) counts once."""
+
+from __future__ import annotations
+
+import logging
+from typing import Awaitable, Callable
+
+import msgspec
+import redis.asyncio as aioredis
+
+from kairos import keys
+from kairos.models import Record
+
+logger = logging.getLogger(__name__)
+
+Sink = Callable[[str, list[Record]], Awaitable[None]]  # (account, records) -> durable in ingest
+_record_decoder = msgspec.msgpack.Decoder(Record)
+
+
+class FeedbackForwarder:
+    def __init__(self, client: aioredis.Redis, partitions: list[int], sink: Sink) -> None:
+        self._redis = client
+        self._streams = {keys.delivery_events(p): "0-0" for p in partitions}
+        self._sink = sink
+        self.forwarded = 0
+
+    async def step(self, count: int = 5000, block_ms: int | None = None) -> int:
+        """Forwards what is waiting; how many records went."""
+        # Always from the start: forwarded entries are deleted, so what is left is due.
+        found = await self._redis.xread(self._streams, count=count, block=block_ms)  # type: ignore[arg-type]
+        sent = 0
+        for stream, entries in found or []:
+            by_account: dict[str, list[Record]] = {}
+            for _, fields in entries:
+                by_account.setdefault(fields[b"a"].decode(), []).append(_record_decoder.decode(fields[b"r"]))
+            for account, records in by_account.items():
+                await self._sink(account, records)
+            await self._redis.xdel(stream, *[entry_id for entry_id, _ in entries])
+            sent += len(entries)
+        self.forwarded += sent
+        return sent

@@ -1,0 +1,285 @@
+"""The channel router: takes the send requests of its partitions (journeys' outboxes,
+and its own delayed set when their time comes), decides each one for its user (see
+kairos.routing.plan), hands the survivors to providers, and records what happened.
+
+A round:
+1. read what is due: delayed requests, then new outbox entries;
+2. drop the ids the user's history already has (upstream retries, a re-read after a
+   crash): a message reaches a user once;
+3. plan each one on its first usable channel, apply the journey's throttle;
+4. write the decisions (history marks, delays, failures, the outbox cursor) in one
+   transaction, then call the providers;
+5. write the outcomes: delivered; rejected, so the next channel is planned at once;
+   transient, so it is retried with backoff, and after `fallback_after` (or the last
+   attempt) the next channel is tried.
+A crash between 4 and 5 leaves the request marked as handed to its provider: it is not
+sent again (at most once), and is counted as `unknown` when the router comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any, Protocol
+
+import msgspec
+
+from kairos.channels.base import DELIVERED, REJECTED, Delivery, Outcome, Provider, transient
+from kairos.journeys.clock import Clock
+from kairos.journeys.model import SendRequest
+from kairos.journeys.outbox import OutboxReader
+from kairos.models import EventRecord, ProfileRecord
+from kairos.routing import plan as planning
+from kairos.routing.caps import horizon_ms
+from kairos.routing.delivery_store import (
+    CLAIMED, COUNTED, DELIVERED as STATE_DELIVERED, GIVEN_UP, QUEUED, Commit, DeliveryStore, HistoryEntry, Pending,
+    UserRef, decode_pending, encode_pending, history_field, trimmed,
+)
+from kairos.routing.settings import DeliverySettings
+
+logger = logging.getLogger(__name__)
+
+MAX_BATCH = 2000
+MAX_CONCURRENT_CALLS = 512
+
+
+class Profiles(Protocol):
+    async def profiles(self, account: str, users: list[str]) -> list[dict[str, Any] | None]: ...
+
+
+class ProviderSource(Protocol):
+    """The account's settings and its providers, built from them (cached by the source)."""
+
+    async def settings(self, account: str) -> DeliverySettings: ...
+
+    async def provider(self, account: str, channel: str) -> Provider | None: ...
+
+
+class _Work(msgspec.Struct):
+    pending: Pending
+    partition: int
+    member: bytes | None  # its delayed-set member, when it came from there
+    plan: planning.Plan | None = None
+
+
+class ChannelRouter:
+    def __init__(self, store: DeliveryStore, outbox: OutboxReader, profiles: Profiles, providers: ProviderSource,
+                 clock: Clock) -> None:
+        self.store = store
+        self.outbox = outbox
+        self.profiles = profiles
+        self.providers = providers
+        self.clock = clock
+        self._calls = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
+        self.handled = 0
+
+    @classmethod
+    async def open(cls, store: DeliveryStore, profiles: Profiles, providers: ProviderSource, clock: Clock) -> "ChannelRouter":
+        outbox = OutboxReader(store.redis, store.partitions, await store.cursors())
+        return cls(store, outbox, profiles, providers, clock)
+
+    async def step(self, block_ms: int | None = None) -> int:
+        """One round; how many requests it took up."""
+        now = await self.clock.now_ms()
+        works = [_Work(decode_pending(member), partition, member)
+                 for partition, member in await self.store.due(now, MAX_BATCH)]
+        entries = await self.outbox.read_entries(MAX_BATCH, None if works else block_ms)
+        cursors: dict[int, str] = {}
+        for partition, entry_id, request in entries:
+            works.append(_Work(Pending(request), partition, None))
+            cursors[partition] = entry_id
+        if works or cursors:
+            await self._handle(works, cursors, now)
+        self.handled += len(works)
+        return len(works)
+
+    async def _handle(self, works: list[_Work], cursors: dict[int, str], now: int) -> None:
+        refs = [(w.pending.request.account, w.pending.request.user) for w in works]
+        histories = await self.store.histories(refs)
+        commit = Commit()
+        commit.cursors.update(cursors)
+        fresh = self._deduped(works, histories, commit)
+        accounts = {w.pending.request.account for w in fresh}
+        settings = {a: await self.providers.settings(a) for a in accounts}
+        profiles = await self._profiles(fresh)
+        while fresh:
+            for work in fresh:
+                request = work.pending.request
+                history = [e for e in histories[(request.account, request.user)] if e.state in COUNTED]
+                work.plan = planning.plan(request, work.pending.channel_index, profiles.get((request.account, request.user)),
+                                          history, settings[request.account], now)  # type: ignore[arg-type]
+            await self._throttle(fresh, now)
+            sending = [w for w in fresh if w.plan is not None and w.plan.action == planning.SEND]
+            for work in fresh:
+                self._record_decision(work, histories, settings[work.pending.request.account], commit, now)
+            await self.store.commit(commit)
+            commit = Commit()
+            outcomes = await self._deliver(sending)
+            fresh = self._record_outcomes(sending, outcomes, histories, settings, commit, now)
+        await self.store.commit(commit)
+
+    def _deduped(self, works: list[_Work], histories: dict[UserRef, list[HistoryEntry]], commit: Commit) -> list[_Work]:
+        fresh: list[_Work] = []
+        seen: set[str] = set()
+        for work in works:
+            request = work.pending.request
+            state = next((e.state for e in histories[(request.account, request.user)] if e.send_id == request.id), None)
+            if work.member is not None:
+                commit.undelayed.setdefault(work.partition, []).append(work.member)
+                keep = state == QUEUED
+            else:
+                keep = state is None
+                if state == CLAIMED:
+                    commit.count(request.account, f"{request.channel}|unknown")
+            if keep and request.id not in seen:
+                seen.add(request.id)
+                fresh.append(work)
+            elif work.member is None:
+                commit.count(request.account, "duplicate")
+        return fresh
+
+    async def _profiles(self, works: list[_Work]) -> dict[UserRef, dict[str, Any] | None]:
+        by_account: dict[str, list[str]] = {}
+        for work in works:
+            users = by_account.setdefault(work.pending.request.account, [])
+            users.append(work.pending.request.user)
+        found: dict[UserRef, dict[str, Any] | None] = {}
+        answers = await asyncio.gather(*(self.profiles.profiles(a, list(dict.fromkeys(u))) for a, u in by_account.items()))
+        for (account, users), profiles in zip(by_account.items(), answers):
+            found.update(((account, u), p) for u, p in zip(dict.fromkeys(users), profiles))
+        return found
+
+    async def _throttle(self, works: list[_Work], now: int) -> None:
+        """Sends beyond a journey's messages-per-minute wait for a later minute."""
+        groups: dict[tuple[str, str, int], list[_Work]] = {}
+        for work in works:
+            request = work.pending.request
+            if work.plan is not None and work.plan.action == planning.SEND and request.throttle_per_minute:
+                groups.setdefault((request.account, request.journey, request.throttle_per_minute), []).append(work)
+        minute = now // 60_000
+        for (account, source, limit), group in groups.items():
+            before = await self.store.take_throttle(account, source, minute, len(group))
+            room = max(0, limit - before)
+            for i, work in enumerate(group[room:]):
+                # Spread the overflow over the following minutes, `limit` per minute.
+                later = minute + 1 + (max(0, before - limit) + i) // limit
+                assert work.plan is not None
+                work.plan = msgspec.structs.replace(work.plan, action=planning.DELAY, until_ms=later * 60_000,
+                                                    reason="throttled")
+
+    def _record_decision(self, work: _Work, histories: dict[UserRef, list[HistoryEntry]], settings: DeliverySettings,
+                         commit: Commit, now: int) -> None:
+        request, decision = work.pending.request, work.plan
+        assert decision is not None
+        channel = decision.channel or request.channel
+        if decision.action == planning.SEND:
+            self._mark(request, channel, CLAIMED, histories, settings, commit, now)
+        elif decision.action == planning.DELAY:
+            self._mark(request, channel, QUEUED, histories, settings, commit, now)
+            pending = msgspec.structs.replace(work.pending, channel_index=decision.channel_index)
+            commit.delayed.setdefault(work.partition, []).append((encode_pending(pending), decision.until_ms))
+            commit.count(request.account, f"{channel}|delayed_{decision.reason}")
+        else:
+            self._give_up(work, channel, decision.action, decision.reason, histories, settings, commit, now)
+
+    def _give_up(self, work: _Work, channel: str, action: str, reason: str,
+                 histories: dict[UserRef, list[HistoryEntry]], settings: DeliverySettings, commit: Commit, now: int) -> None:
+        request = work.pending.request
+        self._mark(request, channel, GIVEN_UP, histories, settings, commit, now)
+        outcome = "dropped_" + reason if action == planning.DROP else "failed"
+        commit.count(request.account, f"{channel}|{outcome}", f"{request.source_kind}:{request.journey}|{outcome}")
+        if action == planning.FAIL:
+            commit.dead.setdefault(request.account, []).append(
+                {"id": request.id, "user": request.user, "channel": channel, "reason": reason, "at_ms": now,
+                 "source_kind": request.source_kind, "source": request.journey, "node": request.node})
+            self._event(commit, work.partition, request, "Notification Failed", channel, now, {"Reason": reason[:500]})
+
+    def _mark(self, request: SendRequest, channel: str, state: str, histories: dict[UserRef, list[HistoryEntry]],
+              settings: DeliverySettings, commit: Commit, now: int) -> None:
+        ref = (request.account, request.user)
+        entries = [e for e in histories[ref] if e.send_id != request.id]
+        entries.append(HistoryEntry(now, channel, request.source_kind, request.journey, request.id, state))
+        histories[ref] = entries = trimmed(entries, horizon_ms(settings.caps), now)
+        commit.histories[(self.store.partition_of(*ref), history_field(*ref))] = entries
+
+    @staticmethod
+    def _event(commit: Commit, partition: int, request: SendRequest, name: str, channel: str, now: int,
+               extra: dict[str, Any] | None = None) -> None:
+        props: dict[str, Any] = {"Channel": channel, "Send Id": request.id, "Node": request.node,
+                                 request.source_kind.capitalize(): request.journey}
+        if request.variant is not None:
+            props["Variant"] = request.variant
+        props.update(extra or {})
+        # The id makes a replayed event count once (ingest dedupes by messageId).
+        record = EventRecord(request.user, now, name, props, f"kairos|{request.id}|{name}")
+        commit.events.setdefault(partition, []).append((request.account, record))
+
+    async def _deliver(self, works: list[_Work]) -> list[Outcome]:
+        async def one(work: _Work) -> Outcome:
+            request, decision = work.pending.request, work.plan
+            assert decision is not None
+            provider = await self.providers.provider(request.account, decision.channel)
+            if provider is None:
+                return transient(f"no {decision.channel} provider")
+            delivery = Delivery(request.id, request.account, request.user, decision.channel, decision.address,
+                                decision.message)
+            async with self._calls:
+                try:
+                    return await provider.send(delivery)
+                except Exception as exc:  # a provider bug must not stop every other delivery
+                    logger.exception("provider %s failed on %s", decision.channel, request.id)
+                    return transient(f"provider error: {exc!r}")
+
+        return list(await asyncio.gather(*(one(w) for w in works)))
+
+    def _record_outcomes(self, works: list[_Work], outcomes: list[Outcome], histories: dict[UserRef, list[HistoryEntry]],
+                         settings: dict[str, DeliverySettings], commit: Commit, now: int) -> list[_Work]:
+        """Writes outcomes into `commit`; returns the requests to plan again on their next channel."""
+        again: list[_Work] = []
+        for work, outcome in zip(works, outcomes):
+            request, decision = work.pending.request, work.plan
+            assert decision is not None
+            channel, account_settings = decision.channel, settings[request.account]
+            if outcome.status == DELIVERED:
+                self._mark(request, channel, STATE_DELIVERED, histories, account_settings, commit, now)
+                commit.count(request.account, f"{channel}|sent", f"{request.source_kind}:{request.journey}|sent")
+                self._event(commit, work.partition, request, "Notification Sent", channel, now)
+                if channel == "in_app":
+                    self._event(commit, work.partition, request, "Notification Delivered", channel, now)
+                continue
+            if outcome.unreachable and channel in planning.ADDRESS_PROPERTY:
+                # The address is dead (an unregistered token): forget it, so no one tries it again.
+                prop = planning.ADDRESS_PROPERTY[channel]
+                commit.events.setdefault(work.partition, []).append((request.account, ProfileRecord(
+                    request.user, now, {prop: None}, None, f"kairos|{request.id}|forget-{prop}")))
+            retry = account_settings.retry
+            first_try = work.pending.first_try_ms or now
+            attempt = work.pending.attempt + 1
+            if outcome.status != REJECTED and attempt < retry.max_attempts:
+                backoff = min(retry.max_backoff_ms, retry.first_backoff_ms * 2 ** (attempt - 1))
+                due = now + backoff + random.randrange(backoff // 4 + 1)
+                if due <= first_try + retry.fallback_after_ms:
+                    pending = Pending(request, decision.channel_index, attempt, first_try)
+                    self._mark(request, channel, QUEUED, histories, account_settings, commit, now)
+                    commit.delayed.setdefault(work.partition, []).append((encode_pending(pending), due))
+                    commit.count(request.account, f"{channel}|retried")
+                    continue
+            commit.count(request.account, f"{channel}|{outcome.status}")
+            if decision.channel_index + 1 < len(planning.channels_of(request)):
+                again.append(_Work(Pending(request, decision.channel_index + 1), work.partition, None))
+            else:
+                self._give_up(work, channel, planning.FAIL, f"{outcome.status}: {outcome.detail}", histories,
+                              account_settings, commit, now)
+        return again
+
+    async def run(self, stopping: asyncio.Event, idle_ms: int = 200) -> None:
+        while not stopping.is_set():
+            try:
+                await self.step(block_ms=idle_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("channel router round failed; retrying")
+                await asyncio.sleep(1.0)
+
