@@ -14,8 +14,9 @@ Two places need care because the SDK was written for sync callers:
 - `firebase_admin.delete_app` closes the async client with `asyncio.run`, which cannot
   run on a running loop; `close()` closes that client itself first, on its own loop.
 
-The SDK retries 500/503 answers itself (5 attempts, ~7 s of backoff), so an outage turns
-TRANSIENT after those retries or after `timeout_s`, whichever comes first.
+The SDK would retry 500/503 answers itself (5 attempts, ~7 s of backoff). The router
+already retries with its own backoff, then falls back to the next channel; two layers of
+retries would multiply attempts and hold a batch for seconds, so the SDK's are turned off.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ import firebase_admin
 import google.auth.exceptions
 import msgspec
 import requests
-from firebase_admin import credentials, exceptions, messaging
+from firebase_admin import _http_client, credentials, exceptions, messaging
+from firebase_admin._retry import HttpxRetry
 from google.auth import crypt
 from google.auth.transport import requests as google_requests
 
@@ -120,7 +122,7 @@ class FcmProvider:
             credentials.Certificate(dict(settings.service_account)),
             {"projectId": settings.project_id, "httpTimeout": settings.timeout_s},
             name=f"kairos-fcm-{uuid.uuid4().hex}")
-        self._service = _messaging_service(self._app, settings.project_id, settings.endpoint)
+        self._service = _messaging_service(self._app, settings.project_id, settings.endpoint, settings.timeout_s)
         self._credential = self._app.credential.get_credential()
         self._refresh_lock = asyncio.Lock()
         self._closed = False
@@ -144,7 +146,9 @@ class FcmProvider:
             chunk = await self._send_chunk(messages[start:start + MAX_BATCH])
             for slot, outcome in zip(slots[start:start + MAX_BATCH], chunk, strict=True):
                 outcomes[slot] = outcome
-        return [outcome for outcome in outcomes if outcome is not None]
+        done = [outcome for outcome in outcomes if outcome is not None]
+        assert len(done) == len(deliveries), "every delivery gets exactly one outcome"
+        return done
 
     async def close(self) -> None:
         if self._closed:
@@ -235,7 +239,7 @@ def _failure(error: Exception | None) -> Outcome:
 # The only code that reaches into firebase-admin's private parts. It fails loudly if an
 # upgrade renames them, rather than quietly sending to Google from a test or a proxy setup.
 
-def _messaging_service(app: firebase_admin.App, project_id: str, endpoint: str | None) -> Any:
+def _messaging_service(app: firebase_admin.App, project_id: str, endpoint: str | None, timeout_s: float) -> Any:
     """The app's messaging service, sending to `endpoint` when one is given."""
     service = messaging._get_messaging_service(app)
     if endpoint is not None:
@@ -245,6 +249,12 @@ def _messaging_service(app: firebase_admin.App, project_id: str, endpoint: str |
         if not isinstance(getattr(service, "_fcm_url", None), str):
             raise RuntimeError(f"firebase-admin {firebase_admin.__version__} has no _fcm_url: update kairos.channels.fcm")
         service._fcm_url = f"{endpoint.rstrip('/')}/v1/projects/{project_id}/messages:send"
+    # The router owns retries (see the module's docstring): the same client, without them.
+    # Nothing has used the SDK's own client yet, so it holds no connection to close.
+    if not hasattr(service, "_async_client") or not hasattr(service, "_credential"):
+        raise RuntimeError(f"firebase-admin {firebase_admin.__version__} has no _async_client: update kairos.channels.fcm")
+    service._async_client = _http_client.HttpxAsyncClient(
+        credential=service._credential, timeout=timeout_s, retry_config=HttpxRetry(max_retries=0))
     return service
 
 

@@ -12,6 +12,7 @@ SES copies into those events, so they can be traced back to the send.
 from __future__ import annotations
 
 import re
+from email.utils import formataddr, parseaddr
 from typing import Any
 
 from kairos.channels.aws_common import AWS_FIELDS, AwsClient, AwsSettings, aws_fields
@@ -62,7 +63,9 @@ class SesProvider:
         if content.html is not None:
             body["Html"] = {"Data": content.html, "Charset": "UTF-8"}
         params: dict[str, Any] = {
-            "FromEmailAddress": content.sender,
+            # SES wants a non-ASCII display name as an RFC 2047 encoded word, and a name with
+            # a comma or quote quoted: formataddr does both.
+            "FromEmailAddress": formataddr((parseaddr(content.sender)[0], content.sender_address)),
             "Destination": {"ToAddresses": [content.recipient]},
             "Content": {"Simple": {"Subject": {"Data": content.subject, "Charset": "UTF-8"}, "Body": body}},
             "EmailTags": [{"Name": SEND_ID_TAG, "Value": tag_value(delivery.send_id)}],

@@ -148,12 +148,14 @@ class SmtpProvider:
         except aiosmtplib.SMTPResponseException as exc:
             keep = exc.code != 421  # 421: the server is closing the connection
             return _response_outcome(exc.code, exc.message, recipient=False), False
-        except aiosmtplib.SMTPNotSupported as exc:
-            # STARTTLS required but not offered, or an SMTPUTF8 address the server cannot take.
-            return rejected(f"smtp: {exc}"), False
-        except (aiosmtplib.SMTPException, OSError) as exc:
-            # Connection refused or reset, DNS, TLS handshake, connect and read timeouts.
+        except OSError as exc:
+            # Connection refused or reset, DNS, TLS handshake, connect and read timeouts
+            # (aiosmtplib's connect and timeout errors are OSErrors too).
             return transient(f"smtp: {exc}"), False
+        except aiosmtplib.SMTPException as exc:
+            # What is left is the server and our settings disagreeing, which no retry mends:
+            # STARTTLS or AUTH required but not offered, an SMTPUTF8 address it cannot take.
+            return rejected(f"smtp: {exc}"), False
         finally:
             # Also on cancellation (the timeout): a half-done exchange leaves the connection unusable.
             if not keep:

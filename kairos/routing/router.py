@@ -63,6 +63,14 @@ class _Work(msgspec.Struct):
     plan: planning.Plan | None = None
 
 
+async def _guarded(call: Any, work: _Work) -> Any:
+    try:
+        return await call
+    except Exception as exc:  # a provider bug must not stop every other delivery
+        logger.exception("provider failed on %s", work.pending.request.id)
+        return transient(f"provider error: {exc!r}")
+
+
 class ChannelRouter:
     def __init__(self, store: DeliveryStore, outbox: OutboxReader, profiles: Profiles, providers: ProviderSource,
                  clock: Clock) -> None:
@@ -104,11 +112,17 @@ class ChannelRouter:
         settings = {a: await self.providers.settings(a) for a in accounts}
         profiles = await self._profiles(fresh)
         while fresh:
+            # Sends planned earlier in this round count against the caps of later ones.
+            planned: dict[UserRef, list[HistoryEntry]] = {}
             for work in fresh:
                 request = work.pending.request
-                history = [e for e in histories[(request.account, request.user)] if e.state in COUNTED]
-                work.plan = planning.plan(request, work.pending.channel_index, profiles.get((request.account, request.user)),
-                                          history, settings[request.account], now)  # type: ignore[arg-type]
+                ref = (request.account, request.user)
+                history = [e for e in histories[ref] if e.state in COUNTED] + planned.get(ref, [])
+                work.plan = planning.plan(request, work.pending.channel_index, profiles.get(ref), history,
+                                          settings[request.account], now)
+                if work.plan.action == planning.SEND:
+                    planned.setdefault(ref, []).append(
+                        HistoryEntry(now, work.plan.channel, request.source_kind, request.journey, request.id, CLAIMED))
             await self._throttle(fresh, now)
             sending = [w for w in fresh if w.plan is not None and w.plan.action == planning.SEND]
             for work in fresh:
@@ -216,22 +230,42 @@ class ChannelRouter:
         commit.events.setdefault(partition, []).append((request.account, record))
 
     async def _deliver(self, works: list[_Work]) -> list[Outcome]:
-        async def one(work: _Work) -> Outcome:
+        """Each planned message through its provider; a provider that takes batches
+        (FCM's send_each) gets them in one call."""
+        outcomes: list[Outcome | None] = [None] * len(works)
+        groups: dict[int, tuple[Provider, list[int]]] = {}
+        for i, work in enumerate(works):
             request, decision = work.pending.request, work.plan
             assert decision is not None
             provider = await self.providers.provider(request.account, decision.channel)
             if provider is None:
-                return transient(f"no {decision.channel} provider")
-            delivery = Delivery(request.id, request.account, request.user, decision.channel, decision.address,
-                                decision.message)
-            async with self._calls:
-                try:
-                    return await provider.send(delivery)
-                except Exception as exc:  # a provider bug must not stop every other delivery
-                    logger.exception("provider %s failed on %s", decision.channel, request.id)
-                    return transient(f"provider error: {exc!r}")
+                outcomes[i] = transient(f"no {decision.channel} provider")
+            else:
+                groups.setdefault(id(provider), (provider, []))[1].append(i)
 
-        return list(await asyncio.gather(*(one(w) for w in works)))
+        def delivery(work: _Work) -> Delivery:
+            request, decision = work.pending.request, work.plan
+            assert decision is not None
+            return Delivery(request.id, request.account, request.user, decision.channel, decision.address,
+                            decision.message)
+
+        async def one(provider: Provider, i: int) -> None:
+            async with self._calls:
+                outcomes[i] = await _guarded(provider.send(delivery(works[i])), works[i])
+
+        async def batch(provider: Any, indexes: list[int]) -> None:
+            answers = await _guarded(provider.send_many([delivery(works[i]) for i in indexes]), works[indexes[0]])
+            for i, answer in zip(indexes, answers if isinstance(answers, list) else [answers] * len(indexes)):
+                outcomes[i] = answer
+
+        calls = []
+        for provider, indexes in groups.values():
+            if hasattr(provider, "send_many"):
+                calls.append(batch(provider, indexes))
+            else:
+                calls.extend(one(provider, i) for i in indexes)
+        await asyncio.gather(*calls)
+        return [o if o is not None else transient("no outcome") for o in outcomes]
 
     def _record_outcomes(self, works: list[_Work], outcomes: list[Outcome], histories: dict[UserRef, list[HistoryEntry]],
                          settings: dict[str, DeliverySettings], commit: Commit, now: int) -> list[_Work]:

@@ -47,10 +47,14 @@ class QuietWindow(msgspec.Struct, frozen=True):
     action: str  # drop | delay
 
 
+DEFAULT_ATTEMPTS = 5
+DEFAULT_FALLBACK_AFTER_MS = 600_000
+
+
 class RetryPolicy(msgspec.Struct, frozen=True):
-    max_attempts: int = 5
+    max_attempts: int = DEFAULT_ATTEMPTS
     # Transient failures are retried this long at most before the next channel is tried.
-    fallback_after_ms: int = 600_000
+    fallback_after_ms: int = DEFAULT_FALLBACK_AFTER_MS
     first_backoff_ms: int = 2_000
     max_backoff_ms: int = 300_000
 
@@ -107,10 +111,10 @@ def _retry(raw: Any, path: str) -> RetryPolicy:
     if not isinstance(raw, dict):
         raise SegmentError(path, "must be {'max_attempts': N, 'fallback_after': '10m'}")
     no_extra_fields(raw, {"max_attempts", "fallback_after"}, path)
-    attempts = raw.get("max_attempts", RetryPolicy.max_attempts)
+    attempts = raw.get("max_attempts", DEFAULT_ATTEMPTS)
     if isinstance(attempts, bool) or not isinstance(attempts, int) or not 1 <= attempts <= 20:
         raise SegmentError(f"{path}.max_attempts", "must be a whole number from 1 to 20")
-    fallback_after = RetryPolicy.fallback_after_ms
+    fallback_after = DEFAULT_FALLBACK_AFTER_MS
     if "fallback_after" in raw:
         fallback_after = parse_duration(raw["fallback_after"], f"{path}.fallback_after")
         if fallback_after > 86_400_000:

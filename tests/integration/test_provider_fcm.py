@@ -101,15 +101,14 @@ async def test_messages_the_sdk_would_refuse_are_rejected_alone(server: FcmServe
     assert [r.message["token"] for r in server.received] == ["t1", "t5"]
 
 
-async def test_an_outage_is_transient_after_the_sdks_own_retries(server: FcmServer) -> None:
+async def test_an_outage_is_transient_at_once_for_the_router_to_retry(server: FcmServer) -> None:
     fcm = FcmProvider(settings_for(server, timeout_s=15.0))
     try:
         server.set_outage(503)
-        started = time.monotonic()
         outcome = await fcm.send(delivery("device-token-1"))
         assert outcome.status == TRANSIENT and "UnavailableError" in outcome.detail
-        # firebase-admin retries 503 four times with 0, 1, 2, 4 s of backoff.
-        assert server.send_requests == 5 and time.monotonic() - started >= 6.5
+        # One request: the SDK's own retries are off, the router's backoff decides.
+        assert server.send_requests == 1
         server.set_outage(None)
         assert (await fcm.send(delivery("device-token-1"))).status == DELIVERED
     finally:

@@ -76,7 +76,8 @@ class _Authenticator:
 
     def __call__(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
                  auth_data: Any) -> AuthResult:
-        return AuthResult(success=auth_data == self.expected)
+        # handled=False: aiosmtpd then answers 535 itself (True would leave the client waiting).
+        return AuthResult(success=auth_data == self.expected, handled=False)
 
 
 class _Controller(Controller):

@@ -1,0 +1,319 @@
+"""The channel router against real Redis and real providers on loopback (firebase-admin
+against a local FCM-v1 server, aiohttp against a signature-checking webhook receiver,
+the in-app inbox in Redis). Time is the manual clock, so quiet hours and backoff run in
+no time. Profiles come from a dict: the shard that holds them is not what is tested here
+(tests/integration/test_delivery_runtime.py runs the whole path through Ray)."""
+
+from __future__ import annotations
+
+import itertools
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, AsyncIterator, Iterator
+
+import msgspec
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from kairos import keys
+from kairos.channels.in_app import InAppProvider, Inbox
+from kairos.channels.registry import AccountProviders
+from kairos.journeys.clock import ManualClock
+from kairos.journeys.model import SendRequest
+from kairos.models import EventRecord, ProfileRecord, Record
+from kairos.partitions import PartitionMap
+from kairos.redis_server import EmbeddedRedis
+from kairos.routing.delivery_store import DeliveryStore
+from kairos.routing.router import ChannelRouter
+from tests.loopback.fcm_server import FcmServer
+from tests.loopback.webhook_receiver import WebhookReceiver
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+PARTITIONS = 4
+SECRET = "whsec-0123456789abcdef"
+_ids = itertools.count(1)
+_encode = msgspec.msgpack.Encoder().encode
+_record = msgspec.msgpack.Decoder(Record)
+
+
+def utc_ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).replace(tzinfo=timezone.utc).timestamp() * 1000)
+
+
+@pytest.fixture(scope="module")
+def router_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedRedis]:
+    # Its own Redis: the session's Ray deployment runs routers over the shared one.
+    with EmbeddedRedis(Path(tmp_path_factory.mktemp("router-redis"))) as server:
+        yield server
+
+
+class DictProfiles:
+    def __init__(self) -> None:
+        self.by_user: dict[tuple[str, str], dict[str, Any]] = {}
+
+    async def profiles(self, account: str, users: list[str]) -> list[dict[str, Any] | None]:
+        return [self.by_user.get((account, u)) for u in users]
+
+
+class Harness:
+    def __init__(self, client: aioredis.Redis, fcm: FcmServer, hooks: WebhookReceiver) -> None:
+        self.redis = client
+        self.fcm = fcm
+        self.hooks = hooks
+        self.account = f"ACC-{next(_ids)}"
+        self.clock = ManualClock(client)
+        self.profiles = DictProfiles()
+        self.partition_map = PartitionMap(PARTITIONS, 1)
+        self.inbox = Inbox(client, self.clock)
+        self.providers = AccountProviders(client, InAppProvider(self.inbox), ttl_s=0)
+        self.store = DeliveryStore(client, self.partition_map, list(range(PARTITIONS)))
+        self.router: ChannelRouter | None = None
+
+    async def start(self, settings: dict[str, Any] | None = None, at: str = "2026-11-24T12:00:00") -> None:
+        await self.clock.set(utc_ms(at))
+        base = {"providers": {
+            "push": {"provider": "fcm", "project_id": "test-proj", "service_account": self.fcm.service_account(),
+                     "endpoint": self.fcm.url, "timeout_s": 2},
+            "webhook": {"provider": "webhook", "url": self.hooks.url, "secret": SECRET, "timeout_s": 2}}}
+        base.update(settings or {})
+        await self.redis.set(keys.delivery_settings(self.account), msgspec.json.encode(base))
+        self.router = await ChannelRouter.open(self.store, self.profiles, self.providers, self.clock)
+
+    def user(self, name: str, **props: Any) -> str:
+        user = f"identity:{name}"
+        self.profiles.by_user[(self.account, user)] = props
+        return user
+
+    async def send(self, user: str, channel: str, message: dict[str, Any], **options: Any) -> SendRequest:
+        options.setdefault("id", f"{self.account}/j/1/{user}/{next(_ids)}/n")
+        request = SendRequest(account=self.account, user=user, channel=channel, message=message, journey="j",
+                              version=1, node="n", at_ms=await self.clock.now_ms(), **options)
+        partition = self.partition_map.partition_of(self.account, user)
+        await self.redis.xadd(keys.outbox(partition), {"s": _encode(request)})
+        return request
+
+    async def run(self) -> None:
+        """Rounds until nothing is left that is due now."""
+        assert self.router is not None
+        while await self.router.step():
+            pass
+
+    async def advance(self, ms: int) -> None:
+        await self.clock.advance(ms)
+        await self.run()
+
+    async def stats(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(keys.delivery_stats(self.account))
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def feedback(self) -> list[Record]:
+        found: list[Record] = []
+        for p in range(PARTITIONS):
+            for _, fields in await self.redis.xrange(keys.delivery_events(p)):
+                if fields[b"a"].decode() == self.account:
+                    found.append(_record.decode(fields[b"r"]))
+        return found
+
+    async def dead_letters(self) -> list[dict[str, Any]]:
+        return [msgspec.json.decode(f[b"d"]) for _, f in await self.redis.xrange(keys.dead_letters(self.account))]
+
+    def pushes_to(self, token: str) -> list[dict[str, Any]]:
+        """The notifications FCM took for the token: {title, body}."""
+        return [m.message["notification"] for m in self.fcm.received if m.message["token"] == token]
+
+
+@pytest_asyncio.fixture
+async def harness(router_redis: EmbeddedRedis) -> AsyncIterator[Harness]:
+    client = aioredis.Redis.from_url(router_redis.url)
+    async with FcmServer() as fcm, WebhookReceiver(SECRET) as hooks:
+        made = Harness(client, fcm, hooks)
+        yield made
+        await made.providers.close()
+    await client.aclose()
+
+
+PUSH = {"title": "Hi {{ profile.Name | default: 'there' }}", "body": "Your {{ event.Product }} is waiting"}
+IN_APP = {"title": "Still thinking about {{ event.Product }}?"}
+
+
+async def test_a_push_is_personalised_and_sent_once_even_when_the_request_repeats(harness: Harness) -> None:
+    await harness.start()
+    ann = harness.user("ann", Name="Ann", **{"Push Token": "tok-ann"})
+    request = await harness.send(ann, "push", PUSH, event={"Product": "red shoes"})
+    await harness.run()
+    # Upstream retries: the same request id appears again in the outbox.
+    partition = harness.partition_map.partition_of(harness.account, ann)
+    await harness.redis.xadd(keys.outbox(partition), {"s": _encode(request)})
+    await harness.run()
+
+    [push] = harness.pushes_to("tok-ann")
+    assert push == {"title": "Hi Ann", "body": "Your red shoes is waiting"}
+    stats = await harness.stats()
+    assert stats["push|sent"] == 1 and stats["duplicate"] == 1
+    sent = [r for r in await harness.feedback() if isinstance(r, EventRecord)]
+    assert [(r.name, r.user, r.props["Channel"], r.props["Journey"]) for r in sent] == \
+        [("Notification Sent", ann, "push", "j")]
+
+
+async def test_a_template_that_fails_to_render_is_a_dead_letter_not_half_a_message(harness: Harness) -> None:
+    await harness.start()
+    bob = harness.user("bob", **{"Push Token": "tok-bob"})
+    await harness.send(bob, "push", {"title": "Hi {{ profile.Name }}"})  # no Name, no default
+    await harness.run()
+
+    assert harness.pushes_to("tok-bob") == []
+    [letter] = await harness.dead_letters()
+    assert letter["user"] == bob and "render" in letter["reason"] and "Name" in letter["reason"]
+    failed = [r for r in await harness.feedback() if isinstance(r, EventRecord)]
+    assert [r.name for r in failed] == ["Notification Failed"]
+
+
+async def test_each_kind_of_failure_falls_back_to_the_next_channel(harness: Harness) -> None:
+    await harness.start({"retry": {"max_attempts": 2, "fallback_after": "1m"}})
+    users = {
+        "opted-out": harness.user("o", **{"Push Token": "tok-o", "MSG-push": False}),
+        "no-token": harness.user("n"),
+        "unregistered": harness.user("u", **{"Push Token": "tok-u"}),
+        "invalid": harness.user("i", **{"Push Token": "tok-i"}),
+    }
+    harness.fcm.unregister("tok-u")
+    harness.fcm.invalidate("tok-i")
+    for user in users.values():
+        await harness.send(user, "push", PUSH, event={"Product": "a hat"}, fallback=[("in_app", IN_APP)])
+    await harness.run()
+
+    for why, user in users.items():
+        [message] = await harness.inbox.list(harness.account, user)
+        assert message.message == {"title": "Still thinking about a hat?"}, why
+    assert harness.fcm.received == []
+    # The unregistered token is removed from the profile, through ingest.
+    forgets = [r for r in await harness.feedback() if isinstance(r, ProfileRecord)]
+    assert [(r.user, r.props) for r in forgets] == [(users["unregistered"], {"Push Token": None})]
+
+
+async def test_an_outage_is_retried_with_backoff_and_each_message_goes_out_once(harness: Harness) -> None:
+    await harness.start({"retry": {"max_attempts": 5, "fallback_after": "10m"}})
+    users = [harness.user(f"r{i}", **{"Push Token": f"tok-r{i}"}) for i in range(5)]
+    harness.fcm.set_outage(503)
+    for user in users:
+        await harness.send(user, "push", PUSH, event={"Product": "x"})
+    await harness.run()
+    assert harness.fcm.received == [] and (await harness.stats())["push|retried"] == 5
+
+    await harness.advance(1_000)  # before the first backoff (2 s + jitter): nothing yet
+    assert harness.fcm.received == []
+    harness.fcm.set_outage(None)
+    await harness.advance(2_000)
+    for i in range(5):
+        assert len(harness.pushes_to(f"tok-r{i}")) == 1
+    await harness.advance(600_000)  # nothing is left to go out again
+    assert len(harness.fcm.received) == 5 and (await harness.stats())["push|sent"] == 5
+
+
+async def test_an_outage_that_lasts_falls_back_after_the_retries(harness: Harness) -> None:
+    await harness.start({"retry": {"max_attempts": 3, "fallback_after": "10m"}})
+    carl = harness.user("carl", **{"Push Token": "tok-c"})
+    dana = harness.user("dana", **{"Push Token": "tok-d"})
+    harness.fcm.set_outage(500)
+    await harness.send(carl, "push", PUSH, event={"Product": "x"}, fallback=[("in_app", IN_APP)])
+    await harness.send(dana, "push", PUSH, event={"Product": "x"})  # nowhere to fall back to
+    await harness.run()
+    for _ in range(3):
+        await harness.advance(10_000)
+
+    assert harness.fcm.received == []
+    assert len(await harness.inbox.list(harness.account, carl)) == 1
+    [letter] = await harness.dead_letters()
+    assert letter["user"] == dana and letter["reason"].startswith("transient")
+    assert harness.fcm.send_requests == 6  # three attempts each, no more
+
+
+async def test_a_webhook_failing_once_is_retried_and_received_once(harness: Harness) -> None:
+    await harness.start()
+    erin = harness.user("erin")
+    harness.hooks.fail_next(1, 500)
+    request = await harness.send(erin, "webhook", {"payload": {"cart": "{{ event.Cart }}"}}, event={"Cart": "c-9"})
+    await harness.run()
+    await harness.advance(5_000)
+
+    calls = harness.hooks.calls
+    assert [c.delivery_id for c in calls] == [request.id, request.id]  # the receiver can dedupe on it
+    assert [c.status for c in calls] == [500, 200]
+    assert calls[-1].json["message"] == {"payload": {"cart": "c-9"}}
+
+
+async def test_frequency_caps_drop_what_is_over_and_allow_it_again_later(harness: Harness) -> None:
+    await harness.start({"caps": [{"channel": "push", "max": 2, "within": "1d"}, {"min_gap": "1m"}]})
+    fay = harness.user("fay", **{"Push Token": "tok-f"})
+    await harness.send(fay, "push", PUSH, event={"Product": "1"})
+    await harness.run()
+    await harness.send(fay, "push", PUSH, event={"Product": "2"})  # within the minimum gap
+    await harness.run()
+    await harness.advance(120_000)
+    await harness.send(fay, "push", PUSH, event={"Product": "3"})
+    await harness.send(fay, "in_app", IN_APP, event={"Product": "4"})  # another channel, but the gap
+    await harness.run()
+    await harness.advance(120_000)
+    await harness.send(fay, "push", PUSH, event={"Product": "5"})  # the third push of the day
+    await harness.send(fay, "push", PUSH, event={"Product": "6"}, respect_caps=False)  # transactional
+    await harness.run()
+    await harness.advance(86_400_000)
+    await harness.send(fay, "push", PUSH, event={"Product": "7"})
+    await harness.run()
+
+    assert [p["body"] for p in harness.pushes_to("tok-f")] == [
+        "Your 1 is waiting", "Your 3 is waiting", "Your 6 is waiting", "Your 7 is waiting"]
+    stats = await harness.stats()
+    assert stats["push|dropped_capped"] == 2 and stats["in_app|dropped_capped"] == 1
+
+
+async def test_quiet_hours_across_midnight_in_each_users_time_zone(harness: Harness) -> None:
+    # 03:00 UTC: 08:30 in Kolkata and 16:00 in Auckland (outside 22:00-08:00), 22:00 the
+    # evening before in New York and 04:00 in Berlin (inside).
+    await harness.start({"quiet_hours": {"start": "22:00", "end": "08:00", "action": "delay"}},
+                        at="2026-11-24T03:00:00")
+    zones = {"kolkata": "Asia/Kolkata", "auckland": "Pacific/Auckland", "new_york": "America/New_York",
+             "berlin": "Europe/Berlin"}
+    for name, tz in zones.items():
+        user = harness.user(name, Tz=tz, **{"Push Token": f"tok-{name}"})
+        await harness.send(user, "push", PUSH, event={"Product": name})
+    nobody = harness.user("no-zone", **{"Push Token": "tok-utc"})  # the default zone: 03:00 UTC
+    await harness.send(nobody, "push", PUSH, event={"Product": "utc"})
+    drop_me = harness.user("dropped", Tz="Europe/Berlin", **{"Push Token": "tok-drop"})
+    await harness.send(drop_me, "push", PUSH, event={"Product": "drop"}, quiet_hours="drop")
+    await harness.run()
+
+    def reached() -> set[str]:
+        return {m.message["token"].removeprefix("tok-") for m in harness.fcm.received}
+
+    assert reached() == {"kolkata", "auckland"}
+    await harness.clock.set(utc_ms("2026-11-24T06:59:00"))
+    await harness.run()
+    assert reached() == {"kolkata", "auckland"}
+    await harness.clock.set(utc_ms("2026-11-24T07:00:00"))  # 08:00 in Berlin
+    await harness.run()
+    assert reached() == {"kolkata", "auckland", "berlin"}
+    await harness.clock.set(utc_ms("2026-11-24T08:00:00"))  # 08:00 UTC
+    await harness.run()
+    assert reached() == {"kolkata", "auckland", "berlin", "utc"}
+    await harness.clock.set(utc_ms("2026-11-24T13:00:00"))  # 08:00 in New York
+    await harness.run()
+    assert reached() == {"kolkata", "auckland", "berlin", "utc", "new_york"}
+    stats = await harness.stats()
+    assert stats["push|delayed_quiet_hours"] == 3 and stats["push|dropped_quiet_hours"] == 1
+
+
+async def test_a_journeys_throttle_spreads_its_messages_over_minutes(harness: Harness) -> None:
+    await harness.start(at="2026-11-24T12:00:00")
+    users = [harness.user(f"t{i}", **{"Push Token": f"tok-t{i}"}) for i in range(5)]
+    for user in users:
+        await harness.send(user, "push", PUSH, event={"Product": "x"}, throttle_per_minute=2)
+    await harness.run()
+    assert len(harness.fcm.received) == 2
+    await harness.advance(60_000)
+    assert len(harness.fcm.received) == 4
+    await harness.advance(60_000)
+    assert len(harness.fcm.received) == 5
+    assert (await harness.stats())["push|delayed_throttled"] == 3
