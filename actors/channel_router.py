@@ -31,8 +31,8 @@ class ShardProfiles:
     def __init__(self, shard: Any) -> None:
         self._shard = shard
 
-    async def profiles(self, account: str, users: list[str]) -> list[dict[str, Any] | None]:
-        return await self._shard.profile_properties.remote(account, users)
+    async def profiles(self, account: str, users: list[str]) -> list[tuple[dict[str, Any], str] | None]:
+        return await self._shard.delivery_profiles.remote(account, users)
 
 
 class ChannelRouterActor:

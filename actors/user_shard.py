@@ -97,8 +97,8 @@ class UserShardActor:
     async def time_zones(self, account: str, users: list[str]) -> list[str | None]:
         return await self._guard(self.core.time_zones(account, users))
 
-    async def profile_properties(self, account: str, users: list[str]) -> list[dict[str, Any] | None]:
-        return await self._guard(self.core.profile_properties(account, users))
+    async def delivery_profiles(self, account: str, users: list[str]) -> list[tuple[dict[str, Any], str] | None]:
+        return await self._guard(self.core.delivery_profiles(account, users))
 
     async def segment_user_keys(self, *args: Any) -> list[str]:
         return await self._guard(self.core.segment_user_keys(*args))

@@ -453,15 +453,17 @@ class UserShard:
             zones.append(value if isinstance(value, str) else None)
         return zones
 
-    async def profile_properties(self, account: str, users: list[str]) -> list[dict[str, Any] | None]:
-        """Each user's profile properties (None for a user not here, or merged away):
-        what the channel router reads for consent, addresses, time zone and templates."""
+    async def delivery_profiles(self, account: str, users: list[str]) -> list[tuple[dict[str, Any], str] | None]:
+        """Each user's profile properties and one of their identifiers (None for a user
+        not here, or merged away): what the channel router reads for consent, addresses,
+        time zone and templates, and the name its delivery events go back in under."""
         await self.ready()
-        found: list[dict[str, Any] | None] = []
+        found: list[tuple[dict[str, Any], str] | None] = []
         for user in users:
             store = self._state(self.partition_map.partition_of(account, user)).account(account)
             slot = store.find_user(user) if store is not None else None
-            found.append(store.profile_properties(slot) if store is not None and slot is not None else None)
+            identifiers = store.identifiers(slot) if store is not None and slot is not None else []
+            found.append((store.profile_properties(slot), identifiers[0]) if store and identifiers else None)
         return found
 
     async def segment_user_keys(self, account: str, definition: Any, now_ms: int, tz: str,

@@ -70,10 +70,15 @@ class AwsClient:
         self._executor = ThreadPoolExecutor(WORKERS, thread_name_prefix=f"kairos-{service}")
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self._closed = False
 
     async def call(self, operation: str, unreachable: Callable[[str, str], bool], **params: Any) -> Outcome:
         """Run one API call; DELIVERED carries the response's MessageId. `unreachable(code,
         message)` tells which rejections mean the address itself is dead."""
+        if self._closed:
+            # The registry closes a provider when its settings change, possibly with sends
+            # still on their way here: the router's retry will find the new one.
+            return transient(f"{self._service}: provider closed")
         loop = asyncio.get_running_loop()
         try:
             response = await asyncio.wait_for(
@@ -107,6 +112,7 @@ class AwsClient:
         return session.client(self._service, endpoint_url=s.endpoint_url, config=config)  # type: ignore[call-overload]
 
     async def close(self) -> None:
+        self._closed = True
         # Waits for calls in flight (each bounded by botocore's timeouts), off the loop.
         await asyncio.to_thread(self._executor.shutdown, True, cancel_futures=True)
         with self._client_lock:

@@ -92,6 +92,11 @@ def sender_address(value: str) -> str | None:
     return address if plausible_email(address) else None
 
 
+def single_line(value: str) -> str:
+    """`value` with control characters (line breaks above all) made harmless for a header."""
+    return _CONTROL.sub("_", value)
+
+
 def redacted_repr(settings: msgspec.Struct, secrets: frozenset[str]) -> str:
     """Settings end up in logs and error messages: never with a password in them."""
     parts = []

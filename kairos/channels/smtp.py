@@ -31,7 +31,7 @@ import msgspec
 from kairos.channels.base import DEFAULT_TIMEOUT_S, Delivery, Outcome, delivered, rejected, transient
 from kairos.channels.provider_common import (
     EmailContent, choice_field, email_content, redacted_repr, secret_pair, sender_field, settings_fields,
-    text_field, timeout_field,
+    single_line, text_field, timeout_field,
 )
 from kairos.segments.definition import SegmentError
 
@@ -40,7 +40,6 @@ DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 SEND_ID_HEADER = "X-Kairos-Send-Id"
 # RFC 3463 enhanced status, e.g. "5.1.1 User unknown".
 _ENHANCED = re.compile(r"\s*[245]\.(\d{1,3})\.(\d{1,3})\b")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class SmtpSettings(msgspec.Struct, frozen=True, kw_only=True):
@@ -89,7 +88,7 @@ def build_message(content: EmailContent, send_id: str) -> EmailMessage:
     message["Subject"] = content.subject
     message["Date"] = formatdate(usegmt=True)
     message["Message-ID"] = message_id(send_id, content.sender_address)
-    message[SEND_ID_HEADER] = _CONTROL.sub("_", send_id)
+    message[SEND_ID_HEADER] = single_line(send_id)
     if content.text is not None:
         message.set_content(content.text)
         if content.html is not None:
@@ -114,6 +113,7 @@ class SmtpProvider:
         self._settings = settings
         self._lock = asyncio.Lock()
         self._client: aiosmtplib.SMTP | None = None
+        self._closed = False
 
     async def send(self, delivery: Delivery) -> Outcome:
         content = email_content(delivery, self._settings.from_address)
@@ -123,6 +123,9 @@ class SmtpProvider:
         try:
             async with asyncio.timeout(self._settings.timeout_s):
                 async with self._lock:
+                    if self._closed:
+                        # Closed because its settings changed: the router's retry finds the new one.
+                        return transient("smtp: provider closed")
                     reused = self._client is not None and self._client.is_connected
                     outcome, dropped = await self._attempt(message, content)
                     if dropped and reused:
@@ -180,6 +183,7 @@ class SmtpProvider:
 
     async def close(self) -> None:
         async with self._lock:
+            self._closed = True
             if self._client is not None and self._client.is_connected:
                 try:
                     async with asyncio.timeout(self._settings.timeout_s):

@@ -45,7 +45,10 @@ MAX_CONCURRENT_CALLS = 512
 
 
 class Profiles(Protocol):
-    async def profiles(self, account: str, users: list[str]) -> list[dict[str, Any] | None]: ...
+    async def profiles(self, account: str, users: list[str]) -> list[tuple[dict[str, Any], str] | None]:
+        """Each user's profile properties, and an identifier of theirs that ingest
+        resolves back to them (delivery events go in under it); None: no such user."""
+        ...
 
 
 class ProviderSource(Protocol):
@@ -61,6 +64,7 @@ class _Work(msgspec.Struct):
     partition: int
     member: bytes | None  # its delayed-set member, when it came from there
     plan: planning.Plan | None = None
+    identifier: str | None = None  # the user's, for delivery events (None: no such user)
 
 
 async def _guarded(call: Any, work: _Work) -> Any:
@@ -118,8 +122,10 @@ class ChannelRouter:
                 request = work.pending.request
                 ref = (request.account, request.user)
                 history = [e for e in histories[ref] if e.state in COUNTED] + planned.get(ref, [])
-                work.plan = planning.plan(request, work.pending.channel_index, profiles.get(ref), history,
-                                          settings[request.account], now)
+                profile = profiles.get(ref)
+                work.plan = planning.plan(request, work.pending.channel_index, profile[0] if profile else None,
+                                          history, settings[request.account], now)
+                work.identifier = profile[1] if profile else None
                 if work.plan.action == planning.SEND:
                     planned.setdefault(ref, []).append(
                         HistoryEntry(now, work.plan.channel, request.source_kind, request.journey, request.id, CLAIMED))
@@ -153,12 +159,12 @@ class ChannelRouter:
                 commit.count(request.account, "duplicate")
         return fresh
 
-    async def _profiles(self, works: list[_Work]) -> dict[UserRef, dict[str, Any] | None]:
+    async def _profiles(self, works: list[_Work]) -> dict[UserRef, tuple[dict[str, Any], str] | None]:
         by_account: dict[str, list[str]] = {}
         for work in works:
             users = by_account.setdefault(work.pending.request.account, [])
             users.append(work.pending.request.user)
-        found: dict[UserRef, dict[str, Any] | None] = {}
+        found: dict[UserRef, tuple[dict[str, Any], str] | None] = {}
         answers = await asyncio.gather(*(self.profiles.profiles(a, list(dict.fromkeys(u))) for a, u in by_account.items()))
         for (account, users), profiles in zip(by_account.items(), answers):
             found.update(((account, u), p) for u, p in zip(dict.fromkeys(users), profiles))
@@ -207,7 +213,7 @@ class ChannelRouter:
             commit.dead.setdefault(request.account, []).append(
                 {"id": request.id, "user": request.user, "channel": channel, "reason": reason, "at_ms": now,
                  "source_kind": request.source_kind, "source": request.journey, "node": request.node})
-            self._event(commit, work.partition, request, "Notification Failed", channel, now, {"Reason": reason[:500]})
+            self._event(commit, work, "Notification Failed", channel, now, {"Reason": reason[:500]})
 
     def _mark(self, request: SendRequest, channel: str, state: str, histories: dict[UserRef, list[HistoryEntry]],
               settings: DeliverySettings, commit: Commit, now: int) -> None:
@@ -218,16 +224,19 @@ class ChannelRouter:
         commit.histories[(self.store.partition_of(*ref), history_field(*ref))] = entries
 
     @staticmethod
-    def _event(commit: Commit, partition: int, request: SendRequest, name: str, channel: str, now: int,
+    def _event(commit: Commit, work: _Work, name: str, channel: str, now: int,
                extra: dict[str, Any] | None = None) -> None:
+        request = work.pending.request
+        if work.identifier is None:
+            return  # the user is gone: there is no stream to add to
         props: dict[str, Any] = {"Channel": channel, "Send Id": request.id, "Node": request.node,
                                  request.source_kind.capitalize(): request.journey}
         if request.variant is not None:
             props["Variant"] = request.variant
         props.update(extra or {})
         # The id makes a replayed event count once (ingest dedupes by messageId).
-        record = EventRecord(request.user, now, name, props, f"kairos|{request.id}|{name}")
-        commit.events.setdefault(partition, []).append((request.account, record))
+        record = EventRecord(work.identifier, now, name, props, f"kairos|{request.id}|{name}")
+        commit.events.setdefault(work.partition, []).append((request.account, record))
 
     async def _deliver(self, works: list[_Work]) -> list[Outcome]:
         """Each planned message through its provider; a provider that takes batches
@@ -278,15 +287,15 @@ class ChannelRouter:
             if outcome.status == DELIVERED:
                 self._mark(request, channel, STATE_DELIVERED, histories, account_settings, commit, now)
                 commit.count(request.account, f"{channel}|sent", f"{request.source_kind}:{request.journey}|sent")
-                self._event(commit, work.partition, request, "Notification Sent", channel, now)
+                self._event(commit, work, "Notification Sent", channel, now)
                 if channel == "in_app":
-                    self._event(commit, work.partition, request, "Notification Delivered", channel, now)
+                    self._event(commit, work, "Notification Delivered", channel, now)
                 continue
-            if outcome.unreachable and channel in planning.ADDRESS_PROPERTY:
+            if outcome.unreachable and channel in planning.ADDRESS_PROPERTY and work.identifier is not None:
                 # The address is dead (an unregistered token): forget it, so no one tries it again.
                 prop = planning.ADDRESS_PROPERTY[channel]
                 commit.events.setdefault(work.partition, []).append((request.account, ProfileRecord(
-                    request.user, now, {prop: None}, None, f"kairos|{request.id}|forget-{prop}")))
+                    work.identifier, now, {prop: None}, None, f"kairos|{request.id}|forget-{prop}")))
             retry = account_settings.retry
             first_try = work.pending.first_try_ms or now
             attempt = work.pending.attempt + 1
@@ -301,7 +310,8 @@ class ChannelRouter:
                     continue
             commit.count(request.account, f"{channel}|{outcome.status}")
             if decision.channel_index + 1 < len(planning.channels_of(request)):
-                again.append(_Work(Pending(request, decision.channel_index + 1), work.partition, None))
+                again.append(_Work(Pending(request, decision.channel_index + 1), work.partition, None,
+                                   identifier=work.identifier))
             else:
                 self._give_up(work, channel, planning.FAIL, f"{outcome.status}: {outcome.detail}", histories,
                               account_settings, commit, now)

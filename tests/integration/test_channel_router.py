@@ -53,8 +53,10 @@ class DictProfiles:
     def __init__(self) -> None:
         self.by_user: dict[tuple[str, str], dict[str, Any]] = {}
 
-    async def profiles(self, account: str, users: list[str]) -> list[dict[str, Any] | None]:
-        return [self.by_user.get((account, u)) for u in users]
+    async def profiles(self, account: str, users: list[str]) -> list[tuple[dict[str, Any], str] | None]:
+        # A user here is named by their identifier, as ingest would resolve it.
+        found = [self.by_user.get((account, u)) for u in users]
+        return [(props, user) if props is not None else None for props, user in zip(found, users)]
 
 
 class Harness:

@@ -9,8 +9,10 @@ import time
 from typing import AsyncIterator, Iterator
 
 import pytest
+from botocore.exceptions import ClientError
 
 from kairos.channels import ses, sns
+from kairos.channels.aws_common import classify_client_error
 from kairos.channels.base import DELIVERED, REJECTED, TRANSIENT, Delivery
 from tests.loopback.aws import MotoLoopback
 
@@ -161,3 +163,39 @@ def test_tag_value_is_in_ses_alphabet_and_unambiguous() -> None:
     assert ses.tag_value("acme/cart/1/ann@x.org/7/n2") == "acme_2f_cart_2f_1_2f_ann_40_x_2e_org_2f_7_2f_n2"
     assert ses.tag_value("a_2f_b") != ses.tag_value("a/b")
     assert len(ses.tag_value("é" * 400)) == 256
+
+
+@pytest.mark.parametrize(("service", "code", "status", "message", "expected"), [
+    ("sesv2", "MessageRejected", 400, "Email address is not verified: ann@example.org", (REJECTED, False)),
+    ("sesv2", "MailFromDomainNotVerifiedException", 400, "", (REJECTED, False)),
+    ("sesv2", "AccountSuspendedException", 400, "", (REJECTED, False)),
+    ("sesv2", "SendingPausedException", 400, "", (REJECTED, False)),
+    ("sesv2", "NotFoundException", 404, "configuration set", (REJECTED, False)),
+    ("sesv2", "TooManyRequestsException", 429, "", (TRANSIENT, False)),
+    ("sesv2", "LimitExceededException", 400, "Maximum sending rate exceeded", (TRANSIENT, False)),
+    ("sesv2", "Throttling", 400, "Rate exceeded", (TRANSIENT, False)),
+    ("sesv2", "InternalFailure", 500, "", (TRANSIENT, False)),
+    ("sesv2", "", 503, "", (TRANSIENT, False)),
+    ("sns", "InvalidParameter", 400, "Invalid parameter: PhoneNumber Reason: +1 is not valid", (REJECTED, True)),
+    ("sns", "InvalidParameter", 400, "Invalid parameter: Phone number is opted out", (REJECTED, False)),
+    ("sns", "InvalidParameter", 400, "Invalid parameter: Message too long", (REJECTED, False)),
+    ("sns", "AuthorizationError", 403, "not authorized to perform SNS:Publish", (REJECTED, False)),
+    ("sns", "Throttling", 400, "Rate exceeded", (TRANSIENT, False)),
+    ("sns", "InternalError", 500, "", (TRANSIENT, False)),
+])
+def test_client_errors_classified(service: str, code: str, status: int, message: str,
+                                  expected: tuple[str, bool]) -> None:
+    error = ClientError({"Error": {"Code": code, "Message": message}, "ResponseMetadata": {"HTTPStatusCode": status}},
+                        "Op")
+    unreachable = sns._unreachable if service == "sns" else ses._never_unreachable
+    outcome = classify_client_error(service, error, unreachable)
+    assert (outcome.status, outcome.unreachable) == expected
+
+
+async def test_send_after_close_is_transient(fresh_moto: MotoLoopback) -> None:
+    # The registry closes a provider whose settings changed while sends may still be on their way.
+    provider = sns.SnsProvider(sns.parse_settings(fresh_moto.settings(), "sns"))
+    assert (await provider.send(sms("+14155550123"))).status == DELIVERED
+    await provider.close()
+    assert (await provider.send(sms("+14155550123"))).status == TRANSIENT
+    assert len(fresh_moto.records().sms) == 1

@@ -80,24 +80,22 @@ async def test_html_only_and_non_ascii(provider: smtp.SmtpProvider, server: Smtp
     assert message["Subject"] == "Grüße ✓" and message["X-Kairos-Send-Id"] == "s-ü"
 
 
-async def test_recipient_550_is_unreachable(provider: smtp.SmtpProvider, server: SmtpLoopback) -> None:
-    server.refuse("gone@example.org", "550 5.1.1 No such user")
-    outcome = await provider.send(email("gone@example.org"))
-    assert (outcome.status, outcome.unreachable) == (REJECTED, True)
-    assert "550" in outcome.detail and "No such user" in outcome.detail
-
-
-async def test_policy_refusal_is_rejected_but_reachable(provider: smtp.SmtpProvider, server: SmtpLoopback) -> None:
-    # 5.7.1: the server refuses us (a block list, say), which says nothing about the mailbox.
-    server.refuse("ann@example.org", "550 5.7.1 Client host blocked")
+@pytest.mark.parametrize(("reply", "status", "unreachable"), [
+    ("550 5.1.1 No such user", REJECTED, True),
+    ("550 No such user", REJECTED, True),  # no enhanced status: the basic code decides
+    ("553 5.1.3 Bad recipient address syntax", REJECTED, True),
+    ("550 5.7.1 Client host blocked", REJECTED, False),  # policy: says nothing about the mailbox
+    ("552 5.2.2 Mailbox full", REJECTED, False),
+    ("554 Transaction failed", REJECTED, False),
+    ("451 4.3.0 Try again later", TRANSIENT, False),
+    ("450 4.2.1 Mailbox busy", TRANSIENT, False),
+])
+async def test_recipient_refusals(provider: smtp.SmtpProvider, server: SmtpLoopback, reply: str, status: str,
+                                  unreachable: bool) -> None:
+    server.refuse("ann@example.org", reply)
     outcome = await provider.send(email())
-    assert (outcome.status, outcome.unreachable) == (REJECTED, False)
-
-
-async def test_recipient_451_is_transient(provider: smtp.SmtpProvider, server: SmtpLoopback) -> None:
-    server.refuse("busy@example.org", "451 4.3.0 Try again later")
-    outcome = await provider.send(email("busy@example.org"))
-    assert outcome.status == TRANSIENT and "451" in outcome.detail
+    assert (outcome.status, outcome.unreachable) == (status, unreachable)
+    assert reply[:3] in outcome.detail and reply[4:] in outcome.detail
 
 
 async def test_bad_address_is_unreachable_without_a_call(provider: smtp.SmtpProvider, server: SmtpLoopback) -> None:
@@ -179,3 +177,12 @@ async def test_starttls_required_but_not_offered_is_rejected(server: SmtpLoopbac
         await provider.close()
     assert (outcome.status, outcome.unreachable) == (REJECTED, False)
     assert server.messages == []
+
+
+async def test_send_after_close_is_transient(server: SmtpLoopback) -> None:
+    # The registry closes a provider whose settings changed while sends may still be queued on it.
+    provider = smtp.SmtpProvider(settings(server))
+    assert (await provider.send(email())).status == DELIVERED
+    await provider.close()
+    assert (await provider.send(email())).status == TRANSIENT
+    assert len(server.messages) == 1

@@ -1,0 +1,168 @@
+"""Delivery on the running deployment: a journey's message goes from the journey actor
+through the channel router to a real provider client on loopback, and the outcome comes
+back into the user's own event stream; the in-app inbox and the delivery settings work
+through the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
+
+import aiohttp
+import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
+
+from kairos.journeys.clock import ManualClock
+from tests.integration.conftest import Api, Kairos
+from tests.loopback.fcm_server import FcmServerThread
+from tests.loopback.webhook_receiver import ThreadedWebhookReceiver
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+SECRET = "whsec-runtime-0123456789"
+
+
+@pytest.fixture(scope="module")
+def fcm() -> Iterator[FcmServerThread]:
+    with FcmServerThread() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def hooks() -> Iterator[ThreadedWebhookReceiver]:
+    with ThreadedWebhookReceiver(SECRET) as receiver:
+        yield receiver
+
+
+@pytest_asyncio.fixture
+async def api(make_api: Callable[[], Awaitable[Api]], fcm: FcmServerThread,
+              hooks: ThreadedWebhookReceiver) -> AsyncIterator[Api]:
+    made = await make_api()
+    status, body = await made.request("PUT", "/api/settings/delivery", {"settings": {"providers": {
+        "push": {"provider": "fcm", "project_id": "test-proj", "service_account": fcm.service_account(),
+                 "endpoint": fcm.url, "timeout_s": 5},
+        "webhook": {"provider": "webhook", "url": hooks.url, "secret": SECRET}}}})
+    assert status == 200, body
+    yield made
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = await check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.2)
+
+
+async def now_s(kairos: Kairos, api: Api) -> int:
+    # The deployment runs on the manual clock: stamp entry events with its time.
+    client = aioredis.Redis.from_url(kairos.settings.redis_url)
+    try:
+        return await ManualClock(client).now_ms() // 1000
+    finally:
+        await client.aclose()
+
+
+WELCOME = {
+    "entry": {"event": "Signed Up"},
+    "start": "push",
+    "nodes": {
+        "push": {"type": "send", "channel": "push",
+                 "message": {"title": "Welcome, {{ profile.Name }}", "body": "Your plan: {{ event.Plan }}"},
+                 "fallback": [{"channel": "in_app", "message": {"title": "Welcome! You chose {{ event.Plan }}"}}],
+                 "next": "hook"},
+        "hook": {"type": "send", "channel": "webhook", "message": {"payload": {"plan": "{{ event.Plan }}"}}},
+    },
+}
+
+
+async def test_a_journey_message_reaches_the_provider_and_comes_back_as_events(
+        kairos: Kairos, api: Api, fcm: FcmServerThread, hooks: ThreadedWebhookReceiver) -> None:
+    status, body = await api.upload([
+        {"identity": "ann", "type": "profile", "profileData": {"Name": "Ann", "Push Token": "rt-ann"}},
+        {"identity": "bob", "type": "profile", "profileData": {"Name": "Bob"}},  # no token: in-app
+    ])
+    assert status == 200 and body["processed"] == 2, body
+    status, body = await api.request("PUT", "/api/journeys/welcome", {"definition": WELCOME})
+    assert status == 200, body
+    ts = await now_s(kairos, api)
+    status, body = await api.upload([{"identity": u, "type": "event", "evtName": "Signed Up", "ts": ts,
+                                      "evtData": {"Plan": "pro"}} for u in ("ann", "bob")])
+    assert status == 200, body
+
+    async def pushed() -> list[Any]:
+        return [m for m in fcm.received if m.message["token"] == "rt-ann"]
+
+    [push] = await eventually(pushed)
+    assert push.message["notification"] == {"title": "Welcome, Ann", "body": "Your plan: pro"}
+
+    async def inbox() -> list[Any]:
+        status, body = await api.request("GET", "/1/inbox?identity=bob")
+        assert status == 200, body
+        return body["messages"]
+
+    [message] = await eventually(inbox)
+    assert message["message"] == {"title": "Welcome! You chose pro"} and message["read"] is False
+    await eventually(lambda: asyncio.sleep(0, result=len([c for c in hooks.calls
+                                                          if c.json["account"] == api.creds.account_id]) == 2))
+
+    async def fed_back() -> bool:
+        status, body = await api.profile(identity="ann")
+        return status == 200 and "Notification Sent" in body["record"].get("events", {})
+
+    # The outcome is in the user's own event stream: segments, waits and goals can use it.
+    await eventually(fed_back)
+    assert await api.count_events("Notification Sent") == 4  # push + webhook for ann, in-app + webhook for bob
+
+    status, body = await api.request("POST", "/1/inbox/read", {"identity": "bob", "ids": [message["id"]]})
+    assert status == 200 and body["marked"] == 1
+    status, body = await api.request("GET", "/1/inbox?identity=bob&unread=1")
+    assert body["messages"] == [] and body["unread"] == 0
+    status, stats = await api.request("GET", "/api/deliveries/stats")
+    assert stats["channels"]["push"]["sent"] == 1 and stats["channels"]["in_app"]["sent"] == 1
+    assert stats["sources"]["journey:welcome"]["sent"] == 4
+
+
+async def test_the_inbox_stream_shows_new_messages_as_they_arrive(kairos: Kairos, api: Api) -> None:
+    status, _ = await api.upload([{"identity": "cleo", "type": "profile", "profileData": {"Name": "Cleo"}}])
+    assert status == 200
+    status, body = await api.request("PUT", "/api/journeys/nudge", {"definition": {
+        "entry": {"event": "Opened App"}, "start": "hi", "reentry": "always",
+        "nodes": {"hi": {"type": "send", "channel": "in_app", "message": {"title": "Hi {{ profile.Name }}"}}}}})
+    assert status == 200, body
+    async with api.session.get(api.base + "/1/inbox/stream?identity=cleo", headers=api.headers,
+                               timeout=aiohttp.ClientTimeout(total=60)) as stream:
+        assert stream.status == 200 and stream.headers["Content-Type"].startswith("text/event-stream")
+        assert await stream.content.readline() == b": connected\n"
+        ts = await now_s(kairos, api)
+        await api.upload([{"identity": "cleo", "type": "event", "evtName": "Opened App", "ts": ts, "evtData": {}}])
+        lines = []
+        while not any(line.startswith(b"data: ") for line in lines):
+            lines.append(await asyncio.wait_for(stream.content.readline(), 30))
+        assert b"event: message\n" in lines
+        data = next(line for line in lines if line.startswith(b"data: "))
+        assert b'"title":"Hi Cleo"' in data
+
+
+async def test_delivery_settings_hide_secrets_and_name_what_is_wrong(api: Api) -> None:
+    status, body = await api.request("GET", "/api/settings/delivery")
+    assert status == 200
+    push = body["settings"]["providers"]["push"]
+    assert push["service_account"] == "********" and body["settings"]["providers"]["webhook"]["secret"] == "********"
+    # What GET showed can be sent back with one change: the secrets are kept.
+    settings = body["settings"]
+    settings["caps"] = [{"channel": "push", "max": 3, "within": "7d"}]
+    status, body = await api.request("PUT", "/api/settings/delivery", {"settings": settings})
+    assert status == 200, body
+    status, body = await api.request("PUT", "/api/settings/delivery", {"settings": {
+        "quiet_hours": {"start": "22:00", "end": "25:00"}}})
+    assert status == 400 and body["path"] == "settings.quiet_hours.end", body
+    status, body = await api.request("PUT", "/api/settings/delivery", {"settings": {"providers": {
+        "email": {"provider": "carrier-pigeon"}}}})
+    assert status == 400 and body["path"] == "settings.providers.email.provider", body
+    status, body = await api.request("GET", "/1/inbox?identity=nobody-at-all")
+    assert status == 404 and body["status"] == "fail", body
