@@ -143,7 +143,7 @@ def test_a_journey_saved_with_the_cli_keeps_its_waiting_user_across_a_restart(da
     journey.write_text(
         "entry: {event: Signed Up}\nstart: wait\nnodes:\n"
         "  wait: {type: wait, duration: 3d, next: hello}\n"
-        "  hello: {type: send, channel: email, message: {subject: Welcome back}}\n")
+        "  hello: {type: send, channel: email, message: {subject: Welcome back, text: Good to see you}}\n")
     first = Running(data_dir, port, KAIROS_CLOCK="manual")
     try:
         account, passcode = first.value("Demo account id"), first.value("Demo passcode")

@@ -333,7 +333,7 @@ async def test_cli(kairos: Kairos, make_api: Any, tmp_path: Path, capsys: pytest
         "entry: {event: Signed Up}\n"
         "start: hi\n"
         "nodes:\n"
-        "  hi: {type: send, channel: email, message: {subject: Welcome}, next: when}\n"
+        "  hi: {type: send, channel: email, message: {subject: Welcome, text: Welcome}, next: when}\n"
         "  when: {type: wait_until, time: 10:30, next: check}\n"
         "  check: {type: branch, condition: {profile: City, op: eq, value: Pune}, yes: wait, no: null}\n"
         "  wait: {type: wait, duration: 30d}\n")

@@ -1,0 +1,237 @@
+"""Channel-router benchmark: send requests routed and handed to a provider per second,
+with frequency caps and quiet hours on, and the latency from a request's commit to its
+provider call.
+
+Two router processes (as `kairos up` runs one per shard on a 2-core machine), each over
+half of 16 partitions, real Redis (fsync always, as deployed), the real router: dedupe
+and caps against each user's history in Redis, quiet hours in the user's zone, Liquid
+templates over profile and event, throttle bookkeeping, decisions and outcomes written
+transactionally, delivery events queued for ingest. Profiles are served from memory
+(the shard's lookup is a Ray call per batch, not what is measured here), and the
+provider is local: it notes the time it was called and accepts.
+
+1. Throughput: --messages requests are committed to the outboxes first; the routers
+   then drain them. Figures: requests decided per second and messages handed over.
+2. Latency: a producer commits requests at --rate per second (in its own process, as
+   journey actors do) while the routers run; p50/p99 from commit to provider call.
+
+    .venv/bin/python bench/delivery_bench.py [--messages 200000] [--rate 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import msgspec  # noqa: E402
+import numpy as np  # noqa: E402
+import redis.asyncio as aioredis  # noqa: E402
+
+from bench.harness import embedded_redis, machine  # noqa: E402
+from kairos import keys  # noqa: E402
+from kairos.channels.base import Delivery, Outcome, delivered  # noqa: E402
+from kairos.journeys.clock import SystemClock  # noqa: E402
+from kairos.journeys.model import SendRequest  # noqa: E402
+from kairos.partitions import PartitionMap  # noqa: E402
+from kairos.routing.delivery_store import DeliveryStore  # noqa: E402
+from kairos.routing.router import ChannelRouter  # noqa: E402
+from kairos.routing.settings import DeliverySettings, parse_delivery_settings  # noqa: E402
+
+PARTITIONS, ROUTERS = 16, 2
+ACCOUNT = "BEN-CHM-0001"
+ZONES = ["UTC", "Asia/Kolkata", "America/New_York", "Europe/Berlin", "Asia/Tokyo", "America/Los_Angeles"]
+SETTINGS = {
+    "caps": [{"channel": "push", "max": 3, "within": "7d"}, {"max": 10, "within": "1d"}, {"min_gap": "1m"}],
+    "quiet_hours": {"start": "22:00", "end": "08:00", "action": "delay"},
+}
+MESSAGE = {"title": "Hi {{ profile.Name | default: 'there' }}", "body": "Your {{ event.Product }} is waiting"}
+_encode = msgspec.msgpack.Encoder().encode
+
+
+def user_of(i: int) -> str:
+    return str(i)
+
+
+def profile_of(i: int) -> dict[str, Any]:
+    return {"Name": f"User {i}", "Push Token": f"token-{i}", "Tz": ZONES[i % len(ZONES)]}
+
+
+class MemoryProfiles:
+    async def profiles(self, account: str, users: list[str]) -> list[tuple[dict[str, Any], str] | None]:
+        return [(profile_of(int(u)), f"identity:{u}") for u in users]
+
+
+class TimingProvider:
+    channel = "push"
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, float]] = []
+
+    async def send(self, delivery: Delivery) -> Outcome:
+        self.calls.append((delivery.send_id, time.time()))
+        return delivered()
+
+    async def close(self) -> None:
+        return None
+
+
+class BenchProviders:
+    def __init__(self, provider: TimingProvider) -> None:
+        parsed = parse_delivery_settings(SETTINGS)
+        # The bench's provider stands in for FCM: the settings name a push provider.
+        self._settings = msgspec.structs.replace(parsed, providers={"push": ("bench", None)})
+        self._provider = provider
+
+    async def settings(self, account: str) -> DeliverySettings:
+        return self._settings
+
+    async def provider(self, account: str, channel: str) -> TimingProvider:
+        return self._provider
+
+
+def request(i: int, at_ms: int) -> SendRequest:
+    return SendRequest(f"{ACCOUNT}/bench/1/{i}/1/push", ACCOUNT, user_of(i), "push", MESSAGE, "bench", 1, "push",
+                       at_ms, event={"Product": f"item {i % 97}"})
+
+
+async def commit_requests(redis_url: str, first: int, count: int, rate: float | None) -> None:
+    client = aioredis.Redis.from_url(redis_url)
+    partition_map = PartitionMap(PARTITIONS, ROUTERS)
+    batch = 200 if rate is None else max(1, int(rate / 100))
+    started = time.monotonic()
+    for start in range(first, first + count, batch):
+        if rate is not None:
+            # Paced: commit this batch when its time has come.
+            delay = started + (start - first) / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+        now_ms = int(time.time() * 1000)
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(start, min(start + batch, first + count)):
+                pipe.xadd(keys.outbox(partition_map.partition_of(ACCOUNT, user_of(i))),
+                          {"s": _encode(request(i, now_ms))})
+            await pipe.execute()
+    await client.aclose()
+
+
+def producer(redis_url: str, first: int, count: int, rate: float) -> None:
+    asyncio.run(commit_requests(redis_url, first, count, rate))
+
+
+def router_process(index: int, redis_url: str, expected: int, results: Any) -> None:
+    async def run() -> None:
+        client = aioredis.Redis.from_url(redis_url)
+        partition_map = PartitionMap(PARTITIONS, ROUTERS)
+        store = DeliveryStore(client, partition_map, partition_map.partitions_of(index))
+        provider = TimingProvider()
+        router = await ChannelRouter.open(store, MemoryProfiles(), BenchProviders(provider), SystemClock())
+        started = time.monotonic()
+        idle_since = None
+        while router.handled < expected:
+            if await router.step(block_ms=50):
+                idle_since = None
+            elif idle_since is None:
+                idle_since = time.monotonic()
+            elif time.monotonic() - idle_since > 5:
+                break
+        elapsed = time.monotonic() - started
+        stats = {k.decode(): int(v) for k, v in (await client.hgetall(keys.delivery_stats(ACCOUNT))).items()}
+        results.put({"index": index, "handled": router.handled, "elapsed": elapsed, "calls": provider.calls,
+                     "stats": stats})
+        await client.aclose()
+
+    asyncio.run(run())
+
+
+def expected_per_router(first: int, count: int) -> list[int]:
+    partition_map = PartitionMap(PARTITIONS, ROUTERS)
+    counts = [0] * ROUTERS
+    for i in range(first, first + count):
+        counts[partition_map.shard_of(partition_map.partition_of(ACCOUNT, user_of(i)))] += 1
+    return counts
+
+
+def run_routers(redis_url: str, expected: list[int]) -> list[dict[str, Any]]:
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    processes = [ctx.Process(target=router_process, args=(i, redis_url, expected[i], results)) for i in range(ROUTERS)]
+    for p in processes:
+        p.start()
+    found = [results.get(timeout=600) for _ in processes]
+    for p in processes:
+        p.join()
+    return found
+
+
+def throughput(redis_url: str, messages: int) -> dict[str, Any]:
+    asyncio.run(commit_requests(redis_url, 0, messages, None))
+    wall = time.monotonic()
+    found = run_routers(redis_url, expected_per_router(0, messages))
+    wall = time.monotonic() - wall
+    handled = sum(r["handled"] for r in found)
+    handed = sum(len(r["calls"]) for r in found)
+    slowest = max(r["elapsed"] for r in found)
+    return {"phase": "throughput", "messages": messages, "decided": handled, "handed_to_provider": handed,
+            "router_seconds": round(slowest, 2), "decided_per_s": round(handled / slowest),
+            "handed_per_s": round(handed / slowest), "wall_seconds_with_process_start": round(wall, 2),
+            "outcomes": {k: v for r in found[:1] for k, v in r["stats"].items()}}
+
+
+async def commit_times(redis_url: str) -> dict[str, int]:
+    client = aioredis.Redis.from_url(redis_url)
+    times: dict[str, int] = {}
+    decoder = msgspec.msgpack.Decoder(SendRequest)
+    for p in range(PARTITIONS):
+        for _, fields in await client.xrange(keys.outbox(p)):
+            sent = decoder.decode(fields[b"s"])
+            times[sent.id] = sent.at_ms
+    await client.aclose()
+    return times
+
+
+def latency(redis_url: str, first: int, messages: int, rate: float) -> dict[str, Any]:
+    ctx = multiprocessing.get_context("spawn")
+    results = ctx.Queue()
+    expected = expected_per_router(first, messages)
+    routers = [ctx.Process(target=router_process, args=(i, redis_url, expected[i], results)) for i in range(ROUTERS)]
+    for p in routers:
+        p.start()
+    time.sleep(3)  # the routers are up and waiting on their outboxes
+    feed = ctx.Process(target=producer, args=(redis_url, first, messages, rate))
+    started = time.monotonic()
+    feed.start()
+    found = [results.get(timeout=600) for _ in routers]
+    feed.join()
+    for p in routers:
+        p.join()
+    committed = asyncio.run(commit_times(redis_url))
+    waits = np.array([called * 1000 - committed[send_id] for r in found for send_id, called in r["calls"]
+                      if int(send_id.split("/")[3]) >= first])
+    return {"phase": "latency", "rate": rate, "messages": messages, "handed_to_provider": int(waits.size),
+            "seconds": round(time.monotonic() - started, 2),
+            "commit_to_provider_call_ms": {"p50": round(float(np.percentile(waits, 50)), 1),
+                                           "p99": round(float(np.percentile(waits, 99)), 1),
+                                           "max": round(float(waits.max()), 1)}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--messages", type=int, default=200_000)
+    parser.add_argument("--rate", type=float, default=10_000)
+    parser.add_argument("--paced-messages", type=int, default=100_000)
+    args = parser.parse_args()
+    with embedded_redis() as (_, redis_url):
+        print(json.dumps({"machine": machine(), **throughput(redis_url, args.messages)}), flush=True)
+        print(json.dumps(latency(redis_url, args.messages, args.paced_messages, args.rate)), flush=True)
+
+
+if __name__ == "__main__":
+    main()
