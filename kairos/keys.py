@@ -148,7 +148,8 @@ def router_cursor(partition: int) -> str:
 
 
 def delivery_events(partition: int) -> str:
-    """Stream of records the router feeds back into ingest (field `r`: msgpack Record):
+    """Stream of records the router feeds back into ingest (field `a`: the account, `r`:
+    a msgpack list of Records):
     Notification Sent / Failed / Delivered events, and removals of dead push tokens."""
     return f"{PREFIX}p:{partition}:delivery-events"
 

@@ -42,14 +42,18 @@ class Inbox:
         self.clock = clock
 
     async def put(self, account: str, user: str, item: InboxMessage) -> None:
-        key = keys.inbox(account, user)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(key, item.id, _encode(item))
-            pipe.hlen(key)
-            _, size = await pipe.execute()
-        if size > MAX_MESSAGES:
-            await self._trim(key)
-        await self._redis.publish(keys.inbox_live(account, user), _to_json(item))
+        await self.put_many([(account, user, item)])
+
+    async def put_many(self, items: list[tuple[str, str, InboxMessage]]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for account, user, item in items:
+                pipe.hset(keys.inbox(account, user), item.id, _encode(item))
+                pipe.hlen(keys.inbox(account, user))
+                pipe.publish(keys.inbox_live(account, user), _to_json(item))
+            answers = await pipe.execute()
+        for (account, user, _), size in zip(items, answers[1::3]):
+            if size > MAX_MESSAGES:
+                await self._trim(keys.inbox(account, user))
 
     async def _trim(self, key: str) -> None:
         items = sorted((_decode(raw) for raw in (await self._redis.hgetall(key)).values()), key=lambda m: m.at_ms)
@@ -84,16 +88,22 @@ class InAppProvider:
         self._inbox = inbox
 
     async def send(self, delivery: Delivery) -> Outcome:
+        return (await self.send_many([delivery]))[0]
+
+    async def send_many(self, deliveries: list[Delivery]) -> list[Outcome]:
+        """One pipelined write for a batch of messages."""
         now = await self._inbox.clock.now_ms()
-        message = dict(delivery.message)
-        expires = message.pop("expires", None)
-        expires_ms = now + parse_duration(expires, "message.expires") if isinstance(expires, str) else None
+        items = []
+        for delivery in deliveries:
+            message = dict(delivery.message)
+            expires = message.pop("expires", None)
+            expires_ms = now + parse_duration(expires, "message.expires") if isinstance(expires, str) else None
+            items.append((delivery.account, delivery.user, InboxMessage(delivery.send_id, now, message, False, expires_ms)))
         try:
-            await self._inbox.put(delivery.account, delivery.user,
-                                  InboxMessage(delivery.send_id, now, message, False, expires_ms))
+            await self._inbox.put_many(items)
         except RedisError as exc:
-            return transient(f"inbox store: {exc}")
-        return delivered(delivery.send_id)
+            return [transient(f"inbox store: {exc}")] * len(deliveries)
+        return [delivered(d.send_id) for d in deliveries]
 
     async def close(self) -> None:
         return None

@@ -108,14 +108,17 @@ class DeliveryStore:
         return {p: (raw.decode() if raw else "0-0") for p, raw in zip(self.partitions, found)}
 
     async def histories(self, users: Iterable[UserRef]) -> dict[UserRef, list[HistoryEntry]]:
-        wanted = list(dict.fromkeys(users))
-        if not wanted:
+        by_partition: dict[int, list[UserRef]] = {}
+        for ref in dict.fromkeys(users):
+            by_partition.setdefault(self.partition_of(*ref), []).append(ref)
+        if not by_partition:
             return {}
         async with self.redis.pipeline(transaction=False) as pipe:
-            for account, user in wanted:
-                pipe.hget(keys.send_history(self.partition_of(account, user)), history_field(account, user))
+            for partition, refs in by_partition.items():
+                pipe.hmget(keys.send_history(partition), [history_field(*ref) for ref in refs])
             found = await pipe.execute()
-        return {ref: (_history_decoder.decode(raw) if raw else []) for ref, raw in zip(wanted, found)}
+        return {ref: (_history_decoder.decode(raw) if raw else [])
+                for refs, raws in zip(by_partition.values(), found) for ref, raw in zip(refs, raws)}
 
     async def due(self, now_ms: int, limit: int) -> list[tuple[int, bytes]]:
         """Delayed members whose time has come: (partition, member)."""
@@ -138,18 +141,21 @@ class DeliveryStore:
         if not commit:
             return
         async with self.redis.pipeline(transaction=True) as pipe:
+            writes: dict[int, dict[str, bytes]] = {}
             for (partition, field), entries in commit.histories.items():
-                if entries:
-                    pipe.hset(keys.send_history(partition), field, _encode(entries))
-                else:
-                    pipe.hdel(keys.send_history(partition), field)
+                writes.setdefault(partition, {})[field] = _encode(entries)
+            for partition, mapping in writes.items():
+                pipe.hset(keys.send_history(partition), mapping=mapping)  # type: ignore[arg-type]
             for partition, members in commit.delayed.items():
                 pipe.zadd(keys.router_delayed(partition), {m: score for m, score in members})
             for partition, members in commit.undelayed.items():
                 pipe.zrem(keys.router_delayed(partition), *members)
             for partition, records in commit.events.items():
+                by_account: dict[str, list[Record]] = {}
                 for account, record in records:
-                    pipe.xadd(keys.delivery_events(partition), {"a": account, "r": _encode(record)},
+                    by_account.setdefault(account, []).append(record)
+                for account, batch in by_account.items():
+                    pipe.xadd(keys.delivery_events(partition), {"a": account, "r": _encode(batch)},
                               maxlen=DELIVERY_EVENTS_KEPT, approximate=True)
             for account, letters in commit.dead.items():
                 for letter in letters:

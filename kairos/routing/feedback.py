@@ -18,7 +18,7 @@ from kairos.models import Record
 logger = logging.getLogger(__name__)
 
 Sink = Callable[[str, list[Record]], Awaitable[None]]  # (account, records) -> durable in ingest
-_record_decoder = msgspec.msgpack.Decoder(Record)
+_records_decoder = msgspec.msgpack.Decoder(list[Record])
 
 
 class FeedbackForwarder:
@@ -36,7 +36,7 @@ class FeedbackForwarder:
         for stream, entries in found or []:
             by_account: dict[str, list[Record]] = {}
             for _, fields in entries:
-                by_account.setdefault(fields[b"a"].decode(), []).append(_record_decoder.decode(fields[b"r"]))
+                by_account.setdefault(fields[b"a"].decode(), []).extend(_records_decoder.decode(fields[b"r"]))
             for account, records in by_account.items():
                 await self._sink(account, records)
             await self._redis.xdel(stream, *[entry_id for entry_id, _ in entries])

@@ -9,6 +9,7 @@ daylight-saving changes: on the night clocks go forward, 22:00-08:00 lasts an ho
 from __future__ import annotations
 
 from datetime import datetime, time, timedelta, timezone
+from functools import lru_cache
 
 import msgspec
 
@@ -30,13 +31,19 @@ class QuietHours(msgspec.Struct, frozen=True):
     def end_of_window(self, now_ms: int, tz_name: str | None, fallback_tz: str = "UTC") -> int | None:
         """When the quiet window holding `now_ms` ends (epoch ms), or None if `now_ms`
         is outside every window. The user's zone comes from `tz_name`, else the fallback."""
-        tz = zone_or(tz_name, fallback_tz)
-        local_day = datetime.fromtimestamp(now_ms / 1000, timezone.utc).astimezone(tz).date()
-        # A window crossing midnight may have started on the day before.
-        for start_day in (local_day - timedelta(days=1), local_day):
-            begin = local_instant(start_day, self.start, tz)
-            end_day = start_day if self.end > self.start else start_day + timedelta(days=1)
-            finish = local_instant(end_day, self.end, tz)
-            if begin <= now_ms < finish:
-                return finish
-        return None
+        # A router decides thousands of messages at one `now`, over a few dozen zones.
+        return _end_of_window(self.start, self.end, now_ms, tz_name, fallback_tz)
+
+
+@lru_cache(maxsize=4096)
+def _end_of_window(start: time, end: time, now_ms: int, tz_name: str | None, fallback_tz: str) -> int | None:
+    tz = zone_or(tz_name, fallback_tz)
+    local_day = datetime.fromtimestamp(now_ms / 1000, timezone.utc).astimezone(tz).date()
+    # A window crossing midnight may have started on the day before.
+    for start_day in (local_day - timedelta(days=1), local_day):
+        begin = local_instant(start_day, start, tz)
+        end_day = start_day if end > start else start_day + timedelta(days=1)
+        finish = local_instant(end_day, end, tz)
+        if begin <= now_ms < finish:
+            return finish
+    return None

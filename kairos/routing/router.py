@@ -243,10 +243,14 @@ class ChannelRouter:
         (FCM's send_each) gets them in one call."""
         outcomes: list[Outcome | None] = [None] * len(works)
         groups: dict[int, tuple[Provider, list[int]]] = {}
+        chosen: dict[tuple[str, str], Provider | None] = {}
         for i, work in enumerate(works):
             request, decision = work.pending.request, work.plan
             assert decision is not None
-            provider = await self.providers.provider(request.account, decision.channel)
+            key = (request.account, decision.channel)
+            if key not in chosen:
+                chosen[key] = await self.providers.provider(*key)
+            provider = chosen[key]
             if provider is None:
                 outcomes[i] = transient(f"no {decision.channel} provider")
             else:

@@ -35,7 +35,7 @@ PARTITIONS = 4
 SECRET = "whsec-0123456789abcdef"
 _ids = itertools.count(1)
 _encode = msgspec.msgpack.Encoder().encode
-_record = msgspec.msgpack.Decoder(Record)
+_records = msgspec.msgpack.Decoder(list[Record])
 
 
 def utc_ms(text: str) -> int:
@@ -115,7 +115,7 @@ class Harness:
         for p in range(PARTITIONS):
             for _, fields in await self.redis.xrange(keys.delivery_events(p)):
                 if fields[b"a"].decode() == self.account:
-                    found.append(_record.decode(fields[b"r"]))
+                    found.extend(_records.decode(fields[b"r"]))
         return found
 
     async def dead_letters(self) -> list[dict[str, Any]]:
