@@ -29,6 +29,7 @@ bench: $(STAMP)
 	$(PY) bench/identity_bench.py
 	$(PY) bench/analytics_bench.py
 	$(PY) bench/journey_bench.py
+	$(PY) bench/delivery_bench.py
 
 clean:
 	rm -rf $(VENV) .kairos
