@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import math
 import uuid
 import warnings
 from typing import Any
@@ -39,12 +38,12 @@ from google.auth import crypt
 from google.auth.transport import requests as google_requests
 
 from kairos.channels.base import DEFAULT_TIMEOUT_S, Delivery, Outcome, delivered, rejected, transient
-from kairos.segments.definition import SegmentError, no_extra_fields
+from kairos.channels.provider_common import settings_fields, timeout_field
+from kairos.segments.definition import SegmentError
 
 # FCM's own limit for one send_each call; the router batches up to this.
 MAX_BATCH = 500
-MAX_TIMEOUT_S = 60.0
-_SETTINGS_FIELDS = {"provider", "project_id", "service_account", "endpoint", "timeout_s"}
+_SETTINGS_FIELDS = {"project_id", "service_account", "endpoint", "timeout_s"}
 _SERVICE_ACCOUNT_FIELDS = ("client_email", "private_key", "token_uri")
 
 # Failures that say this token will never work for this project: the router drops it.
@@ -66,11 +65,7 @@ class FcmSettings(msgspec.Struct, frozen=True):
 
 def parse_settings(raw: Any, path: str) -> FcmSettings:
     """Validate an account's push settings; a `SegmentError` names the bad field."""
-    if not isinstance(raw, dict):
-        raise SegmentError(path, "must be an object with project_id and service_account")
-    no_extra_fields(raw, _SETTINGS_FIELDS, path)
-    if raw.get("provider", "fcm") != "fcm":
-        raise SegmentError(f"{path}.provider", "must be 'fcm' for these settings")
+    raw = settings_fields(raw, _SETTINGS_FIELDS, path, "fcm")
     project_id = raw.get("project_id")
     if not isinstance(project_id, str) or not project_id or any(c in project_id for c in "/ \t\n?#"):
         # It becomes a path segment of the send URL, so it must be one plain word.
@@ -79,11 +74,7 @@ def parse_settings(raw: Any, path: str) -> FcmSettings:
     endpoint = raw.get("endpoint")
     if endpoint is not None and not _is_http_url(endpoint):
         raise SegmentError(f"{path}.endpoint", "must be an http(s) URL such as 'https://fcm.googleapis.com'")
-    timeout_s = raw.get("timeout_s", DEFAULT_TIMEOUT_S)
-    if (isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float))
-            or not math.isfinite(timeout_s) or not 0 < timeout_s <= MAX_TIMEOUT_S):
-        raise SegmentError(f"{path}.timeout_s", f"must be a number of seconds, more than 0 and at most {MAX_TIMEOUT_S:g}")
-    return FcmSettings(project_id, service_account, endpoint, float(timeout_s))
+    return FcmSettings(project_id, service_account, endpoint, timeout_field(raw, path, DEFAULT_TIMEOUT_S))
 
 
 def _parse_service_account(raw: Any, path: str) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import msgspec
 from kairos.channels.base import Delivery, Outcome, rejected
 from kairos.segments.definition import SegmentError, no_extra_fields
 
-MAX_TIMEOUT_S = 120.0
+MAX_TIMEOUT_S = 60.0  # a slow provider must not hold a router round for minutes
 # Deliberately loose (what MTAs accept is wider than any regex), but strict about what can
 # break a header or an SMTP command: whitespace, control characters, angle brackets, commas.
 _LOCAL = r"[^@\s\x00-\x1f\x7f\"(),:;<>\[\\\]]{1,64}"

@@ -45,13 +45,13 @@ import msgspec
 from yarl import URL
 
 from kairos.channels.base import Delivery, Outcome, delivered, rejected, transient
-from kairos.segments.definition import SegmentError, no_extra_fields
+from kairos.channels.provider_common import MAX_TIMEOUT_S, settings_fields, timeout_field
+from kairos.segments.definition import SegmentError
 
 SIGNATURE_HEADER = "Kairos-Signature"
 DELIVERY_ID_HEADER = "Kairos-Delivery-Id"
 DEFAULT_TOLERANCE_S = 300
 MIN_SECRET_LENGTH = 16
-MAX_TIMEOUT_S = 60.0  # a slow receiver must not hold a router slot for minutes
 BODY_CAP = 4096  # enough for an error message; a huge error page must not fill memory
 DETAIL_CHARS = 200
 
@@ -68,7 +68,7 @@ _HEADER_VALUE = re.compile(r"[\x20-\x7e\t]*")  # no CR/LF: a header must not smu
 _TIMESTAMP = re.compile(r"\d{1,12}")  # bounded so int() never meets a hostile megabyte of digits
 _HEX_DIGEST = re.compile(r"[0-9a-f]{64}")
 _TRANSIENT_4XX = frozenset({408, 425, 429})
-_FIELDS = {"provider", "url", "secret", "timeout_s", "headers"}
+_FIELDS = {"url", "secret", "timeout_s", "headers"}
 
 
 class WebhookSettings(msgspec.Struct, frozen=True):
@@ -91,20 +91,15 @@ class WebhookSettings(msgspec.Struct, frozen=True):
 
 def parse_settings(raw: Any, path: str) -> WebhookSettings:
     """An account's webhook settings from JSON; SegmentError names the offending field."""
-    if not isinstance(raw, dict):
-        raise SegmentError(path, "must be an object with 'url' and 'secret'")
-    no_extra_fields(raw, _FIELDS, path)
-    if raw.get("provider", "webhook") != "webhook":
-        raise SegmentError(f"{path}.provider", "must be 'webhook' for webhook settings")
+    raw = settings_fields(raw, _FIELDS, path, "webhook")
     for name in ("url", "secret"):
         if name not in raw:
             raise SegmentError(f"{path}.{name}", "is required")
     url, secret = raw["url"], raw["secret"]
-    timeout_s = raw.get("timeout_s", 5.0)
+    timeout_s = timeout_field(raw, path, 5.0)
     headers = raw.get("headers", {})
     _check_url(url, f"{path}.url")
     _check_secret(secret, f"{path}.secret")
-    _check_timeout(timeout_s, f"{path}.timeout_s")
     _check_headers(headers, f"{path}.headers")
     return WebhookSettings(url, secret, float(timeout_s), dict(headers))
 

@@ -67,12 +67,12 @@ def test_provider_may_be_left_out() -> None:
     (raw(endpoint="https://"), "push.endpoint", "http(s) URL"),
     (raw(endpoint="https://fcm.example.com/?x=1"), "push.endpoint", "http(s) URL"),
     (raw(endpoint=8080), "push.endpoint", "http(s) URL"),
-    (raw(timeout_s=0), "push.timeout_s", "more than 0 and at most 60"),
-    (raw(timeout_s=-1.5), "push.timeout_s", "more than 0 and at most 60"),
-    (raw(timeout_s=61), "push.timeout_s", "more than 0 and at most 60"),
-    (raw(timeout_s=float("nan")), "push.timeout_s", "more than 0 and at most 60"),
-    (raw(timeout_s="10"), "push.timeout_s", "more than 0 and at most 60"),
-    (raw(timeout_s=True), "push.timeout_s", "more than 0 and at most 60"),
+    (raw(timeout_s=0), "push.timeout_s", "above 0 and at most 60"),
+    (raw(timeout_s=-1.5), "push.timeout_s", "above 0 and at most 60"),
+    (raw(timeout_s=61), "push.timeout_s", "above 0 and at most 60"),
+    (raw(timeout_s=float("nan")), "push.timeout_s", "above 0 and at most 60"),
+    (raw(timeout_s="10"), "push.timeout_s", "above 0 and at most 60"),
+    (raw(timeout_s=True), "push.timeout_s", "above 0 and at most 60"),
 ])
 def test_each_mistake_names_its_field(settings: Any, path: str, words: str) -> None:
     with pytest.raises(SegmentError) as caught:
