@@ -76,8 +76,5 @@ class ChannelRouterActor:
                 logger.exception("forwarding delivery events to ingest failed; retrying")
                 await asyncio.sleep(1.0)
 
-    async def stats(self) -> dict[str, int]:
-        return {"handled": self.router.handled if self.router else 0, "forwarded": self.feedback.forwarded}
-
     def pid(self) -> int:
         return os.getpid()

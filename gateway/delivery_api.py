@@ -8,7 +8,6 @@ Same credentials and error shape as the rest of the API.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from typing import Any
 
@@ -141,8 +140,8 @@ class DeliveryApi:
                     await response.write(b": heartbeat\n\n")
                     continue
                 await response.write(b"event: message\ndata: " + message["data"] + b"\n\n")
-        except (ConnectionResetError, asyncio.CancelledError):
-            pass
+        except ConnectionResetError:
+            pass  # the app went away; nothing to answer
         finally:
             with contextlib.suppress(Exception):
                 await pubsub.unsubscribe()

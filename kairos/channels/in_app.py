@@ -41,9 +41,6 @@ class Inbox:
         self._redis = client
         self.clock = clock
 
-    async def put(self, account: str, user: str, item: InboxMessage) -> None:
-        await self.put_many([(account, user, item)])
-
     async def put_many(self, items: list[tuple[str, str, InboxMessage]]) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
             for account, user, item in items:
@@ -76,9 +73,6 @@ class Inbox:
         if updates:
             await self._redis.hset(key, mapping=updates)  # type: ignore[arg-type]
         return len(updates)
-
-    async def delete(self, account: str, user: str, ids: list[str]) -> int:
-        return int(await self._redis.hdel(keys.inbox(account, user), *ids)) if ids else 0
 
 
 class InAppProvider:

@@ -26,7 +26,6 @@ class FeedbackForwarder:
         self._redis = client
         self._streams = {keys.delivery_events(p): "0-0" for p in partitions}
         self._sink = sink
-        self.forwarded = 0
 
     async def step(self, count: int = 5000, block_ms: int | None = None) -> int:
         """Forwards what is waiting; how many records went."""
@@ -41,5 +40,4 @@ class FeedbackForwarder:
                 await self._sink(account, records)
             await self._redis.xdel(stream, *[entry_id for entry_id, _ in entries])
             sent += len(entries)
-        self.forwarded += sent
         return sent

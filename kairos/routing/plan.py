@@ -75,7 +75,7 @@ def plan(request: SendRequest, first_channel: int, profile: Mapping[str, Any] | 
         if opted_out(profile, channel):
             skipped.append(f"{channel}: opted out")
             continue
-        if channel not in ("in_app",) and channel not in settings.providers:
+        if channel != "in_app" and channel not in settings.providers:
             skipped.append(f"{channel}: no provider configured")
             continue
         address = address_of(profile, channel, request.user)

@@ -160,15 +160,12 @@ class ChannelRouter:
         return fresh
 
     async def _profiles(self, works: list[_Work]) -> dict[UserRef, tuple[dict[str, Any], str] | None]:
-        by_account: dict[str, list[str]] = {}
+        by_account: dict[str, dict[str, None]] = {}  # account -> its users, once each, in order
         for work in works:
-            users = by_account.setdefault(work.pending.request.account, [])
-            users.append(work.pending.request.user)
-        found: dict[UserRef, tuple[dict[str, Any], str] | None] = {}
-        answers = await asyncio.gather(*(self.profiles.profiles(a, list(dict.fromkeys(u))) for a, u in by_account.items()))
-        for (account, users), profiles in zip(by_account.items(), answers):
-            found.update(((account, u), p) for u, p in zip(dict.fromkeys(users), profiles))
-        return found
+            by_account.setdefault(work.pending.request.account, {})[work.pending.request.user] = None
+        answers = await asyncio.gather(*(self.profiles.profiles(a, list(u)) for a, u in by_account.items()))
+        return {(account, user): profile for (account, users), profiles in zip(by_account.items(), answers)
+                for user, profile in zip(users, profiles)}
 
     async def _throttle(self, works: list[_Work], now: int) -> None:
         """Sends beyond a journey's messages-per-minute wait for a later minute."""
