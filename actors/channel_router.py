@@ -23,6 +23,7 @@ from kairos.partitions import PartitionMap
 from kairos.routing.delivery_store import DeliveryStore
 from kairos.routing.feedback import FeedbackForwarder
 from kairos.routing.router import ChannelRouter
+from kairos.routing.tracking import Tracker, tracking_key
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +60,9 @@ class ChannelRouterActor:
     async def start(self) -> None:
         """Starts the delivery and feedback loops (again, after a restart)."""
         if self.router is None:
-            self.router = await ChannelRouter.open(self._store, ShardProfiles(self._shard), self.providers, self._clock)
+            tracker = Tracker(await tracking_key(self._redis), self._settings.public_base_url)
+            self.router = await ChannelRouter.open(self._store, ShardProfiles(self._shard), self.providers, self._clock,
+                                                   tracker)
         if not self._tasks or any(t.done() for t in self._tasks):
             for task in self._tasks:
                 task.cancel()

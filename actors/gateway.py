@@ -21,6 +21,7 @@ from kairos.accounts import Accounts
 from kairos.coalesce import Coalescer
 from kairos.config import Settings
 from kairos.channels.in_app import Inbox
+from kairos.routing.tracking import Tracker, tracking_key
 from kairos.identity_graph import IdentityGraph
 from kairos.journeys.clock import Clock, ManualClock, SystemClock
 from kairos.journeys.catalog import JourneyCatalog
@@ -104,7 +105,8 @@ class GatewayActor:
             self._backend = RayBackend(settings, self._ingest, self._shards, self._journeys, IdentityGraph(client))
             clock: Clock = ManualClock(client) if settings.clock == "manual" else SystemClock()
             app = create_app(settings, self._backend, accounts, SegmentCatalog(client), SignalLog(client),
-                             JourneyCatalog(client), client, Inbox(client, clock))
+                             JourneyCatalog(client), client, Inbox(client, clock),
+                             Tracker(await tracking_key(client), settings.public_base_url))
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port, reuse_port=True).start()

@@ -14,6 +14,7 @@ from gateway.backend import Backend, BackendUnavailable
 from gateway.clevertap import CleverTapApi
 from gateway.delivery_api import DeliveryApi
 from gateway.segment_api import SegmentApi
+from gateway.tracking_api import TrackingApi
 from gateway.errors import ApiError, error_for, json_response
 from gateway.journey_api import JourneyApi
 from gateway.kairos_api import KairosApi
@@ -23,6 +24,7 @@ from kairos.channels.in_app import Inbox
 from kairos.config import Settings
 from kairos.journeys.catalog import JourneyCatalog
 from kairos.query_coordinator import QueryCoordinator
+from kairos.routing.tracking import Tracker
 from kairos.segments.catalog import SegmentCatalog
 from kairos.segments.definition import SegmentError
 from kairos.segments.signals import SignalLog
@@ -69,7 +71,8 @@ async def _health(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog: SegmentCatalog,
-               signals: SignalLog, journeys: JourneyCatalog, client: aioredis.Redis, inbox: Inbox) -> web.Application:
+               signals: SignalLog, journeys: JourneyCatalog, client: aioredis.Redis, inbox: Inbox,
+               tracker: Tracker) -> web.Application:
     admission = Admission(settings.max_inflight_uploads, settings.max_inflight_uploads_per_account)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -83,5 +86,6 @@ def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog
     app.add_routes(KairosApi(coordinator, catalog, signals, journeys).routes())
     app.add_routes(JourneyApi(backend, journeys).routes())
     app.add_routes(DeliveryApi(backend, client, inbox).routes())
+    app.add_routes(TrackingApi(client, settings.partitions, tracker, inbox.clock).routes())
     app.add_routes([web.get("/api/openapi.json", openapi_document)])
     return app

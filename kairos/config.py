@@ -11,6 +11,7 @@ import math
 import os
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -34,6 +35,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     ray_address: str = ""
     host: str = "127.0.0.1"
     port: int = 8080
+    # Where users' mail clients and apps reach the gateway (open and click tracking links,
+    # e.g. https://t.example.com); empty: http://<host>:<port>, which only works locally.
+    public_url: str = ""
     # Fixed for the life of a deployment: it decides which partition owns a user.
     partitions: int = 16
     shards: int = 2
@@ -92,10 +96,19 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                 raise ConfigError(f"{ENV_PREFIX}{name.upper()} must be a finite number, got {getattr(self, name)!r}")
         if self.snapshot_interval_s <= 0 or self.auth_cache_s < 0 or self.request_timeout_s <= 0:
             raise ConfigError(f"{ENV_PREFIX}SNAPSHOT_INTERVAL_S must be > 0, {ENV_PREFIX}REQUEST_TIMEOUT_S > 0 and {ENV_PREFIX}AUTH_CACHE_S >= 0")
+        parts = urlsplit(self.public_url)
+        if self.public_url and (parts.scheme not in ("http", "https") or not parts.netloc or parts.query
+                                or parts.fragment or len(self.public_url) > 200):
+            raise ConfigError(f"{ENV_PREFIX}PUBLIC_URL must be an http:// or https:// URL without query "
+                              f"(at most 200 characters), got {self.public_url[:80]!r}")
         if self.merge_sweep_interval_s <= 0:
             raise ConfigError(f"{ENV_PREFIX}MERGE_SWEEP_INTERVAL_S must be > 0, got {self.merge_sweep_interval_s!r}")
         if self.live_segment_tick_s <= 0:
             raise ConfigError(f"{ENV_PREFIX}LIVE_SEGMENT_TICK_S must be > 0, got {self.live_segment_tick_s!r}")
+
+    @property
+    def public_base_url(self) -> str:
+        return self.public_url.rstrip("/") or f"http://{self.host}:{self.port}"
 
     @property
     def data_path(self) -> Path:

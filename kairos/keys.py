@@ -179,5 +179,9 @@ def inbox_live(account_id: str, user: str) -> str:
     return f"{PREFIX}a:{account_id}:inbox-live:{user}"
 
 
+# The AES key that seals open and click tracking tokens (kairos.routing.tracking); made
+# once per deployment, shared by every router and gateway.
+TRACKING_KEY = PREFIX + "tracking-key"
+
 # The manual clock's current time in epoch ms (only with KAIROS_CLOCK=manual).
 MANUAL_CLOCK = PREFIX + "manual-clock"

@@ -19,6 +19,7 @@ from kairos.journeys.model import SendRequest
 from kairos.models import Record
 from kairos.partitions import PartitionMap
 from kairos.routing.caps import Sent
+from kairos.routing.feedback import DELIVERY_EVENTS_KEPT, stream_entry
 
 # History states: waiting in the delayed set, handed to a provider (outcome not yet
 # known), delivered, or given up on (dropped or failed).
@@ -27,7 +28,6 @@ COUNTED = frozenset({CLAIMED, DELIVERED})  # what frequency caps count
 DEDUPE_WINDOW_MS = 7 * 86_400_000
 MAX_HISTORY = 200
 DEAD_LETTERS_KEPT = 10_000
-DELIVERY_EVENTS_KEPT = 1_000_000
 
 
 class HistoryEntry(Sent, frozen=True, array_like=True, gc=False):
@@ -155,7 +155,7 @@ class DeliveryStore:
                 for account, record in records:
                     by_account.setdefault(account, []).append(record)
                 for account, batch in by_account.items():
-                    pipe.xadd(keys.delivery_events(partition), {"a": account, "r": _encode(batch)},
+                    pipe.xadd(keys.delivery_events(partition), stream_entry(account, batch),  # type: ignore[arg-type]
                               maxlen=DELIVERY_EVENTS_KEPT, approximate=True)
             for account, letters in commit.dead.items():
                 for letter in letters:

@@ -1,8 +1,9 @@
 """Delivery events back into the users' event streams: the router writes them (in the
-same transaction as the outcome they report) to its partitions' delivery-event streams;
-this forwarder hands them to ingest and deletes them once ingest has them. Each record
-carries a messageId made from its send id, so one forwarded twice (a crash between the
-hand-over and the delete) counts once."""
+same transaction as the outcome they report), and the gateway's tracking endpoints the
+opens and clicks, to the partitions' delivery-event streams; this forwarder hands them
+to ingest and deletes them once ingest has them. Each record carries a messageId made
+from its send id, so one forwarded twice (a crash between the hand-over and the delete)
+counts once."""
 
 from __future__ import annotations
 
@@ -19,6 +20,20 @@ logger = logging.getLogger(__name__)
 
 Sink = Callable[[str, list[Record]], Awaitable[None]]  # (account, records) -> durable in ingest
 _records_decoder = msgspec.msgpack.Decoder(list[Record])
+_records_encoder = msgspec.msgpack.Encoder()
+# A forwarder that stays down this long behind loses the oldest events, not the memory.
+DELIVERY_EVENTS_KEPT = 1_000_000
+
+
+def stream_entry(account: str, records: list[Record]) -> dict[str, bytes | str]:
+    """One entry of a delivery-event stream: one account's records."""
+    return {"a": account, "r": _records_encoder.encode(records)}
+
+
+async def append(client: aioredis.Redis, partition: int, account: str, records: list[Record]) -> None:
+    """Durably queues `records` for ingest (the forwarder of `partition` takes them)."""
+    await client.xadd(keys.delivery_events(partition), stream_entry(account, records),  # type: ignore[arg-type]
+                      maxlen=DELIVERY_EVENTS_KEPT, approximate=True)
 
 
 class FeedbackForwarder:

@@ -29,14 +29,17 @@ from kairos.channels.base import DELIVERED, REJECTED, Delivery, Outcome, Provide
 from kairos.journeys.clock import Clock
 from kairos.journeys.model import SendRequest
 from kairos.journeys.outbox import OutboxReader
-from kairos.models import EventRecord, ProfileRecord
+from kairos.models import ProfileRecord
+from kairos.routing import delivery_events as events
 from kairos.routing import plan as planning
 from kairos.routing.caps import horizon_ms
 from kairos.routing.delivery_store import (
     CLAIMED, COUNTED, DELIVERED as STATE_DELIVERED, GIVEN_UP, QUEUED, Commit, DeliveryStore, HistoryEntry, Pending,
     UserRef, decode_pending, encode_pending, history_field, trimmed,
 )
+from kairos.routing.delivery_events import SentMessage, notification_event
 from kairos.routing.settings import DeliverySettings
+from kairos.routing.tracking import TrackedLink, Tracker
 
 logger = logging.getLogger(__name__)
 
@@ -77,19 +80,21 @@ async def _guarded(call: Any, work: _Work) -> Any:
 
 class ChannelRouter:
     def __init__(self, store: DeliveryStore, outbox: OutboxReader, profiles: Profiles, providers: ProviderSource,
-                 clock: Clock) -> None:
+                 clock: Clock, tracker: Tracker | None = None) -> None:
         self.store = store
         self.outbox = outbox
         self.profiles = profiles
         self.providers = providers
         self.clock = clock
+        self.tracker = tracker  # None: messages go out without open and click tracking
         self._calls = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
         self.handled = 0
 
     @classmethod
-    async def open(cls, store: DeliveryStore, profiles: Profiles, providers: ProviderSource, clock: Clock) -> "ChannelRouter":
+    async def open(cls, store: DeliveryStore, profiles: Profiles, providers: ProviderSource, clock: Clock,
+                   tracker: Tracker | None = None) -> "ChannelRouter":
         outbox = OutboxReader(store.redis, store.partitions, await store.cursors())
-        return cls(store, outbox, profiles, providers, clock)
+        return cls(store, outbox, profiles, providers, clock, tracker)
 
     async def step(self, block_ms: int | None = None) -> int:
         """One round; how many requests it took up."""
@@ -135,7 +140,7 @@ class ChannelRouter:
                 self._record_decision(work, histories, settings[work.pending.request.account], commit, now)
             await self.store.commit(commit)
             commit = Commit()
-            outcomes = await self._deliver(sending)
+            outcomes = await self._deliver(sending, settings)
             fresh = self._record_outcomes(sending, outcomes, histories, settings, commit, now)
         await self.store.commit(commit)
 
@@ -210,7 +215,7 @@ class ChannelRouter:
             commit.dead.setdefault(request.account, []).append(
                 {"id": request.id, "user": request.user, "channel": channel, "reason": reason, "at_ms": now,
                  "source_kind": request.source_kind, "source": request.journey, "node": request.node})
-            self._event(commit, work, "Notification Failed", channel, now, {"Reason": reason[:500]})
+            self._event(commit, work, events.FAILED, channel, now, {"Reason": reason[:500]})
 
     def _mark(self, request: SendRequest, channel: str, state: str, histories: dict[UserRef, list[HistoryEntry]],
               settings: DeliverySettings, commit: Commit, now: int) -> None:
@@ -221,21 +226,36 @@ class ChannelRouter:
         commit.histories[(self.store.partition_of(*ref), history_field(*ref))] = entries
 
     @staticmethod
-    def _event(commit: Commit, work: _Work, name: str, channel: str, now: int,
-               extra: dict[str, Any] | None = None) -> None:
+    def _sent(work: _Work, channel: str) -> SentMessage | None:
         request = work.pending.request
         if work.identifier is None:
-            return  # the user is gone: there is no stream to add to
-        props: dict[str, Any] = {"Channel": channel, "Send Id": request.id, "Node": request.node,
-                                 request.source_kind.capitalize(): request.journey}
-        if request.variant is not None:
-            props["Variant"] = request.variant
-        props.update(extra or {})
-        # The id makes a replayed event count once (ingest dedupes by messageId).
-        record = EventRecord(work.identifier, now, name, props, f"kairos|{request.id}|{name}")
-        commit.events.setdefault(work.partition, []).append((request.account, record))
+            return None  # the user is gone: there is no stream to add to
+        return SentMessage(request.account, work.identifier, request.id, channel, request.source_kind,
+                           request.journey, request.node, request.variant)
 
-    async def _deliver(self, works: list[_Work]) -> list[Outcome]:
+    def _event(self, commit: Commit, work: _Work, name: str, channel: str, now: int,
+               extra: dict[str, Any] | None = None) -> None:
+        sent = self._sent(work, channel)
+        if sent is not None:
+            commit.events.setdefault(work.partition, []).append(
+                (sent.account, notification_event(sent, name, now, extra)))
+
+    def _tracked(self, work: _Work, settings: DeliverySettings) -> dict[str, Any]:
+        """The plan's message, with open and click tracking where the channel has it."""
+        decision = work.plan
+        assert decision is not None
+        tracking = settings.tracking
+        if self.tracker is None or decision.channel not in ("email", "in_app"):
+            return decision.message
+        sent = self._sent(work, decision.channel)
+        if sent is None:
+            return decision.message
+        link = TrackedLink(sent, work.partition)
+        if decision.channel == "email":
+            return self.tracker.email(decision.message, link, tracking.opens, tracking.clicks, tracking.base_url)
+        return self.tracker.in_app(decision.message, link, tracking.opens, tracking.clicks, tracking.base_url)
+
+    async def _deliver(self, works: list[_Work], settings: dict[str, DeliverySettings]) -> list[Outcome]:
         """Each planned message through its provider; a provider that takes batches
         (FCM's send_each) gets them in one call."""
         outcomes: list[Outcome | None] = [None] * len(works)
@@ -257,7 +277,7 @@ class ChannelRouter:
             request, decision = work.pending.request, work.plan
             assert decision is not None
             return Delivery(request.id, request.account, request.user, decision.channel, decision.address,
-                            decision.message)
+                            self._tracked(work, settings[request.account]))
 
         async def one(provider: Provider, i: int) -> None:
             async with self._calls:
@@ -288,9 +308,9 @@ class ChannelRouter:
             if outcome.status == DELIVERED:
                 self._mark(request, channel, STATE_DELIVERED, histories, account_settings, commit, now)
                 commit.count(request.account, f"{channel}|sent", f"{request.source_kind}:{request.journey}|sent")
-                self._event(commit, work, "Notification Sent", channel, now)
+                self._event(commit, work, events.SENT, channel, now)
                 if channel == "in_app":
-                    self._event(commit, work, "Notification Delivered", channel, now)
+                    self._event(commit, work, events.DELIVERED, channel, now)
                 continue
             if outcome.unreachable and channel in planning.ADDRESS_PROPERTY and work.identifier is not None:
                 # The address is dead (an unregistered token): forget it, so no one tries it again.

@@ -9,7 +9,8 @@ checked here on save, read by the channel routers.
      "caps": [{"channel": "push", "max": 3, "within": "7d"}, {"min_gap": "1h"}],
      "quiet_hours": {"start": "22:00", "end": "08:00", "action": "delay"},
      "default_tz": "UTC",
-     "retry": {"max_attempts": 5, "fallback_after": "10m"}}
+     "retry": {"max_attempts": 5, "fallback_after": "10m"},
+     "tracking": {"opens": true, "clicks": true, "base_url": "https://t.example.com"}}
 
 In-app messages need no provider: they go to the user's inbox in Kairos itself.
 Secrets are never read back: GET shows them as MASK, and a PUT that sends MASK back
@@ -19,6 +20,7 @@ keeps the stored value, so a settings page can round-trip what it was shown.
 from __future__ import annotations
 
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 import msgspec
 
@@ -59,12 +61,23 @@ class RetryPolicy(msgspec.Struct, frozen=True):
     max_backoff_ms: int = 300_000
 
 
+class TrackingSettings(msgspec.Struct, frozen=True):
+    """Open and click tracking of email and in-app messages (kairos.routing.tracking)."""
+
+    opens: bool = True
+    clicks: bool = True
+    # Where users' mail clients reach the gateway's /t/ endpoints (a tracking domain);
+    # None: the deployment's public URL.
+    base_url: str | None = None
+
+
 class DeliverySettings(msgspec.Struct, frozen=True):
     providers: dict[str, tuple[str, Any]]  # channel -> (provider name, its parsed settings)
     caps: tuple[CapRule, ...] = ()
     quiet: QuietWindow | None = None
     default_tz: str = "UTC"
     retry: RetryPolicy = RetryPolicy()
+    tracking: TrackingSettings = TrackingSettings()
 
 
 NO_SETTINGS = DeliverySettings({})
@@ -73,7 +86,7 @@ NO_SETTINGS = DeliverySettings({})
 def parse_delivery_settings(raw: Any, path: str = "settings") -> DeliverySettings:
     if not isinstance(raw, dict):
         raise SegmentError(path, "must be an object")
-    no_extra_fields(raw, {"providers", "caps", "quiet_hours", "default_tz", "retry"}, path)
+    no_extra_fields(raw, {"providers", "caps", "quiet_hours", "default_tz", "retry", "tracking"}, path)
     providers: dict[str, tuple[str, Any]] = {}
     raw_providers = raw.get("providers", {})
     if not isinstance(raw_providers, dict):
@@ -94,7 +107,8 @@ def parse_delivery_settings(raw: Any, path: str = "settings") -> DeliverySetting
         raise SegmentError(f"{path}.default_tz", "must be an IANA time zone name")
     zone(default_tz, f"{path}.default_tz")
     return DeliverySettings(providers, parse_rules(raw.get("caps", []), f"{path}.caps"), quiet, default_tz,
-                            _retry(raw.get("retry", {}), f"{path}.retry"))
+                            _retry(raw.get("retry", {}), f"{path}.retry"),
+                            _tracking(raw.get("tracking", {}), f"{path}.tracking"))
 
 
 def _quiet(raw: Any, path: str) -> QuietWindow:
@@ -120,6 +134,26 @@ def _retry(raw: Any, path: str) -> RetryPolicy:
         if fallback_after > 86_400_000:
             raise SegmentError(f"{path}.fallback_after", "must be at most 1d")
     return RetryPolicy(attempts, fallback_after)
+
+
+def _tracking(raw: Any, path: str) -> TrackingSettings:
+    if not isinstance(raw, dict):
+        raise SegmentError(path, "must be {'opens': true, 'clicks': true, 'base_url': 'https://...'}")
+    no_extra_fields(raw, {"opens", "clicks", "base_url"}, path)
+    for flag in ("opens", "clicks"):
+        if not isinstance(raw.get(flag, True), bool):
+            raise SegmentError(f"{path}.{flag}", "must be true or false")
+    base_url = raw.get("base_url")
+    if base_url is not None and not (isinstance(base_url, str) and check_base_url(base_url)):
+        raise SegmentError(f"{path}.base_url", "must be an http:// or https:// URL without query, at most 200 characters")
+    return TrackingSettings(raw.get("opens", True), raw.get("clicks", True), base_url)
+
+
+def check_base_url(url: str) -> bool:
+    """Whether `url` can prefix the tracking paths: http(s), a host, no query or fragment."""
+    parts = urlsplit(url)
+    return (len(url) <= 200 and parts.scheme in ("http", "https") and bool(parts.netloc)
+            and not parts.query and not parts.fragment and url.isascii() and " " not in url)
 
 
 def masked(raw: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from kairos.config import load_settings
 from kairos.partitions import PartitionMap
 from kairos.redis_server import _free_port
 from kairos.journeys.catalog import JourneyCatalog
+from kairos.routing.tracking import Tracker
 from kairos.segments.catalog import SegmentCatalog
 from kairos.segments.signals import SignalLog
 from tests.integration.conftest import event
@@ -53,7 +54,7 @@ async def stalled_gateway(redis_server: Any) -> AsyncIterator[tuple[str, Stalled
     accounts = Accounts(client)
     backend = StalledBackend()
     app = create_app(settings, backend, accounts, SegmentCatalog(client), SignalLog(client), JourneyCatalog(client),
-                     client, Inbox(client, SystemClock()))
+                     client, Inbox(client, SystemClock()), Tracker(bytes(32), "http://127.0.0.1"))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", settings.port).start()

@@ -26,6 +26,7 @@ from kairos.partitions import PartitionMap
 from kairos.redis_server import EmbeddedRedis
 from kairos.routing.delivery_store import DeliveryStore
 from kairos.routing.router import ChannelRouter
+from kairos.routing.tracking import Tracker
 from tests.loopback.fcm_server import FcmServer
 from tests.loopback.webhook_receiver import WebhookReceiver
 
@@ -73,7 +74,8 @@ class Harness:
         self.store = DeliveryStore(client, self.partition_map, list(range(PARTITIONS)))
         self.router: ChannelRouter | None = None
 
-    async def start(self, settings: dict[str, Any] | None = None, at: str = "2026-11-24T12:00:00") -> None:
+    async def start(self, settings: dict[str, Any] | None = None, at: str = "2026-11-24T12:00:00",
+                    tracker: Tracker | None = None) -> None:
         await self.clock.set(utc_ms(at))
         base = {"providers": {
             "push": {"provider": "fcm", "project_id": "test-proj", "service_account": self.fcm.service_account(),
@@ -81,7 +83,7 @@ class Harness:
             "webhook": {"provider": "webhook", "url": self.hooks.url, "secret": SECRET, "timeout_s": 2}}}
         base.update(settings or {})
         await self.redis.set(keys.delivery_settings(self.account), msgspec.json.encode(base))
-        self.router = await ChannelRouter.open(self.store, self.profiles, self.providers, self.clock)
+        self.router = await ChannelRouter.open(self.store, self.profiles, self.providers, self.clock, tracker)
 
     def user(self, name: str, **props: Any) -> str:
         user = f"identity:{name}"
@@ -319,3 +321,16 @@ async def test_a_journeys_throttle_spreads_its_messages_over_minutes(harness: Ha
     await harness.advance(60_000)
     assert len(harness.fcm.received) == 5
     assert (await harness.stats())["push|delayed_throttled"] == 3
+
+
+async def test_in_app_tracking_urls_follow_the_accounts_settings(harness: Harness) -> None:
+    tracker = Tracker(bytes(32), "https://t.shop.test")
+    await harness.start({"tracking": {"opens": False}}, tracker=tracker)
+    gil = harness.user("gil")
+    request = await harness.send(gil, "in_app", {"title": "Sale", "url": "shop://sale"})
+    await harness.run()
+    [item] = await harness.inbox.list(harness.account, gil)
+    assert "view_url" not in item.message
+    link = tracker.read(item.message["click_url"].rsplit("/", 1)[1])
+    partition = harness.partition_map.partition_of(harness.account, gil)
+    assert (link.url, link.partition, link.sent.send_id, link.sent.identifier) == ("shop://sale", partition, request.id, gil)

@@ -6,6 +6,7 @@ through the gateway."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any, AsyncIterator, Awaitable, Callable, Iterator
 
@@ -17,6 +18,7 @@ import redis.asyncio as aioredis
 from kairos.journeys.clock import ManualClock
 from tests.integration.conftest import Api, Kairos
 from tests.loopback.fcm_server import FcmServerThread
+from tests.loopback.smtp import SmtpLoopback
 from tests.loopback.webhook_receiver import ThreadedWebhookReceiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -36,13 +38,21 @@ def hooks() -> Iterator[ThreadedWebhookReceiver]:
         yield receiver
 
 
+@pytest.fixture(scope="module")
+def mail() -> Iterator[SmtpLoopback]:
+    with SmtpLoopback() as server:
+        yield server
+
+
 @pytest_asyncio.fixture
 async def api(make_api: Callable[[], Awaitable[Api]], fcm: FcmServerThread,
-              hooks: ThreadedWebhookReceiver) -> AsyncIterator[Api]:
+              hooks: ThreadedWebhookReceiver, mail: SmtpLoopback) -> AsyncIterator[Api]:
     made = await make_api()
     status, body = await made.request("PUT", "/api/settings/delivery", {"settings": {"providers": {
         "push": {"provider": "fcm", "project_id": "test-proj", "service_account": fcm.service_account(),
                  "endpoint": fcm.url, "timeout_s": 5},
+        "email": {"provider": "smtp", "host": mail.host, "port": mail.port, "security": "none",
+                  "from_address": "news@shop.test"},
         "webhook": {"provider": "webhook", "url": hooks.url, "secret": SECRET}}}})
     assert status == 200, body
     yield made
@@ -106,7 +116,10 @@ async def test_a_journey_message_reaches_the_provider_and_comes_back_as_events(
         return body["messages"]
 
     [message] = await eventually(inbox)
-    assert message["message"] == {"title": "Welcome! You chose pro"} and message["read"] is False
+    assert message["message"]["title"] == "Welcome! You chose pro" and message["read"] is False
+    # The app reports a tap through the message's click_url (no link: nothing to redirect to).
+    async with api.session.get(message["message"]["click_url"], allow_redirects=False) as response:
+        assert response.status == 204
     await eventually(lambda: asyncio.sleep(0, result=len([c for c in hooks.calls
                                                           if c.json["account"] == api.creds.account_id]) == 2))
 
@@ -117,6 +130,7 @@ async def test_a_journey_message_reaches_the_provider_and_comes_back_as_events(
     # The outcome is in the user's own event stream: segments, waits and goals can use it.
     await eventually(fed_back)
     assert await api.count_events("Notification Sent") == 4  # push + webhook for ann, in-app + webhook for bob
+    await eventually(lambda: api.count_events("Notification Clicked"))
 
     status, body = await api.request("POST", "/1/inbox/read", {"identity": "bob", "ids": [message["id"]]})
     assert status == 200 and body["marked"] == 1
@@ -166,3 +180,67 @@ async def test_delivery_settings_hide_secrets_and_name_what_is_wrong(api: Api) -
     assert status == 400 and body["path"] == "settings.providers.email.provider", body
     status, body = await api.request("GET", "/1/inbox?identity=nobody-at-all")
     assert status == 404 and body["status"] == "fail", body
+
+
+NEWSLETTER = {
+    "entry": {"event": "Subscribed"},
+    "start": "mail",
+    "nodes": {
+        "mail": {"type": "send", "channel": "email", "message": {
+            "subject": "Hello {{ profile.Name }}",
+            "html": "<html><body><p>Hi {{ profile.Name }}</p><a href=\"https://shop.test/sale?a=1&amp;b=2\">Sale</a>"
+                    "<a href='mailto:help@shop.test'>Help</a></body></html>",
+            "text": "Sale: https://shop.test/sale"}},
+    },
+}
+
+
+async def test_email_opens_and_clicks_come_back_as_events_once_each(
+        kairos: Kairos, api: Api, mail: SmtpLoopback) -> None:
+    address = f"dora-{api.creds.account_id}@shop.test"
+    status, _ = await api.upload([{"identity": "dora", "type": "profile",
+                                   "profileData": {"Name": "Dora", "Email": address}}])
+    assert status == 200
+    status, body = await api.request("PUT", "/api/journeys/newsletter", {"definition": NEWSLETTER})
+    assert status == 200, body
+    ts = await now_s(kairos, api)
+    await api.upload([{"identity": "dora", "type": "event", "evtName": "Subscribed", "ts": ts, "evtData": {}}])
+
+    async def received() -> list[Any]:
+        return [m for m in mail.messages if address in m.rcpt_tos]
+
+    [sent] = await eventually(received)
+    body_part = sent.message.get_body(("html",))
+    assert body_part is not None
+    html = body_part.get_content()
+    clicks = re.findall(r'href="([^"]+)"', html)
+    [pixel] = re.findall(r'<img src="([^"]+)"', html)
+    assert len(clicks) == 1 and clicks[0].startswith(api.base + "/t/c/"), html
+    assert "mailto:help@shop.test" in html and "Hi Dora" in html and "dora" not in clicks[0] + pixel
+
+    # Link scanners probe with HEAD: answered, not counted.
+    async with api.session.head(clicks[0], allow_redirects=False) as response:
+        assert response.status == 302
+    for _ in range(2):  # a reader clicks twice and opens the mail twice: one click, one view
+        async with api.session.get(clicks[0], allow_redirects=False) as response:
+            assert response.status == 302 and response.headers["Location"] == "https://shop.test/sale?a=1&b=2"
+        async with api.session.get(pixel) as response:
+            assert response.status == 200 and response.headers["Content-Type"] == "image/gif"
+
+    async def counted() -> bool:
+        return await api.count_events("Notification Clicked") == 1 and await api.count_events("Notification Viewed") == 1
+
+    await eventually(counted)
+    status, profile = await api.profile(identity="dora")
+    assert status == 200 and "Notification Clicked" in profile["record"]["events"]
+    # A segment can select the readers who clicked this journey's link.
+    status, body = await api.request("POST", "/api/segments/count", {"as_of": await now_s(kairos, api), "segment": {
+        "did": "Notification Clicked", "where": [{"property": "Journey", "op": "eq", "value": "newsletter"},
+                                                 {"property": "Url", "op": "eq", "value": "https://shop.test/sale?a=1&b=2"}]}})
+    assert status == 200 and body["count"] == 1, body
+
+    # A forged or cut token is refused with the API's error shape, and records nothing.
+    async with api.session.get(clicks[0][:-6], allow_redirects=False) as response:
+        assert response.status == 400 and (await response.json())["status"] == "fail"
+    async with api.session.get(api.base + "/t/o/" + "A" * 80) as response:
+        assert response.status == 400

@@ -127,3 +127,11 @@ def test_settings_are_immutable() -> None:
 def test_nan_is_rejected(var: str) -> None:
     with pytest.raises(ConfigError, match=var):
         load_settings({var: "nan"})
+
+
+def test_public_url_defaults_to_the_gateway_and_must_be_a_plain_http_url() -> None:
+    assert load_settings({"KAIROS_PORT": "9001"}).public_base_url == "http://127.0.0.1:9001"
+    assert load_settings({"KAIROS_PUBLIC_URL": "https://t.shop.test/"}).public_base_url == "https://t.shop.test"
+    for bad in ("t.shop.test", "ftp://t.shop.test", "https://t.shop.test/?a=1", "https://"):
+        with pytest.raises(ConfigError, match="KAIROS_PUBLIC_URL"):
+            load_settings({"KAIROS_PUBLIC_URL": bad})

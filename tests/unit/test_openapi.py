@@ -10,8 +10,11 @@ from openapi_spec_validator import validate
 
 from gateway.app import create_app
 from gateway.openapi import openapi_spec
+from kairos.channels.in_app import Inbox
 from kairos.config import load_settings
+from kairos.journeys.clock import SystemClock
 from kairos.partitions import PartitionMap
+from kairos.routing.tracking import Tracker
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -31,7 +34,8 @@ def test_the_document_is_valid_openapi() -> None:
 
 
 def test_every_api_route_is_documented() -> None:
-    app = create_app(load_settings(env={}), NoBackend(), None, None, None, None, None, None)  # type: ignore[arg-type]
+    app = create_app(load_settings(env={}), NoBackend(), None, None, None, None, None,  # type: ignore[arg-type]
+                     Inbox(None, SystemClock()), Tracker(bytes(32), "http://127.0.0.1:8080"))  # type: ignore[arg-type]
     served = {
         (re.sub(r"\{(\w+)\}", r"{\1}", route.resource.canonical), route.method.lower())
         for route in app.router.routes()
