@@ -3,15 +3,17 @@ credentials: the sealed token says which account, user and message; see
 kairos.routing.tracking).
 
     GET /t/o/<token>   records `Notification Viewed`, answers a 1x1 transparent GIF
+    GET /t/d/<token>   records `Notification Delivered` (a push's arrival, reported by
+                       the app: FCM itself says nothing once it has taken a message), 204
     GET /t/c/<token>   records `Notification Clicked` (and Viewed: a click means the
                        message was seen, even with its images blocked), then redirects
                        to the link; 204 when the message had no link (an in-app tap)
 
 The events are queued durably (one Redis stream append, with the user's other delivery
 events, which the channel router forwards to ingest) before the answer goes out, so a
-reader never waits on ingest. Each open counts once per message and each click once per
-message and link: the event ids are derived from the send id, and ingest drops an id it
-has seen. HEAD requests (link scanners probing a URL) are answered without recording.
+reader never waits on ingest. An arrival or a view counts once per message, a click once
+per message and link: the event ids are derived from the send id, and ingest drops an id
+it has seen. HEAD requests (link scanners probing a URL) are answered without recording.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from gateway.errors import ApiError
 from kairos.journeys.clock import Clock
 from kairos.models import Record
 from kairos.routing import feedback
-from kairos.routing.delivery_events import CLICKED, VIEWED, notification_event
-from kairos.routing.tracking import CLICK_PATH, OPEN_PATH, BadToken, TrackedLink, Tracker
+from kairos.routing.delivery_events import CLICKED, DELIVERED, VIEWED, notification_event
+from kairos.routing.tracking import CLICK_PATH, DELIVERED_PATH, OPEN_PATH, BadToken, TrackedLink, Tracker
 
 # The smallest transparent GIF.
 PIXEL = bytes.fromhex("47494638396101000100800000000000ffffff21f90401000000002c00000000010001000002024401003b")
@@ -41,7 +43,8 @@ class TrackingApi:
         self.clock = clock
 
     def routes(self) -> list[web.RouteDef]:
-        return [web.get(OPEN_PATH + "{token}", self.opened), web.get(CLICK_PATH + "{token}", self.clicked)]
+        return [web.get(OPEN_PATH + "{token}", self.opened), web.get(CLICK_PATH + "{token}", self.clicked),
+                web.get(DELIVERED_PATH + "{token}", self.arrived)]
 
     def _link(self, request: web.Request) -> TrackedLink:
         try:
@@ -59,6 +62,12 @@ class TrackingApi:
         if request.method == "GET":
             await self._record(link, [notification_event(link.sent, VIEWED, await self.clock.now_ms())])
         return web.Response(body=PIXEL, content_type="image/gif", headers=_NO_STORE)
+
+    async def arrived(self, request: web.Request) -> web.Response:
+        link = self._link(request)
+        if request.method == "GET":
+            await self._record(link, [notification_event(link.sent, DELIVERED, await self.clock.now_ms())])
+        return web.Response(status=204, headers=_NO_STORE)
 
     async def clicked(self, request: web.Request) -> web.Response:
         link = self._link(request)

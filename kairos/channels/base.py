@@ -37,6 +37,9 @@ class Outcome(msgspec.Struct, frozen=True):
     detail: str = ""  # why, in the provider's words, for the dead-letter list and stats
     provider_id: str | None = None
     unreachable: bool = False  # the address is dead for good: remove it from the profile
+    # The provider's acceptance is the delivery itself (the inbox stored it, the webhook
+    # receiver answered 2xx), not a hand-over to a service that delivers later.
+    final: bool = False
 
 
 class Provider(Protocol):
@@ -47,8 +50,8 @@ class Provider(Protocol):
     async def close(self) -> None: ...
 
 
-def delivered(provider_id: str | None = None) -> Outcome:
-    return Outcome(DELIVERED, provider_id=provider_id)
+def delivered(provider_id: str | None = None, final: bool = False) -> Outcome:
+    return Outcome(DELIVERED, provider_id=provider_id, final=final)
 
 
 def rejected(detail: str, unreachable: bool = False) -> Outcome:

@@ -97,7 +97,7 @@ class InAppProvider:
             await self._inbox.put_many(items)
         except RedisError as exc:
             return [transient(f"inbox store: {exc}")] * len(deliveries)
-        return [delivered(d.send_id) for d in deliveries]
+        return [delivered(d.send_id, final=True) for d in deliveries]
 
     async def close(self) -> None:
         return None

@@ -248,7 +248,7 @@ async def _read_capped(content: aiohttp.StreamReader, limit: int) -> bytes:
 
 def _outcome(status: int, headers: Mapping[str, str], head: bytes) -> Outcome:
     if 200 <= status < 300:
-        return delivered(headers.get("X-Request-Id") or None)
+        return delivered(headers.get("X-Request-Id") or None, final=True)
     if 300 <= status < 400:
         return rejected(f"HTTP {status}: redirect to {headers.get('Location', '(no Location)')!r} not followed; "
                         "configure the final URL")

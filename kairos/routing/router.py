@@ -245,7 +245,7 @@ class ChannelRouter:
         decision = work.plan
         assert decision is not None
         tracking = settings.tracking
-        if self.tracker is None or decision.channel not in ("email", "in_app"):
+        if self.tracker is None or decision.channel not in ("email", "in_app", "push"):
             return decision.message
         sent = self._sent(work, decision.channel)
         if sent is None:
@@ -253,6 +253,8 @@ class ChannelRouter:
         link = TrackedLink(sent, work.partition)
         if decision.channel == "email":
             return self.tracker.email(decision.message, link, tracking.opens, tracking.clicks, tracking.base_url)
+        if decision.channel == "push":
+            return self.tracker.push(decision.message, link, tracking.opens, tracking.clicks, tracking.base_url)
         return self.tracker.in_app(decision.message, link, tracking.opens, tracking.clicks, tracking.base_url)
 
     async def _deliver(self, works: list[_Work], settings: dict[str, DeliverySettings]) -> list[Outcome]:
@@ -309,7 +311,7 @@ class ChannelRouter:
                 self._mark(request, channel, STATE_DELIVERED, histories, account_settings, commit, now)
                 commit.count(request.account, f"{channel}|sent", f"{request.source_kind}:{request.journey}|sent")
                 self._event(commit, work, events.SENT, channel, now)
-                if channel == "in_app":
+                if outcome.final:
                     self._event(commit, work, events.DELIVERED, channel, now)
                 continue
             if outcome.unreachable and channel in planning.ADDRESS_PROPERTY and work.identifier is not None:

@@ -1,10 +1,11 @@
-"""Open and click tracking for email and in-app messages.
+"""Open and click tracking for email, in-app and push messages.
 
 Before an email leaves, each http(s) link in its HTML is pointed at the gateway's click
 endpoint (`/t/c/<token>`), which records `Notification Clicked` and redirects to the
 link, and a 1x1 pixel (`/t/o/<token>`) records `Notification Viewed` when the mail is
 shown. An in-app message gets the same two addresses as `view_url` and `click_url`, for
-the app to call when it shows the message and when the user taps it.
+the app to call when it shows the message and when the user taps it, and a push carries
+them in its data payload with a third, for the app to report the notification's arrival.
 
 A token is the message's description (its user, send id, source) and, for a click, the
 link, sealed with AES-GCM under a key the deployment keeps in Redis: the gateway needs no
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from kairos import keys
 from kairos.routing.delivery_events import SentMessage
 
-OPEN_PATH, CLICK_PATH = "/t/o/", "/t/c/"
+OPEN_PATH, CLICK_PATH, DELIVERED_PATH = "/t/o/", "/t/c/", "/t/d/"
 MAX_TOKEN_CHARS = 8192
 _NONCE_BYTES = 12
 _AAD = b"kairos-tracking-1"  # a later token format gets another, so old tokens fail cleanly
@@ -121,3 +122,18 @@ class Tracker:
             target = message.get("url")
             tracked["click_url"] = self.click_url(link, target if isinstance(target, str) else None, base_url)
         return tracked
+
+    def push(self, message: dict[str, Any], link: TrackedLink, opens: bool, clicks: bool,
+             base_url: str | None = None) -> dict[str, Any]:
+        """The push with, in its data payload, the addresses the app calls when the
+        notification arrives (`kairos_delivered_url`: FCM itself reports no delivery), is
+        shown (`kairos_view_url`) and is tapped (`kairos_click_url`)."""
+        # One token serves all three (a push click has no link to carry): FCM allows 4 KB.
+        token, base = self.token(link), (base_url or self.base_url).rstrip("/")
+        data = dict(message.get("data") or {})
+        data["kairos_delivered_url"] = f"{base}{DELIVERED_PATH}{token}"
+        if opens:
+            data["kairos_view_url"] = f"{base}{OPEN_PATH}{token}"
+        if clicks:
+            data["kairos_click_url"] = f"{base}{CLICK_PATH}{token}"
+        return {**message, "data": data}

@@ -109,6 +109,9 @@ async def test_a_journey_message_reaches_the_provider_and_comes_back_as_events(
 
     [push] = await eventually(pushed)
     assert push.message["notification"] == {"title": "Welcome, Ann", "body": "Your plan: pro"}
+    # The app reports the notification's arrival through the URL in its data payload.
+    async with api.session.get(push.message["data"]["kairos_delivered_url"]) as response:
+        assert response.status == 204
 
     async def inbox() -> list[Any]:
         status, body = await api.request("GET", "/1/inbox?identity=bob")
@@ -131,6 +134,8 @@ async def test_a_journey_message_reaches_the_provider_and_comes_back_as_events(
     await eventually(fed_back)
     assert await api.count_events("Notification Sent") == 4  # push + webhook for ann, in-app + webhook for bob
     await eventually(lambda: api.count_events("Notification Clicked"))
+    # Delivered: ann's push (reported by the app), bob's in-app message, both webhooks (2xx).
+    assert await api.count_events("Notification Delivered") == 4
 
     status, body = await api.request("POST", "/1/inbox/read", {"identity": "bob", "ids": [message["id"]]})
     assert status == 200 and body["marked"] == 1

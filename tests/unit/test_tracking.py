@@ -90,6 +90,15 @@ def test_in_app_messages_get_view_and_click_urls(tracker: Tracker) -> None:
     assert "view_url" not in bare and tracker.read(token_of(bare["click_url"])).url is None
 
 
+def test_a_push_carries_its_arrival_view_and_click_urls_in_its_data(tracker: Tracker) -> None:
+    out = tracker.push({"title": "Hi", "data": {"screen": "sale"}}, LINK, opens=True, clicks=False)
+    assert out["data"]["screen"] == "sale" and "kairos_click_url" not in out["data"]
+    delivered, viewed = out["data"]["kairos_delivered_url"], out["data"]["kairos_view_url"]
+    assert delivered.startswith(BASE + "/t/d/") and viewed.startswith(BASE + "/t/o/")
+    assert tracker.read(token_of(delivered)) == tracker.read(token_of(viewed)) == LINK
+    assert sum(len(k) + len(v) for k, v in out["data"].items()) < 1024, "FCM allows 4 KB of data in all"
+
+
 def test_events_describe_the_message_and_dedupe_by_send_id() -> None:
     event = notification_event(SENT, CLICKED, 1000, {"Url": "https://shop.test/"}, "|abc")
     assert event.user == "email:ann@example.com" and event.name == "Notification Clicked"
