@@ -142,6 +142,12 @@ def router_delayed(partition: int) -> str:
     return f"{PREFIX}p:{partition}:router-delayed"
 
 
+def router_in_flight(partition: int) -> str:
+    """Hash: send id -> msgpack `InFlight`, the requests handed to a provider whose outcome
+    is not written yet; what is left after a crash is counted `unknown`."""
+    return f"{PREFIX}p:{partition}:router-in-flight"
+
+
 def router_cursor(partition: int) -> str:
     """The outbox entry id the partition's router has taken everything up to."""
     return f"{PREFIX}p:{partition}:router-cursor"

@@ -44,10 +44,22 @@ class Pending(msgspec.Struct, array_like=True, frozen=True):
     first_try_ms: int = 0  # when its current channel was first tried (0: not yet)
 
 
+class InFlight(msgspec.Struct, array_like=True, frozen=True):
+    """A request handed to its provider, until its outcome is written."""
+
+    account: str
+    user: str
+    channel: str
+    source_kind: str
+    source: str
+    node: str
+
+
 UserRef = tuple[str, str]  # (account, user)
 
 _history_decoder = msgspec.msgpack.Decoder(list[HistoryEntry])
 _pending_decoder = msgspec.msgpack.Decoder(Pending)
+_in_flight_decoder = msgspec.msgpack.Decoder(InFlight)
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -59,14 +71,22 @@ def encode_pending(pending: Pending) -> bytes:
     return _encode(pending)
 
 
+def encode_in_flight(claim: InFlight) -> bytes:
+    return _encode(claim)
+
+
 def history_field(account: str, user: str) -> str:
     return f"{account}\0{user}"
 
 
 def trimmed(entries: list[HistoryEntry], horizon_ms: int, now_ms: int) -> list[HistoryEntry]:
-    """The entries that still matter: within the caps' horizon or the dedupe window."""
+    """The entries that still matter: within the caps' horizon or the dedupe window, and
+    every request still waiting in the delayed set (its entry is what lets it go out)."""
     since = now_ms - max(horizon_ms, DEDUPE_WINDOW_MS)
-    return [e for e in entries if e.at_ms >= since][-MAX_HISTORY:]
+    waiting = [e for e in entries if e.state == QUEUED]
+    recent = [e for e in entries if e.state != QUEUED and e.at_ms >= since]
+    room = max(0, MAX_HISTORY - len(waiting))
+    return sorted(waiting + (recent[-room:] if room else []), key=lambda e: e.at_ms)
 
 
 class Commit:
@@ -80,6 +100,9 @@ class Commit:
         self.events: dict[int, list[tuple[str, Record]]] = {}  # partition -> (account, record)
         self.dead: dict[str, list[dict[str, Any]]] = {}
         self.stats: dict[str, dict[str, int]] = {}
+        # Requests handed to a provider whose outcome is not written yet, and those settled.
+        self.claimed: dict[int, dict[str, bytes]] = {}
+        self.settled: dict[int, list[str]] = {}
 
     def count(self, account: str, *fields: str) -> None:
         counters = self.stats.setdefault(account, {})
@@ -87,7 +110,8 @@ class Commit:
             counters[name] = counters.get(name, 0) + 1
 
     def __bool__(self) -> bool:
-        return any((self.histories, self.delayed, self.undelayed, self.cursors, self.events, self.dead, self.stats))
+        return any((self.histories, self.delayed, self.undelayed, self.cursors, self.events, self.dead, self.stats,
+                    self.claimed, self.settled))
 
 
 class DeliveryStore:
@@ -128,6 +152,16 @@ class DeliveryStore:
             found = await pipe.execute()
         return [(p, member) for p, members in zip(self.partitions, found) for member in members]
 
+    async def in_flight(self) -> dict[int, dict[str, InFlight]]:
+        """Partition -> send id -> the requests a router handed to a provider and then
+        stopped before it wrote the outcome."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p in self.partitions:
+                pipe.hgetall(keys.router_in_flight(p))
+            found = await pipe.execute()
+        return {p: {k.decode(): _in_flight_decoder.decode(v) for k, v in claims.items()}
+                for p, claims in zip(self.partitions, found) if claims}
+
     async def take_throttle(self, account: str, source: str, minute: int, wanted: int) -> int:
         """Adds `wanted` sends to the source's count for `minute`; returns the count before."""
         key = keys.throttle(account, source, minute)
@@ -146,10 +180,16 @@ class DeliveryStore:
                 writes.setdefault(partition, {})[field] = _encode(entries)
             for partition, mapping in writes.items():
                 pipe.hset(keys.send_history(partition), mapping=mapping)  # type: ignore[arg-type]
-            for partition, members in commit.delayed.items():
-                pipe.zadd(keys.router_delayed(partition), {m: score for m, score in members})
+            # Removals first: a request delayed again unchanged is the same member, and
+            # must stay in the set with its new score.
             for partition, members in commit.undelayed.items():
                 pipe.zrem(keys.router_delayed(partition), *members)
+            for partition, members in commit.delayed.items():
+                pipe.zadd(keys.router_delayed(partition), {m: score for m, score in members})
+            for partition, ids in commit.settled.items():
+                pipe.hdel(keys.router_in_flight(partition), *ids)
+            for partition, claims in commit.claimed.items():
+                pipe.hset(keys.router_in_flight(partition), mapping=claims)  # type: ignore[arg-type]
             for partition, records in commit.events.items():
                 by_account: dict[str, list[Record]] = {}
                 for account, record in records:

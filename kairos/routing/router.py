@@ -13,7 +13,9 @@ A round:
    transient, so it is retried with backoff, and after `fallback_after` (or the last
    attempt) the next channel is tried.
 A crash between 4 and 5 leaves the request marked as handed to its provider: it is not
-sent again (at most once), and is counted as `unknown` when the router comes back.
+sent again (at most once); when the router comes back it counts it `unknown` and lists
+it with the dead letters. A round that fails before its commit (a shard or Redis error)
+is read again from the last committed outbox position.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from kairos.routing import delivery_events as events
 from kairos.routing import plan as planning
 from kairos.routing.caps import horizon_ms
 from kairos.routing.delivery_store import (
-    CLAIMED, COUNTED, DELIVERED as STATE_DELIVERED, GIVEN_UP, QUEUED, Commit, DeliveryStore, HistoryEntry, Pending,
-    UserRef, decode_pending, encode_pending, history_field, trimmed,
+    CLAIMED, COUNTED, DELIVERED as STATE_DELIVERED, GIVEN_UP, QUEUED, Commit, DeliveryStore, HistoryEntry, InFlight,
+    Pending, UserRef, decode_pending, encode_in_flight, encode_pending, history_field, trimmed,
 )
 from kairos.routing.delivery_events import SentMessage, notification_event
 from kairos.routing.settings import DeliverySettings
@@ -94,20 +96,43 @@ class ChannelRouter:
     async def open(cls, store: DeliveryStore, profiles: Profiles, providers: ProviderSource, clock: Clock,
                    tracker: Tracker | None = None) -> "ChannelRouter":
         outbox = OutboxReader(store.redis, store.partitions, await store.cursors())
-        return cls(store, outbox, profiles, providers, clock, tracker)
+        router = cls(store, outbox, profiles, providers, clock, tracker)
+        await router._settle_orphans()
+        return router
+
+    async def _settle_orphans(self) -> None:
+        """Requests a previous run handed to a provider without writing the outcome: the
+        message may or may not have gone out, and is not sent again."""
+        now = await self.clock.now_ms()
+        commit = Commit()
+        for partition, claims in (await self.store.in_flight()).items():
+            for send_id, claim in claims.items():
+                commit.count(claim.account, f"{claim.channel}|unknown", f"{claim.source_kind}:{claim.source}|unknown")
+                commit.dead.setdefault(claim.account, []).append(
+                    {"id": send_id, "user": claim.user, "channel": claim.channel, "at_ms": now,
+                     "reason": "unknown: the router stopped after handing the message to its provider; not sent again",
+                     "source_kind": claim.source_kind, "source": claim.source, "node": claim.node})
+                commit.settled.setdefault(partition, []).append(send_id)
+        await self.store.commit(commit)
 
     async def step(self, block_ms: int | None = None) -> int:
         """One round; how many requests it took up."""
         now = await self.clock.now_ms()
         works = [_Work(decode_pending(member), partition, member)
                  for partition, member in await self.store.due(now, MAX_BATCH)]
+        read_from = dict(self.outbox.after)
         entries = await self.outbox.read_entries(MAX_BATCH, None if works else block_ms)
         cursors: dict[int, str] = {}
         for partition, entry_id, request in entries:
             works.append(_Work(Pending(request), partition, None))
             cursors[partition] = entry_id
         if works or cursors:
-            await self._handle(works, cursors, now)
+            try:
+                await self._handle(works, cursors, now)
+            except BaseException:
+                # Nothing of this round is committed past its claims: read it again.
+                self.outbox.after = read_from
+                raise
         self.handled += len(works)
         return len(works)
 
@@ -155,8 +180,6 @@ class ChannelRouter:
                 keep = state == QUEUED
             else:
                 keep = state is None
-                if state == CLAIMED:
-                    commit.count(request.account, f"{request.channel}|unknown")
             if keep and request.id not in seen:
                 seen.add(request.id)
                 fresh.append(work)
@@ -178,7 +201,8 @@ class ChannelRouter:
         for work in works:
             request = work.pending.request
             if work.plan is not None and work.plan.action == planning.SEND and request.throttle_per_minute:
-                groups.setdefault((request.account, request.journey, request.throttle_per_minute), []).append(work)
+                source = f"{request.source_kind}:{request.journey}"
+                groups.setdefault((request.account, source, request.throttle_per_minute), []).append(work)
         minute = now // 60_000
         for (account, source, limit), group in groups.items():
             before = await self.store.take_throttle(account, source, minute, len(group))
@@ -197,6 +221,8 @@ class ChannelRouter:
         channel = decision.channel or request.channel
         if decision.action == planning.SEND:
             self._mark(request, channel, CLAIMED, histories, settings, commit, now)
+            commit.claimed.setdefault(work.partition, {})[request.id] = encode_in_flight(InFlight(
+                request.account, request.user, channel, request.source_kind, request.journey, request.node))
         elif decision.action == planning.DELAY:
             self._mark(request, channel, QUEUED, histories, settings, commit, now)
             pending = msgspec.structs.replace(work.pending, channel_index=decision.channel_index)
@@ -307,6 +333,7 @@ class ChannelRouter:
             request, decision = work.pending.request, work.plan
             assert decision is not None
             channel, account_settings = decision.channel, settings[request.account]
+            commit.settled.setdefault(work.partition, []).append(request.id)
             if outcome.status == DELIVERED:
                 self._mark(request, channel, STATE_DELIVERED, histories, account_settings, commit, now)
                 commit.count(request.account, f"{channel}|sent", f"{request.source_kind}:{request.journey}|sent")
@@ -333,6 +360,8 @@ class ChannelRouter:
                     continue
             commit.count(request.account, f"{channel}|{outcome.status}")
             if decision.channel_index + 1 < len(planning.channels_of(request)):
+                # This attempt reached no one: it must not count against the fallback's caps.
+                self._mark(request, channel, GIVEN_UP, histories, account_settings, commit, now)
                 again.append(_Work(Pending(request, decision.channel_index + 1), work.partition, None,
                                    identifier=work.identifier))
             else:
@@ -349,4 +378,8 @@ class ChannelRouter:
             except Exception:
                 logger.exception("channel router round failed; retrying")
                 await asyncio.sleep(1.0)
+                try:  # what the failed round handed to providers is settled as `unknown`
+                    await self._settle_orphans()
+                except Exception:
+                    logger.exception("settling the failed round's messages failed; left for the next start")
 

@@ -53,8 +53,12 @@ def router_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedR
 class DictProfiles:
     def __init__(self) -> None:
         self.by_user: dict[tuple[str, str], dict[str, Any]] = {}
+        self.failures = 0  # the next this many lookups fail, as a restarting shard's would
 
     async def profiles(self, account: str, users: list[str]) -> list[tuple[dict[str, Any], str] | None]:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("shard unavailable")
         # A user here is named by their identifier, as ingest would resolve it.
         found = [self.by_user.get((account, u)) for u in users]
         return [(props, user) if props is not None else None for props, user in zip(found, users)]
@@ -97,6 +101,10 @@ class Harness:
         partition = self.partition_map.partition_of(self.account, user)
         await self.redis.xadd(keys.outbox(partition), {"s": _encode(request)})
         return request
+
+    async def reopen(self) -> None:
+        """A new router process on the same Redis, as after a crash."""
+        self.router = await ChannelRouter.open(self.store, self.profiles, self.providers, self.clock)
 
     async def run(self) -> None:
         """Rounds until nothing is left that is due now."""
@@ -334,3 +342,83 @@ async def test_in_app_tracking_urls_follow_the_accounts_settings(harness: Harnes
     link = tracker.read(item.message["click_url"].rsplit("/", 1)[1])
     partition = harness.partition_map.partition_of(harness.account, gil)
     assert (link.url, link.partition, link.sent.send_id, link.sent.identifier) == ("shop://sale", partition, request.id, gil)
+
+
+async def test_a_throttled_message_delayed_again_still_goes_out(harness: Harness) -> None:
+    await harness.start(at="2026-11-24T12:00:00")
+    users = [harness.user(f"v{i}", **{"Push Token": f"tok-v{i}"}) for i in range(4)]
+    for user in users:
+        await harness.send(user, "push", PUSH, event={"Product": "x"}, throttle_per_minute=1)
+    await harness.run()
+    # Another send of the journey takes this minute's slot: the overflow is delayed again.
+    await harness.redis.incrby(keys.throttle(harness.account, "journey:j", utc_ms("2026-11-24T12:01:00") // 60_000), 1)
+    for _ in range(6):
+        await harness.advance(60_000)
+    assert sorted(m.message["token"] for m in harness.fcm.received) == [f"tok-v{i}" for i in range(4)]
+
+
+async def test_a_retry_that_falls_due_in_quiet_hours_waits_for_the_morning(harness: Harness) -> None:
+    await harness.start({"quiet_hours": {"start": "22:00", "end": "08:00", "action": "delay"}},
+                        at="2026-11-24T21:59:59")
+    hal = harness.user("hal", **{"Push Token": "tok-h"})
+    harness.fcm.set_outage(503)
+    await harness.send(hal, "push", PUSH, event={"Product": "x"})
+    await harness.run()
+    harness.fcm.set_outage(None)
+    await harness.advance(5_000)  # the retry is due at 22:00:0x: delayed a second time
+    assert harness.fcm.received == []
+    await harness.clock.set(utc_ms("2026-11-25T08:00:01"))
+    await harness.run()
+    assert len(harness.pushes_to("tok-h")) == 1
+
+
+async def test_a_fallback_is_not_capped_by_the_attempt_that_failed(harness: Harness) -> None:
+    await harness.start({"caps": [{"min_gap": "1h"}, {"per": "journey", "max": 1, "within": "1d"}]})
+    ivy = harness.user("ivy", **{"Push Token": "tok-ivy"})
+    harness.fcm.unregister("tok-ivy")
+    await harness.send(ivy, "push", PUSH, event={"Product": "a hat"}, fallback=[("in_app", IN_APP)])
+    await harness.run()
+    assert len(await harness.inbox.list(harness.account, ivy)) == 1
+    stats = await harness.stats()
+    assert stats["push|rejected"] == 1 and stats["in_app|sent"] == 1 and "in_app|dropped_capped" not in stats
+    # The delivered fallback does count: the next message within the gap is capped.
+    await harness.send(ivy, "in_app", IN_APP, event={"Product": "a scarf"})
+    await harness.run()
+    assert (await harness.stats())["in_app|dropped_capped"] == 1
+
+
+async def test_a_round_that_fails_is_read_again(harness: Harness) -> None:
+    await harness.start()
+    kim = harness.user("kim", **{"Push Token": "tok-k"})
+    await harness.send(kim, "push", PUSH, event={"Product": "x"})
+    harness.profiles.failures = 1
+    assert harness.router is not None
+    with pytest.raises(RuntimeError, match="shard unavailable"):
+        await harness.router.step()
+    await harness.run()
+    assert len(harness.pushes_to("tok-k")) == 1
+
+
+async def test_a_crash_after_the_hand_over_is_counted_unknown_and_not_sent_again(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    await harness.start()
+    lou = harness.user("lou", **{"Push Token": "tok-l"})
+    request = await harness.send(lou, "push", PUSH, event={"Product": "x"})
+    assert harness.router is not None
+
+    async def dies(*args: Any) -> None:
+        raise RuntimeError("the router process died while the provider was called")
+
+    monkeypatch.setattr(harness.router, "_deliver", dies)
+    with pytest.raises(RuntimeError):
+        await harness.router.step()
+    await harness.reopen()
+    await harness.run()
+    await harness.advance(600_000)
+
+    assert harness.fcm.received == []  # it may have gone out: never a second time
+    stats = await harness.stats()
+    assert stats["push|unknown"] == 1 and stats["journey:j|unknown"] == 1 and "push|sent" not in stats
+    [letter] = await harness.dead_letters()
+    assert letter["id"] == request.id and letter["reason"].startswith("unknown")
+    assert not await harness.redis.hlen(keys.router_in_flight(harness.partition_map.partition_of(harness.account, lou)))
