@@ -64,8 +64,8 @@ class DeliveryApi:
         only_fields(body, {"settings"})
         if not isinstance(body.get("settings"), dict):
             raise ApiError(400, "send {\"settings\": {...}}", path="settings")
-        settings = unmasked(body["settings"], await self._stored_settings(account))
         try:
+            settings = unmasked(body["settings"], await self._stored_settings(account))
             parse_delivery_settings(settings, "settings")
         except SegmentError as exc:
             raise bad_definition(exc) from None

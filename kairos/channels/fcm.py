@@ -33,8 +33,10 @@ import google.auth.exceptions
 import msgspec
 import requests
 from firebase_admin import _http_client, credentials, exceptions, messaging
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
 from firebase_admin._retry import HttpxRetry
-from google.auth import crypt
 from google.auth.transport import requests as google_requests
 
 from kairos.channels.base import DEFAULT_TIMEOUT_S, Delivery, Outcome, delivered, rejected, transient
@@ -90,10 +92,13 @@ def _parse_service_account(raw: Any, path: str) -> dict[str, Any]:
     if not _is_http_url(raw["token_uri"]):
         raise SegmentError(f"{path}.token_uri", "must be an http(s) URL such as 'https://oauth2.googleapis.com/token'")
     try:
-        crypt.RSASigner.from_string(raw["private_key"], raw.get("private_key_id"))
-    except (ValueError, TypeError) as error:
+        key = serialization.load_pem_private_key(raw["private_key"].encode(), password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as error:
         # Never echo the key itself: this message ends up in API answers and logs.
         raise SegmentError(f"{path}.private_key", f"is not a PEM RSA private key ({type(error).__name__})") from None
+    if not isinstance(key, rsa.RSAPrivateKey):
+        # google-auth would take an EC key here and fail on every send after.
+        raise SegmentError(f"{path}.private_key", "must be an RSA key, as Google issues them (this one is not RSA)")
     return dict(raw)
 
 

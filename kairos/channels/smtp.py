@@ -1,12 +1,11 @@
 """Email through an SMTP server (a relay such as Postfix, or a provider's submission port),
 with aiosmtplib: asynchronous, so no worker thread.
 
-One connection, kept open and used by one send at a time (an asyncio.Lock), reconnected
-when it is gone. A connection per send would pay TCP + TLS + EHLO + AUTH, several round
-trips, for every message; the price of reuse is that sends through one provider go one
-after another, which an SMTP relay handles at hundreds a second. The whole send, waiting
-for the connection included, is bounded by `timeout_s`: a queue behind a slow server
-comes back TRANSIENT, which is the router's cue to back off.
+A small pool of connections (`connections`, 4 by default), each kept open, used by one
+send at a time and reconnected when it is gone. A connection per send would pay TCP +
+TLS + EHLO + AUTH, several round trips, for every message. Each send, once it holds a
+connection, is bounded by `timeout_s`: a slow server comes back TRANSIENT, which is the
+router's cue to back off; waiting for a free connection is not counted against it.
 
 A server may close an idle connection and we learn so only on the next command: a send on
 a reused connection that finds it closed gets one more try on a fresh one. (Had the server
@@ -38,6 +37,7 @@ from kairos.segments.definition import SegmentError
 SECURITY = ("starttls", "tls", "none")
 DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
 SEND_ID_HEADER = "X-Kairos-Send-Id"
+DEFAULT_CONNECTIONS, MAX_CONNECTIONS = 4, 32
 # RFC 3463 enhanced status, e.g. "5.1.1 User unknown".
 _ENHANCED = re.compile(r"\s*[245]\.(\d{1,3})\.(\d{1,3})\b")
 
@@ -50,6 +50,7 @@ class SmtpSettings(msgspec.Struct, frozen=True, kw_only=True):
     password: str | None = None
     security: str = "starttls"  # "starttls" (required, not opportunistic) | "tls" | "none"
     timeout_s: float = DEFAULT_TIMEOUT_S
+    connections: int = DEFAULT_CONNECTIONS  # at most this many sends at once
 
     def __repr__(self) -> str:
         return redacted_repr(self, frozenset({"password"}))
@@ -57,7 +58,7 @@ class SmtpSettings(msgspec.Struct, frozen=True, kw_only=True):
 
 def parse_settings(raw: Any, path: str = "smtp") -> SmtpSettings:
     fields = settings_fields(raw, {"host", "port", "username", "password", "security", "from_address",
-                                   "timeout_s"}, path, "smtp")
+                                   "timeout_s", "connections"}, path, "smtp")
     host = text_field(fields, "host", path, required=True, pattern=r"[A-Za-z0-9.:_-]{1,253}",
                       hint="a host name or IP address", max_len=253)
     assert host is not None
@@ -65,12 +66,15 @@ def parse_settings(raw: Any, path: str = "smtp") -> SmtpSettings:
     port = fields.get("port", DEFAULT_PORTS[security])
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
         raise SegmentError(f"{path}.port", "must be a port number from 1 to 65535")
+    connections = fields.get("connections", DEFAULT_CONNECTIONS)
+    if isinstance(connections, bool) or not isinstance(connections, int) or not 1 <= connections <= MAX_CONNECTIONS:
+        raise SegmentError(f"{path}.connections", f"must be a whole number from 1 to {MAX_CONNECTIONS}")
     username, password = secret_pair(fields, "username", "password", path)
     if username is not None and security == "none" and not _is_loopback(host):
         raise SegmentError(f"{path}.security", "'none' would send the password in clear text: use starttls or tls")
     return SmtpSettings(host=host, port=port, username=username, password=password, security=security,
                         from_address=sender_field(fields, "from_address", path),
-                        timeout_s=timeout_field(fields, path, DEFAULT_TIMEOUT_S))
+                        timeout_s=timeout_field(fields, path, DEFAULT_TIMEOUT_S), connections=connections)
 
 
 def _is_loopback(host: str) -> bool:
@@ -106,33 +110,19 @@ def message_id(send_id: str, sender: str) -> str:
     return f"<{hashlib.sha256(send_id.encode()).hexdigest()[:32]}.kairos@{domain}>"
 
 
-class SmtpProvider:
-    channel = "email"
+class _Connection:
+    """One SMTP connection, used by one send at a time (the pool hands it out)."""
 
     def __init__(self, settings: SmtpSettings) -> None:
         self._settings = settings
-        self._lock = asyncio.Lock()
         self._client: aiosmtplib.SMTP | None = None
-        self._closed = False
 
-    async def send(self, delivery: Delivery) -> Outcome:
-        content = email_content(delivery, self._settings.from_address)
-        if isinstance(content, Outcome):
-            return content
-        message = build_message(content, delivery.send_id)
-        try:
-            async with asyncio.timeout(self._settings.timeout_s):
-                async with self._lock:
-                    if self._closed:
-                        # Closed because its settings changed: the router's retry finds the new one.
-                        return transient("smtp: provider closed")
-                    reused = self._client is not None and self._client.is_connected
-                    outcome, dropped = await self._attempt(message, content)
-                    if dropped and reused:
-                        outcome, _ = await self._attempt(message, content)
-                    return outcome
-        except TimeoutError:
-            return transient(f"smtp: no answer within {self._settings.timeout_s:g}s")
+    async def send(self, message: EmailMessage, content: EmailContent) -> Outcome:
+        reused = self._client is not None and self._client.is_connected
+        outcome, dropped = await self._attempt(message, content)
+        if dropped and reused:
+            outcome, _ = await self._attempt(message, content)
+        return outcome
 
     async def _attempt(self, message: EmailMessage, content: EmailContent) -> tuple[Outcome, bool]:
         """One try: the outcome, and whether the server had dropped the connection."""
@@ -162,12 +152,12 @@ class SmtpProvider:
         finally:
             # Also on cancellation (the timeout): a half-done exchange leaves the connection unusable.
             if not keep:
-                self._drop()
+                self.drop()
 
     async def _connected(self) -> aiosmtplib.SMTP:
         if self._client is None:
             s = self._settings
-            # One client object for the provider's lifetime: it reconnects, and keeps the
+            # One client object for the connection's lifetime: it reconnects, and keeps the
             # local host name it looked up for EHLO.
             self._client = aiosmtplib.SMTP(
                 hostname=s.host, port=s.port, username=s.username, password=s.password, timeout=s.timeout_s,
@@ -177,20 +167,59 @@ class SmtpProvider:
             await self._client.connect()
         return self._client
 
-    def _drop(self) -> None:
+    def drop(self) -> None:
         if self._client is not None:
             self._client.close()
 
+    async def quit(self) -> None:
+        if self._client is not None and self._client.is_connected:
+            try:
+                async with asyncio.timeout(self._settings.timeout_s):
+                    await self._client.quit()
+            except (aiosmtplib.SMTPException, OSError, TimeoutError):
+                pass  # only a courtesy to the server
+        self.drop()
+
+
+class SmtpProvider:
+    channel = "email"
+
+    def __init__(self, settings: SmtpSettings) -> None:
+        self._settings = settings
+        # Last in, first out: a trickle of mail keeps using one warm connection, and the
+        # others open only when sends overlap.
+        self._idle: asyncio.LifoQueue[_Connection] = asyncio.LifoQueue()
+        for _ in range(settings.connections):
+            self._idle.put_nowait(_Connection(settings))
+        self._closed = False
+
+    async def send(self, delivery: Delivery) -> Outcome:
+        content = email_content(delivery, self._settings.from_address)
+        if isinstance(content, Outcome):
+            return content
+        message = build_message(content, delivery.send_id)
+        connection = await self._idle.get()
+        try:
+            if self._closed:
+                # Closed because its settings changed: the router's retry finds the new one.
+                return transient("smtp: provider closed")
+            # The timeout starts once a connection is ours: waiting behind other sends of
+            # a healthy server is not the server failing.
+            async with asyncio.timeout(self._settings.timeout_s):
+                return await connection.send(message, content)
+        except TimeoutError:
+            return transient(f"smtp: no answer within {self._settings.timeout_s:g}s")
+        finally:
+            self._idle.put_nowait(connection)
+
     async def close(self) -> None:
-        async with self._lock:
-            self._closed = True
-            if self._client is not None and self._client.is_connected:
-                try:
-                    async with asyncio.timeout(self._settings.timeout_s):
-                        await self._client.quit()
-                except (aiosmtplib.SMTPException, OSError, TimeoutError):
-                    pass  # only a courtesy to the server
-            self._drop()
+        self._closed = True
+        connections = [await self._idle.get() for _ in range(self._settings.connections)]
+        try:
+            await asyncio.gather(*(c.quit() for c in connections))
+        finally:
+            for connection in connections:
+                self._idle.put_nowait(connection)
 
 
 def _response_outcome(code: int, message: str, recipient: bool) -> Outcome:

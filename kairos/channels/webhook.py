@@ -81,11 +81,11 @@ class WebhookSettings(msgspec.Struct, frozen=True):
         # Settings built in code (not through parse_settings) get the same checks.
         _check_url(self.url, "webhook.url")
         _check_secret(self.secret, "webhook.secret")
-        _check_timeout(self.timeout_s, "webhook.timeout_s")
+        timeout_field({"timeout_s": self.timeout_s}, "webhook", self.timeout_s)
         _check_headers(self.headers, "webhook.headers")
 
     def __repr__(self) -> str:
-        # Settings end up in logs and tracebacks; the secret must not.
+        # Settings end up in logs and tracebacks; the secret and header values must not.
         return f"WebhookSettings(url={self.url!r}, secret='***', timeout_s={self.timeout_s!r}, headers={sorted(self.headers)!r})"
 
 
@@ -120,11 +120,6 @@ def _check_url(url: Any, path: str) -> None:
 def _check_secret(secret: Any, path: str) -> None:
     if not isinstance(secret, str) or len(secret) < MIN_SECRET_LENGTH:
         raise SegmentError(path, f"must be a string of at least {MIN_SECRET_LENGTH} characters")
-
-
-def _check_timeout(timeout_s: Any, path: str) -> None:
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or not 0 < timeout_s <= MAX_TIMEOUT_S:
-        raise SegmentError(path, f"must be a number of seconds above 0 and at most {MAX_TIMEOUT_S:g}")
 
 
 def _check_headers(headers: Any, path: str) -> None:

@@ -13,8 +13,9 @@ checked here on save, read by the channel routers.
      "tracking": {"opens": true, "clicks": true, "base_url": "https://t.example.com"}}
 
 In-app messages need no provider: they go to the user's inbox in Kairos itself.
-Secrets are never read back: GET shows them as MASK, and a PUT that sends MASK back
-keeps the stored value, so a settings page can round-trip what it was shown.
+Secrets (and webhook header values) are never read back: GET shows them as MASK, and a
+PUT that sends MASK back keeps the stored value, so a settings page can round-trip what
+it was shown.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from kairos.segments.timing import zone
 
 MASK = "********"
 SECRET_FIELDS = frozenset({"service_account", "secret_access_key", "password", "secret"})
+HEADERS = "headers"  # a webhook's extra headers: their values are treated as secrets
 QUIET_ACTIONS = ("drop", "delay")
 MAX_SETTINGS_BYTES = 64 * 1024
 
@@ -96,7 +98,7 @@ def parse_delivery_settings(raw: Any, path: str = "settings") -> DeliverySetting
         if channel not in PROVIDERS:
             raise SegmentError(at, f"is not a channel with providers (one of {', '.join(PROVIDERS)})")
         name = config.get("provider") if isinstance(config, dict) else None
-        if name not in PROVIDERS[channel]:
+        if not isinstance(name, str) or name not in PROVIDERS[channel]:
             raise SegmentError(f"{at}.provider", f"must be one of {', '.join(PROVIDERS[channel])}")
         providers[channel] = (name, PROVIDERS[channel][name][0](config, at))
     quiet = None
@@ -157,18 +159,27 @@ def check_base_url(url: str) -> bool:
 
 
 def masked(raw: dict[str, Any]) -> dict[str, Any]:
-    """The settings as GET shows them: every secret replaced by MASK."""
+    """The settings as GET shows them: every secret, and every webhook header's value (an
+    API key, often), replaced by MASK."""
     out = dict(raw)
     providers = raw.get("providers")
     if isinstance(providers, dict):
-        out["providers"] = {channel: ({k: (MASK if k in SECRET_FIELDS else v) for k, v in config.items()}
-                                      if isinstance(config, dict) else config)
+        out["providers"] = {channel: _masked_provider(config) if isinstance(config, dict) else config
                             for channel, config in providers.items()}
     return out
 
 
-def unmasked(new: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, Any]:
-    """`new` with each MASK put back to the stored secret of the same channel and provider."""
+def _masked_provider(config: dict[str, Any]) -> dict[str, Any]:
+    out = {k: (MASK if k in SECRET_FIELDS else v) for k, v in config.items()}
+    if isinstance(config.get(HEADERS), dict):
+        out[HEADERS] = {name: MASK for name in config[HEADERS]}
+    return out
+
+
+def unmasked(new: dict[str, Any], stored: dict[str, Any] | None, path: str = "settings") -> dict[str, Any]:
+    """`new` with each MASK put back to the stored secret of the same channel and provider;
+    SegmentError for a MASK with no stored secret behind it (it would be saved as the
+    secret itself)."""
     providers = new.get("providers")
     old_providers = (stored or {}).get("providers") or {}
     if not isinstance(providers, dict):
@@ -176,7 +187,25 @@ def unmasked(new: dict[str, Any], stored: dict[str, Any] | None) -> dict[str, An
     restored: dict[str, Any] = {}
     for channel, config in providers.items():
         old = old_providers.get(channel)
-        if isinstance(config, dict) and isinstance(old, dict) and old.get("provider") == config.get("provider"):
-            config = {k: (old.get(k) if v == MASK and k in SECRET_FIELDS else v) for k, v in config.items()}
+        if isinstance(config, dict):
+            same = isinstance(old, dict) and old.get("provider") == config.get("provider")
+            config = _unmasked_provider(config, old if same else {}, f"{path}.providers.{channel}")
         restored[channel] = config
     return {**new, "providers": restored}
+
+
+def _unmasked_provider(config: dict[str, Any], old: dict[str, Any], path: str) -> dict[str, Any]:
+    out = dict(config)
+    for key in SECRET_FIELDS & set(config):
+        if config[key] == MASK:
+            if key not in old:
+                raise SegmentError(f"{path}.{key}", f"is {MASK!r} but no secret is stored for it: send the secret")
+            out[key] = old[key]
+    headers = config.get(HEADERS)
+    if isinstance(headers, dict):
+        old_headers = old.get(HEADERS) if isinstance(old.get(HEADERS), dict) else {}
+        for name, value in headers.items():
+            if value == MASK and name not in old_headers:
+                raise SegmentError(f"{path}.{HEADERS}.{name}", f"is {MASK!r} but no value is stored for it")
+        out[HEADERS] = {name: (old_headers[name] if value == MASK else value) for name, value in headers.items()}
+    return out

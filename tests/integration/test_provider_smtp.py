@@ -150,11 +150,18 @@ async def test_reconnects_after_the_server_drops_the_connection(provider: smtp.S
     assert len({m.peer for m in server.messages}) == 3
 
 
-async def test_concurrent_sends_queue_on_the_connection(provider: smtp.SmtpProvider, server: SmtpLoopback) -> None:
-    outcomes = await asyncio.gather(*(provider.send(email(f"user{i}@example.org", send_id=f"s{i}"))
-                                      for i in range(10)))
-    assert {o.status for o in outcomes} == {DELIVERED}
-    assert len(server.messages) == 10 and len({m.peer for m in server.messages}) == 1
+async def test_concurrent_sends_share_the_pool_and_waiting_is_not_a_timeout(server: SmtpLoopback) -> None:
+    provider = smtp.SmtpProvider(settings(server, connections=2, timeout_s=0.5))
+    server.answer_slowly(0.05)
+    try:
+        # 20 sends over 2 connections take ~0.5 s in all, longer than the timeout of each.
+        outcomes = await asyncio.gather(*(provider.send(email(f"user{i}@example.org", send_id=f"s{i}"))
+                                          for i in range(20)))
+    finally:
+        server.answer_slowly(0)
+        await provider.close()
+    assert [o.status for o in outcomes] == [DELIVERED] * 20, {o.detail for o in outcomes}
+    assert len(server.messages) == 20 and len({m.peer for m in server.messages}) == 2
 
 
 async def test_login(server: SmtpLoopback) -> None:

@@ -8,6 +8,7 @@ from typing import Any, Callable
 import pytest
 
 from kairos.channels import ses, smtp, sns
+from kairos.routing.settings import MASK, masked, parse_delivery_settings, unmasked
 from kairos.segments.definition import SegmentError
 
 pytestmark = pytest.mark.timeout(30)
@@ -112,3 +113,46 @@ def test_smtp_defaults_follow_security() -> None:
 ])
 def test_smtp_refusals_name_the_field(raw: Any, path: str) -> None:
     assert refusal(smtp.parse_settings, raw).path == path
+
+
+WEBHOOK = {"provider": "webhook", "url": "https://hooks.example.com/k", "secret": "whsec-0123456789abcdef",
+           "headers": {"Authorization": "Bearer k-secret", "X-Tenant": "acme"}}
+
+
+def test_secrets_and_header_values_are_masked_and_restored_on_save() -> None:
+    stored = {"providers": {"webhook": WEBHOOK, "email": {**SMTP, "provider": "smtp", "username": "u", "password": "pw"}}}
+    shown = masked(stored)
+    assert shown["providers"]["webhook"]["secret"] == MASK and shown["providers"]["email"]["password"] == MASK
+    assert shown["providers"]["webhook"]["headers"] == {"Authorization": MASK, "X-Tenant": MASK}
+    assert "k-secret" not in repr(shown) and "pw" not in repr(shown["providers"]["email"].values())
+    # What GET showed comes back with one header changed: the rest is kept.
+    shown["providers"]["webhook"]["headers"]["X-Tenant"] = "globex"
+    saved = unmasked(shown, stored)
+    assert saved["providers"]["webhook"]["headers"] == {"Authorization": "Bearer k-secret", "X-Tenant": "globex"}
+    assert saved["providers"]["webhook"]["secret"] == WEBHOOK["secret"] and saved["providers"]["email"]["password"] == "pw"
+
+
+@pytest.mark.parametrize(("new", "path"), [
+    ({"providers": {"webhook": {**WEBHOOK, "secret": MASK}}}, "settings.providers.webhook.secret"),
+    ({"providers": {"webhook": {**WEBHOOK, "headers": {"X-New": MASK}}}}, "settings.providers.webhook.headers.X-New"),
+    # The stored secret belongs to another provider: it is not carried over to this one.
+    ({"providers": {"email": {**SES, "provider": "ses", "access_key_id": "A", "secret_access_key": MASK}}},
+     "settings.providers.email.secret_access_key"),
+])
+def test_a_mask_with_no_stored_secret_behind_it_is_refused(new: dict[str, Any], path: str) -> None:
+    stored = {"providers": {"email": {**SMTP, "provider": "smtp", "username": "u", "password": "pw"}}}
+    with pytest.raises(SegmentError) as info:
+        unmasked(new, stored)
+    assert info.value.path == path
+
+
+@pytest.mark.parametrize("provider", [["fcm"], {}, None, 7])
+def test_a_provider_name_that_is_not_text_is_refused_by_name(provider: Any) -> None:
+    with pytest.raises(SegmentError) as info:
+        parse_delivery_settings({"providers": {"push": {"provider": provider}}})
+    assert info.value.path == "settings.providers.push.provider"
+
+
+@pytest.mark.parametrize("connections", [0, 33, True, "4"])
+def test_smtp_connections_are_checked(connections: Any) -> None:
+    assert refusal(smtp.parse_settings, {**SMTP, "connections": connections}).path == "channels.email.connections"

@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from kairos.channels.fcm import FcmSettings, parse_settings
 from kairos.segments.definition import SegmentError
@@ -20,6 +22,10 @@ def raw(**changes: Any) -> dict[str, Any]:
     settings: dict[str, Any] = {"provider": "fcm", "project_id": "shop-app-1234", "service_account": dict(ACCOUNT)}
     settings.update(changes)
     return {k: v for k, v in settings.items() if v is not None}
+
+
+_EC_KEY = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+    serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()).decode()
 
 
 def account(**changes: Any) -> dict[str, Any]:
@@ -61,6 +67,7 @@ def test_provider_may_be_left_out() -> None:
     (raw(service_account=account(private_key="")), "push.service_account.private_key", "required"),
     (raw(service_account=account(private_key="-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n")),
      "push.service_account.private_key", "PEM RSA private key"),
+    (raw(service_account=account(private_key=_EC_KEY)), "push.service_account.private_key", "must be an RSA key"),
     (raw(service_account=account(token_uri=None)), "push.service_account.token_uri", "required"),
     (raw(service_account=account(token_uri="oauth2.googleapis.com/token")), "push.service_account.token_uri", "http(s) URL"),
     (raw(endpoint="ftp://fcm.example.com"), "push.endpoint", "http(s) URL"),
