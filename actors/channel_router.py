@@ -5,7 +5,6 @@ lookups go to one shard; its delivery events go back in through ingest."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import uuid
 from typing import Any
@@ -25,7 +24,6 @@ from kairos.routing.feedback import FeedbackForwarder
 from kairos.routing.router import ChannelRouter
 from kairos.routing.tracking import Tracker, tracking_key
 
-logger = logging.getLogger(__name__)
 
 
 class ShardProfiles:
@@ -67,17 +65,7 @@ class ChannelRouterActor:
             for task in self._tasks:
                 task.cancel()
             self._tasks = [asyncio.ensure_future(self.router.run(self._stopping)),
-                           asyncio.ensure_future(self._forward_forever())]
-
-    async def _forward_forever(self) -> None:
-        while not self._stopping.is_set():
-            try:
-                await self.feedback.step(block_ms=200)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("forwarding delivery events to ingest failed; retrying")
-                await asyncio.sleep(1.0)
+                           asyncio.ensure_future(self.feedback.run(self._stopping))]
 
     def pid(self) -> int:
         return os.getpid()

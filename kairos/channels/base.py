@@ -14,7 +14,7 @@ timeout.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import msgspec
 
@@ -48,6 +48,14 @@ class Provider(Protocol):
     async def send(self, delivery: Delivery) -> Outcome: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class BatchProvider(Provider, Protocol):
+    """A provider that takes many deliveries in one call (FCM's send_each, the inbox's
+    pipelined write): one outcome per delivery, in order."""
+
+    async def send_many(self, deliveries: list[Delivery]) -> list[Outcome]: ...
 
 
 def delivered(provider_id: str | None = None, final: bool = False) -> Outcome:

@@ -1,6 +1,6 @@
 """Each account's providers, built from its delivery settings and rebuilt when they
-change. The router asks for a channel's provider per message, so settings are cached
-for a few seconds: a changed credential takes effect within `SETTINGS_TTL_S`."""
+change. The router asks for them every round, so settings are cached for a few seconds:
+a changed credential takes effect within `SETTINGS_TTL_S`."""
 
 from __future__ import annotations
 

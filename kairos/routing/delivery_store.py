@@ -3,8 +3,8 @@
 cursors, dead letters, counters, and the delivery events waiting to go back into ingest.
 
 Every decision about a batch is written in one MULTI/EXEC with the cursor that moved
-past it, so after a crash a request is either decided (and its id is in the user's
-history, which stops it from being sent again) or read again.
+past it, so after a crash (or a round that fails) a request is either decided (and its
+id is in the user's history, which stops it from being sent again) or read again.
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ counts once."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Awaitable, Callable
 
@@ -56,3 +57,13 @@ class FeedbackForwarder:
             await self._redis.xdel(stream, *[entry_id for entry_id, _ in entries])
             sent += len(entries)
         return sent
+
+    async def run(self, stopping: asyncio.Event, idle_ms: int = 200) -> None:
+        while not stopping.is_set():
+            try:
+                await self.step(block_ms=idle_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # ingest restarting, Redis failing over: what is left stays queued
+                logger.exception("forwarding delivery events to ingest failed; retrying")
+                await asyncio.sleep(1.0)

@@ -23,11 +23,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from typing import Any, Protocol
+from typing import Any, Awaitable, Protocol
 
 import msgspec
 
-from kairos.channels.base import DELIVERED, REJECTED, Delivery, Outcome, Provider, transient
+from kairos.channels.base import DELIVERED, REJECTED, BatchProvider, Delivery, Outcome, Provider, transient
 from kairos.journeys.clock import Clock
 from kairos.journeys.model import SendRequest
 from kairos.journeys.outbox import OutboxReader
@@ -72,12 +72,16 @@ class _Work(msgspec.Struct):
     identifier: str | None = None  # the user's, for delivery events (None: no such user)
 
 
-async def _guarded(call: Any, work: _Work) -> Any:
+async def _guarded(call: Awaitable[list[Outcome]], work: _Work, count: int) -> list[Outcome]:
     try:
         return await call
     except Exception as exc:  # a provider bug must not stop every other delivery
         logger.exception("provider failed on %s", work.pending.request.id)
-        return transient(f"provider error: {exc!r}")
+        return [transient(f"provider error: {exc!r}")] * count
+
+
+async def _one(provider: Provider, delivery: Delivery) -> list[Outcome]:
+    return [await provider.send(delivery)]
 
 
 class ChannelRouter:
@@ -309,16 +313,17 @@ class ChannelRouter:
 
         async def one(provider: Provider, i: int) -> None:
             async with self._calls:
-                outcomes[i] = await _guarded(provider.send(delivery(works[i])), works[i])
+                [outcomes[i]] = await _guarded(_one(provider, delivery(works[i])), works[i], 1)
 
-        async def batch(provider: Any, indexes: list[int]) -> None:
-            answers = await _guarded(provider.send_many([delivery(works[i]) for i in indexes]), works[indexes[0]])
-            for i, answer in zip(indexes, answers if isinstance(answers, list) else [answers] * len(indexes)):
+        async def batch(provider: BatchProvider, indexes: list[int]) -> None:
+            answers = await _guarded(provider.send_many([delivery(works[i]) for i in indexes]), works[indexes[0]],
+                                     len(indexes))
+            for i, answer in zip(indexes, answers):
                 outcomes[i] = answer
 
         calls = []
         for provider, indexes in groups.values():
-            if hasattr(provider, "send_many"):
+            if isinstance(provider, BatchProvider):
                 calls.append(batch(provider, indexes))
             else:
                 calls.extend(one(provider, i) for i in indexes)
