@@ -25,7 +25,6 @@ from kairos.routing.router import ChannelRouter
 from kairos.routing.tracking import Tracker, tracking_key
 
 
-
 class ShardProfiles:
     def __init__(self, shard: Any) -> None:
         self._shard = shard
