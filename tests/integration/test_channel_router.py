@@ -27,6 +27,7 @@ from kairos.redis_server import EmbeddedRedis
 from kairos.routing.delivery_store import DeliveryStore
 from kairos.routing.router import ChannelRouter
 from kairos.routing.tracking import Tracker
+from tests.loopback.aws import MotoLoopback
 from tests.loopback.fcm_server import FcmServer
 from tests.loopback.webhook_receiver import WebhookReceiver
 
@@ -422,3 +423,46 @@ async def test_a_crash_after_the_hand_over_is_counted_unknown_and_not_sent_again
     [letter] = await harness.dead_letters()
     assert letter["id"] == request.id and letter["reason"].startswith("unknown")
     assert not await harness.redis.hlen(keys.router_in_flight(harness.partition_map.partition_of(harness.account, lou)))
+
+
+@pytest.fixture(scope="module")
+def moto() -> Iterator[MotoLoopback]:
+    with MotoLoopback() as server:
+        yield server
+
+
+async def test_push_then_sms_then_email_through_real_provider_clients(harness: Harness, moto: MotoLoopback) -> None:
+    moto.reset()
+    moto.client("sesv2").create_email_identity(EmailIdentity="shop@example.com")
+    await harness.start({"providers": {
+        "push": {"provider": "fcm", "project_id": "test-proj", "service_account": harness.fcm.service_account(),
+                 "endpoint": harness.fcm.url, "timeout_s": 2},
+        "sms": {"provider": "sns", **moto.settings()},
+        "email": {"provider": "ses", **moto.settings(from_address="Shop <shop@example.com>")}}})
+    users = {
+        "push": harness.user("pat", **{"Push Token": "tok-pat", "Phone": "+14155550101", "Email": "pat@example.org"}),
+        "sms": harness.user("pia", **{"Phone": "+14155550102", "Email": "pia@example.org"}),  # no token
+        # Token unregistered, then SNS refuses the number: email, and both addresses are forgotten.
+        "email": harness.user("quin", **{"Push Token": "tok-quin", "Phone": "+0-not-a-number",
+                                         "Email": "quin@example.org"}),
+        # Opted out of SMS: straight from push to email.
+        "opted": harness.user("rae", **{"Phone": "+14155550104", "MSG-sms": "no", "Email": "rae@example.org"}),
+    }
+    harness.fcm.unregister("tok-quin")
+    sms_message = {"text": "{{ event.Product }} is back in stock"}
+    email_message = {"subject": "Back in stock", "text": "{{ event.Product }} is back, {{ profile.Email }}"}
+    for user in users.values():
+        await harness.send(user, "push", PUSH, event={"Product": "the red hat"},
+                           fallback=[("sms", sms_message), ("email", email_message)])
+    await harness.run()
+
+    assert [m.message["token"] for m in harness.fcm.received] == ["tok-pat"]
+    records = moto.records()
+    assert [(m.phone_number, m.message) for m in records.sms] == [("+14155550102", "the red hat is back in stock")]
+    assert sorted((m.to[0], m.body) for m in records.emails) == [
+        ("quin@example.org", "the red hat is back, quin@example.org"),
+        ("rae@example.org", "the red hat is back, rae@example.org")]
+    forgets = {(r.user, tuple(r.props)) for r in await harness.feedback() if isinstance(r, ProfileRecord)}
+    assert forgets == {(users["email"], ("Push Token",)), (users["email"], ("Phone",))}
+    stats = await harness.stats()
+    assert (stats["push|sent"], stats["sms|sent"], stats["email|sent"]) == (1, 1, 2)
