@@ -162,6 +162,19 @@ class DeliveryStore:
         return {p: {k.decode(): _in_flight_decoder.decode(v) for k, v in claims.items()}
                 for p, claims in zip(self.partitions, found) if claims}
 
+    async def scan_histories(self, partition: int, cursor: int, count: int) -> tuple[int, dict[str, list[HistoryEntry]]]:
+        """A page of the partition's histories (HSCAN): the next cursor (0: done), field -> entries."""
+        following, found = await self.redis.hscan(keys.send_history(partition), cursor, count=count)
+        return following, {field.decode(): _history_decoder.decode(raw) for field, raw in found.items()}
+
+    async def rewrite_histories(self, partition: int, gone: list[str], kept: dict[str, list[HistoryEntry]]) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            if gone:
+                pipe.hdel(keys.send_history(partition), *gone)
+            if kept:
+                pipe.hset(keys.send_history(partition), mapping={f: _encode(e) for f, e in kept.items()})  # type: ignore[arg-type]
+            await pipe.execute()
+
     async def take_throttle(self, account: str, source: str, minute: int, wanted: int) -> int:
         """Adds `wanted` sends to the source's count for `minute`; returns the count before."""
         key = keys.throttle(account, source, minute)

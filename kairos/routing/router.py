@@ -47,6 +47,10 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
 MAX_CONCURRENT_CALLS = 512
+# Histories are trimmed when their user is written to; users never written to again are
+# swept, a page per partition this often, so the hash does not grow with every user ever sent to.
+SWEEP_EVERY_MS = 60_000
+SWEEP_PAGE = 1000
 
 
 class Profiles(Protocol):
@@ -95,6 +99,8 @@ class ChannelRouter:
         self.tracker = tracker  # None: messages go out without open and click tracking
         self._calls = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
         self.handled = 0
+        self._sweep_cursors = {p: 0 for p in store.partitions}
+        self._next_sweep_ms = 0
 
     @classmethod
     async def open(cls, store: DeliveryStore, profiles: Profiles, providers: ProviderSource, clock: Clock,
@@ -374,9 +380,33 @@ class ChannelRouter:
                               account_settings, commit, now)
         return again
 
+    async def sweep(self, now: int) -> int:
+        """One page per partition of the histories sweep; how many users it forgot. Runs
+        between rounds, so no round writes a history it is rewriting."""
+        forgotten = 0
+        for partition, cursor in self._sweep_cursors.items():
+            following, page = await self.store.scan_histories(partition, cursor, SWEEP_PAGE)
+            self._sweep_cursors[partition] = following
+            gone: list[str] = []
+            kept: dict[str, list[HistoryEntry]] = {}
+            for field, entries in page.items():
+                settings = await self.providers.settings(field.partition("\0")[0])
+                left = trimmed(entries, horizon_ms(settings.caps), now)
+                if not left:
+                    gone.append(field)
+                elif len(left) < len(entries):
+                    kept[field] = left
+            await self.store.rewrite_histories(partition, gone, kept)
+            forgotten += len(gone)
+        return forgotten
+
     async def run(self, stopping: asyncio.Event, idle_ms: int = 200) -> None:
         while not stopping.is_set():
             try:
+                now = await self.clock.now_ms()
+                if now >= self._next_sweep_ms:
+                    self._next_sweep_ms = now + SWEEP_EVERY_MS
+                    await self.sweep(now)
                 await self.step(block_ms=idle_ms)
             except asyncio.CancelledError:
                 raise

@@ -466,3 +466,21 @@ async def test_push_then_sms_then_email_through_real_provider_clients(harness: H
     assert forgets == {(users["email"], ("Push Token",)), (users["email"], ("Phone",))}
     stats = await harness.stats()
     assert (stats["push|sent"], stats["sms|sent"], stats["email|sent"]) == (1, 1, 2)
+
+
+async def test_the_sweep_forgets_histories_that_no_longer_matter(harness: Harness) -> None:
+    await harness.start({"quiet_hours": {"start": "22:00", "end": "08:00", "action": "delay"},
+                         "caps": [{"channel": "push", "max": 3, "within": "10d"}]}, at="2026-11-24T12:00:00")
+    old = harness.user("old", **{"Push Token": "tok-old"})
+    waiting = harness.user("waiting", **{"Push Token": "tok-w"}, Tz="Pacific/Kiritimati")  # 02:00 there: delayed
+    await harness.send(old, "push", PUSH, event={"Product": "x"})
+    await harness.send(waiting, "push", PUSH, event={"Product": "y"}, quiet_hours="delay")
+    await harness.run()
+    assert harness.router is not None
+    await harness.clock.advance(9 * 86_400_000)
+    now = await harness.clock.now_ms()
+    assert await harness.router.sweep(now) == 0  # within the caps' 10 days: still counted
+    await harness.clock.advance(2 * 86_400_000)
+    assert await harness.router.sweep(await harness.clock.now_ms()) == 1
+    histories = await harness.store.histories([(harness.account, old), (harness.account, waiting)])
+    assert histories[(harness.account, old)] == [] and len(histories[(harness.account, waiting)]) == 1
