@@ -85,7 +85,7 @@ def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog
     app.add_routes(SegmentApi(backend, accounts, admission, settings.max_body_bytes).routes())
     app.add_routes(KairosApi(coordinator, catalog, signals, journeys).routes())
     app.add_routes(JourneyApi(backend, journeys).routes())
-    app.add_routes(DeliveryApi(backend, client, inbox).routes())
+    app.add_routes(DeliveryApi(backend, client, inbox, settings.max_inbox_streams).routes())
     app.add_routes(TrackingApi(client, settings.partitions, tracker, inbox.clock).routes())
     app.add_routes([web.get("/api/openapi.json", openapi_document)])
     return app

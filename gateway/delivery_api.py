@@ -9,6 +9,7 @@ Same credentials and error shape as the rest of the API.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 import msgspec
@@ -33,10 +34,12 @@ SSE_HEARTBEAT_S = 15.0
 
 
 class DeliveryApi:
-    def __init__(self, backend: Backend, client: aioredis.Redis, inbox: Inbox) -> None:
+    def __init__(self, backend: Backend, client: aioredis.Redis, inbox: Inbox, max_streams: int) -> None:
         self.backend = backend
         self.redis = client
         self.inbox = inbox
+        self.max_streams = max_streams
+        self.open_streams = 0
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -127,6 +130,15 @@ class DeliveryApi:
         """Server-sent events: one `message` event per new in-app message, as it arrives."""
         account = request[ACCOUNT]
         user = await self._user(account, request.query.get("identity"))
+        if self.open_streams >= self.max_streams:
+            raise ApiError(503, f"this gateway serves {self.max_streams} inbox streams at most; retry later")
+        self.open_streams += 1
+        try:
+            return await self._stream(request, account, user)
+        finally:
+            self.open_streams -= 1
+
+    async def _stream(self, request: web.Request, account: str, user: str) -> web.StreamResponse:
         pubsub = self.redis.pubsub()
         await pubsub.subscribe(keys.inbox_live(account, user))
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
@@ -134,12 +146,16 @@ class DeliveryApi:
         try:
             await response.prepare(request)
             await response.write(b": connected\n\n")
-            while True:
-                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=SSE_HEARTBEAT_S)
-                if message is None:
+            quiet_since = time.monotonic()
+            # Polled each second, so a gone app frees its place (and Redis connection) at once.
+            while request.transport is not None and not request.transport.is_closing():
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                if message is not None:
+                    await response.write(b"event: message\ndata: " + message["data"] + b"\n\n")
+                    quiet_since = time.monotonic()
+                elif time.monotonic() - quiet_since >= SSE_HEARTBEAT_S:
                     await response.write(b": heartbeat\n\n")
-                    continue
-                await response.write(b"event: message\ndata: " + message["data"] + b"\n\n")
+                    quiet_since = time.monotonic()
         except ConnectionResetError:
             pass  # the app went away; nothing to answer
         finally:

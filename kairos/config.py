@@ -50,6 +50,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # CleverTap allows 15 concurrent upload requests per account.
     max_inflight_uploads_per_account: int = 15
     max_body_bytes: int = 8 * 1024 * 1024
+    # Open in-app inbox streams (server-sent events) a gateway process serves; each holds
+    # a Redis connection, so beyond this a new one gets 503.
+    max_inbox_streams: int = 1000
     # Uploads (or shard batches) that may share one coalesced actor call.
     max_uploads_per_call: int = 64
     # A partition is snapshotted once this many records arrived since its last snapshot,
@@ -74,6 +77,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
         positive = (
             "port", "partitions", "shards", "ingest_actors", "gateway_processes",
             "max_inflight_uploads", "max_inflight_uploads_per_account", "max_body_bytes", "max_uploads_per_call",
+            "max_inbox_streams",
             "snapshot_every_records", "dedupe_window_records",
         )
         for name in positive:

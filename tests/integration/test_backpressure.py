@@ -45,11 +45,14 @@ class StalledBackend:
     async def call_journey(self, index: int, method: str, *args: Any) -> Any:
         raise AssertionError("not used")
 
+    async def user_of(self, account: str, identifier: str) -> str | None:
+        return "1"  # the identity graph answers; only ingest has fallen behind
+
 
 @pytest_asyncio.fixture
 async def stalled_gateway(redis_server: Any) -> AsyncIterator[tuple[str, StalledBackend, web.Application, Accounts]]:
     settings = load_settings(env={}, redis_url=redis_server.url, port=_free_port(),
-                             max_inflight_uploads=20, max_inflight_uploads_per_account=15)
+                             max_inflight_uploads=20, max_inflight_uploads_per_account=15, max_inbox_streams=2)
     client = aioredis.Redis.from_url(redis_server.url)
     accounts = Accounts(client)
     backend = StalledBackend()
@@ -99,3 +102,26 @@ async def test_overload_gets_429_and_in_flight_stays_bounded(stalled_gateway: An
         finished = await asyncio.gather(*first, *second)
     assert sorted(status for status, _ in finished).count(200) == 20
     assert app[ADMISSION].in_flight == 0
+
+
+async def test_inbox_streams_beyond_the_limit_get_503_and_a_closed_one_frees_its_place(stalled_gateway: Any) -> None:
+    base, _, _, accounts = stalled_gateway
+    creds = await accounts.create("bp-streams")
+    headers = {"X-CleverTap-Account-Id": creds.account_id, "X-CleverTap-Passcode": creds.passcode}
+    url = base + "/1/inbox/stream?identity=ann"
+    async with aiohttp.ClientSession() as session:
+        first, second = await session.get(url, headers=headers), await session.get(url, headers=headers)
+        assert (first.status, second.status) == (200, 200)
+        async with session.get(url, headers=headers) as third:
+            assert third.status == 503 and "inbox streams" in (await third.json())["error"]
+        first.close()
+        # The gateway notices the closed stream within its one-second poll, long before a heartbeat.
+        statuses = []
+        for _ in range(30):
+            await asyncio.sleep(0.1)
+            async with session.get(url, headers=headers) as again:
+                statuses.append(again.status)
+                if again.status == 200:
+                    break
+        assert statuses[-1] == 200 and len(statuses) <= 20, statuses
+        second.close()
