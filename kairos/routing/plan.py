@@ -23,7 +23,10 @@ from kairos.templates import RenderError, render_message
 # Profile properties that hold each channel's address.
 PUSH_TOKEN, EMAIL, PHONE = "Push Token", "Email", "Phone"
 ADDRESS_PROPERTY = {"push": PUSH_TOKEN, "email": EMAIL, "sms": PHONE}
-CONSENT_FLAG = {"push": "MSG-push", "email": "MSG-email", "sms": "MSG-sms", "whatsapp": "MSG-whatsapp"}
+# CleverTap's opt-out flags; `MSG-push-all` turns off every push, `MSG-push` marketing push
+# (Kairos sends no other kind, so either one stops a push).
+CONSENT_FLAGS = {"push": ("MSG-push", "MSG-push-all"), "email": ("MSG-email",), "sms": ("MSG-sms",),
+                 "whatsapp": ("MSG-whatsapp",)}
 # Do-not-disturb is for messages that interrupt: not for a webhook, nor for an in-app
 # message, which shows only while the user is in the app anyway.
 QUIET_CHANNELS = frozenset({"push", "sms", "email", "whatsapp"})
@@ -48,11 +51,11 @@ def channels_of(request: SendRequest) -> list[tuple[str, dict[str, Any]]]:
 
 
 def opted_out(profile: Mapping[str, Any], channel: str) -> bool:
-    flag = CONSENT_FLAG.get(channel)
-    value = profile.get(flag) if flag else None
-    if value is False:
-        return True
-    return isinstance(value, str) and value.strip().lower() in _OFF
+    for flag in CONSENT_FLAGS.get(channel, ()):
+        value = profile.get(flag)
+        if value is False or (isinstance(value, str) and value.strip().lower() in _OFF):
+            return True
+    return False
 
 
 def address_of(profile: Mapping[str, Any], channel: str, user: str) -> str | None:
