@@ -477,10 +477,12 @@ async def test_the_sweep_forgets_histories_that_no_longer_matter(harness: Harnes
     await harness.send(waiting, "push", PUSH, event={"Product": "y"}, quiet_hours="delay")
     await harness.run()
     assert harness.router is not None
+    refs = [(harness.account, old), (harness.account, waiting)]
     await harness.clock.advance(9 * 86_400_000)
-    now = await harness.clock.now_ms()
-    assert await harness.router.sweep(now) == 0  # within the caps' 10 days: still counted
+    await harness.router.sweep(await harness.clock.now_ms())
+    histories = await harness.store.histories(refs)
+    assert [len(histories[ref]) for ref in refs] == [1, 1]  # within the caps' 10 days: still counted
     await harness.clock.advance(2 * 86_400_000)
-    assert await harness.router.sweep(await harness.clock.now_ms()) == 1
-    histories = await harness.store.histories([(harness.account, old), (harness.account, waiting)])
-    assert histories[(harness.account, old)] == [] and len(histories[(harness.account, waiting)]) == 1
+    assert await harness.router.sweep(await harness.clock.now_ms()) >= 1  # (other tests' users go too)
+    histories = await harness.store.histories(refs)
+    assert [len(histories[ref]) for ref in refs] == [0, 1]  # the waiting request keeps its entry
