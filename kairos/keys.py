@@ -143,8 +143,8 @@ def router_delayed(partition: int) -> str:
 
 
 def router_in_flight(partition: int) -> str:
-    """Hash: send id -> msgpack `InFlight`, the requests handed to a provider whose outcome
-    is not written yet; what is left after a crash is counted `unknown`."""
+    """Hash: batch id -> msgpack list of `InFlight`, the requests handed to providers whose
+    outcomes are not written yet; what is left after a crash is counted `unknown`."""
     return f"{PREFIX}p:{partition}:router-in-flight"
 
 

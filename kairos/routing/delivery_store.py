@@ -47,6 +47,7 @@ class Pending(msgspec.Struct, array_like=True, frozen=True):
 class InFlight(msgspec.Struct, array_like=True, frozen=True):
     """A request handed to its provider, until its outcome is written."""
 
+    send_id: str
     account: str
     user: str
     channel: str
@@ -59,7 +60,7 @@ UserRef = tuple[str, str]  # (account, user)
 
 _history_decoder = msgspec.msgpack.Decoder(list[HistoryEntry])
 _pending_decoder = msgspec.msgpack.Decoder(Pending)
-_in_flight_decoder = msgspec.msgpack.Decoder(InFlight)
+_in_flight_decoder = msgspec.msgpack.Decoder(list[InFlight])
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -71,8 +72,8 @@ def encode_pending(pending: Pending) -> bytes:
     return _encode(pending)
 
 
-def encode_in_flight(claim: InFlight) -> bytes:
-    return _encode(claim)
+def encode_in_flight(claims: list[InFlight]) -> bytes:
+    return _encode(claims)
 
 
 def history_field(account: str, user: str) -> str:
@@ -100,7 +101,8 @@ class Commit:
         self.events: dict[int, list[tuple[str, Record]]] = {}  # partition -> (account, record)
         self.dead: dict[str, list[dict[str, Any]]] = {}
         self.stats: dict[str, dict[str, int]] = {}
-        # Requests handed to a provider whose outcome is not written yet, and those settled.
+        # Batches of requests handed to providers whose outcomes are not written yet (one
+        # field per partition and batch: a write per batch, not per message), and those settled.
         self.claimed: dict[int, dict[str, bytes]] = {}
         self.settled: dict[int, list[str]] = {}
 
@@ -152,9 +154,9 @@ class DeliveryStore:
             found = await pipe.execute()
         return [(p, member) for p, members in zip(self.partitions, found) for member in members]
 
-    async def in_flight(self) -> dict[int, dict[str, InFlight]]:
-        """Partition -> send id -> the requests a router handed to a provider and then
-        stopped before it wrote the outcome."""
+    async def in_flight(self) -> dict[int, dict[str, list[InFlight]]]:
+        """Partition -> batch id -> the requests a router handed to a provider and then
+        stopped before it wrote their outcomes."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for p in self.partitions:
                 pipe.hgetall(keys.router_in_flight(p))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import uuid
 from typing import Any, Awaitable, Protocol
 
 import msgspec
@@ -115,14 +116,15 @@ class ChannelRouter:
         message may or may not have gone out, and is not sent again."""
         now = await self.clock.now_ms()
         commit = Commit()
-        for partition, claims in (await self.store.in_flight()).items():
-            for send_id, claim in claims.items():
+        for partition, batches in (await self.store.in_flight()).items():
+            for batch_id, claims in batches.items():
+                commit.settled.setdefault(partition, []).append(batch_id)
+            for claim in (c for claims in batches.values() for c in claims):
                 commit.count(claim.account, f"{claim.channel}|unknown", f"{claim.source_kind}:{claim.source}|unknown")
                 commit.dead.setdefault(claim.account, []).append(
-                    {"id": send_id, "user": claim.user, "channel": claim.channel, "at_ms": now,
+                    {"id": claim.send_id, "user": claim.user, "channel": claim.channel, "at_ms": now,
                      "reason": "unknown: the router stopped after handing the message to its provider; not sent again",
                      "source_kind": claim.source_kind, "source": claim.source, "node": claim.node})
-                commit.settled.setdefault(partition, []).append(send_id)
         await self.store.commit(commit)
 
     async def step(self, block_ms: int | None = None) -> int:
@@ -173,11 +175,29 @@ class ChannelRouter:
             sending = [w for w in fresh if w.plan is not None and w.plan.action == planning.SEND]
             for work in fresh:
                 self._record_decision(work, histories, settings[work.pending.request.account], commit, now)
+            batch_id = self._claim(sending, commit)
             await self.store.commit(commit)
             commit = Commit()
+            for partition in {w.partition for w in sending}:
+                commit.settled.setdefault(partition, []).append(batch_id)
             outcomes = await self._deliver(sending, settings)
             fresh = self._record_outcomes(sending, outcomes, histories, settings, commit, now)
         await self.store.commit(commit)
+
+    @staticmethod
+    def _claim(sending: list[_Work], commit: Commit) -> str:
+        """Notes the batch as handed over, until its outcomes are written with `settled`."""
+        batch_id = uuid.uuid4().hex
+        claims: dict[int, list[InFlight]] = {}
+        for work in sending:
+            request, decision = work.pending.request, work.plan
+            assert decision is not None
+            claims.setdefault(work.partition, []).append(InFlight(
+                request.id, request.account, request.user, decision.channel, request.source_kind, request.journey,
+                request.node))
+        for partition, batch in claims.items():
+            commit.claimed.setdefault(partition, {})[batch_id] = encode_in_flight(batch)
+        return batch_id
 
     def _deduped(self, works: list[_Work], histories: dict[UserRef, list[HistoryEntry]], commit: Commit) -> list[_Work]:
         fresh: list[_Work] = []
@@ -231,8 +251,6 @@ class ChannelRouter:
         channel = decision.channel or request.channel
         if decision.action == planning.SEND:
             self._mark(request, channel, CLAIMED, histories, settings, commit, now)
-            commit.claimed.setdefault(work.partition, {})[request.id] = encode_in_flight(InFlight(
-                request.account, request.user, channel, request.source_kind, request.journey, request.node))
         elif decision.action == planning.DELAY:
             self._mark(request, channel, QUEUED, histories, settings, commit, now)
             pending = msgspec.structs.replace(work.pending, channel_index=decision.channel_index)
@@ -344,7 +362,6 @@ class ChannelRouter:
             request, decision = work.pending.request, work.plan
             assert decision is not None
             channel, account_settings = decision.channel, settings[request.account]
-            commit.settled.setdefault(work.partition, []).append(request.id)
             if outcome.status == DELIVERED:
                 self._mark(request, channel, STATE_DELIVERED, histories, account_settings, commit, now)
                 commit.count(request.account, f"{channel}|sent", f"{request.source_kind}:{request.journey}|sent")
