@@ -142,7 +142,8 @@ class ChannelRouter:
             try:
                 await self._handle(works, cursors, now)
             except BaseException:
-                # Nothing of this round is committed past its claims: read it again.
+                # Read again what the round did not commit; what it did is in the users'
+                # histories, and is dropped as a duplicate when read again.
                 self.outbox.after = read_from
                 raise
         self.handled += len(works)
