@@ -18,8 +18,8 @@ from kairos import keys
 from kairos.journeys.model import SendRequest
 from kairos.models import Record
 from kairos.partitions import PartitionMap
+from kairos.routing import feedback
 from kairos.routing.caps import Sent
-from kairos.routing.feedback import DELIVERY_EVENTS_KEPT, stream_entry
 
 # History states: waiting in the delayed set, handed to a provider (outcome not yet
 # known), delivered, or given up on (dropped or failed).
@@ -210,8 +210,7 @@ class DeliveryStore:
                 for account, record in records:
                     by_account.setdefault(account, []).append(record)
                 for account, batch in by_account.items():
-                    pipe.xadd(keys.delivery_events(partition), stream_entry(account, batch),  # type: ignore[arg-type]
-                              maxlen=DELIVERY_EVENTS_KEPT, approximate=True)
+                    feedback.append(pipe, partition, account, batch)
             for account, letters in commit.dead.items():
                 for letter in letters:
                     pipe.xadd(keys.dead_letters(account), {"d": msgspec.json.encode(letter)},

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from kairos import keys
 from kairos.models import Record
@@ -26,15 +27,11 @@ _records_encoder = msgspec.msgpack.Encoder()
 DELIVERY_EVENTS_KEPT = 1_000_000
 
 
-def stream_entry(account: str, records: list[Record]) -> dict[str, bytes | str]:
-    """One entry of a delivery-event stream: one account's records."""
-    return {"a": account, "r": _records_encoder.encode(records)}
-
-
-async def append(client: aioredis.Redis, partition: int, account: str, records: list[Record]) -> None:
-    """Durably queues `records` for ingest (the forwarder of `partition` takes them)."""
-    await client.xadd(keys.delivery_events(partition), stream_entry(account, records),  # type: ignore[arg-type]
-                      maxlen=DELIVERY_EVENTS_KEPT, approximate=True)
+def append(client: aioredis.Redis | Pipeline, partition: int, account: str, records: list[Record]) -> Any:
+    """Queues one account's `records` for ingest (the forwarder of `partition` takes them):
+    awaitable on a client, queued on a pipeline."""
+    return client.xadd(keys.delivery_events(partition), {"a": account, "r": _records_encoder.encode(records)},
+                       maxlen=DELIVERY_EVENTS_KEPT, approximate=True)
 
 
 class FeedbackForwarder:

@@ -40,7 +40,6 @@ from kairos.routing.delivery_store import (
     CLAIMED, COUNTED, DELIVERED as STATE_DELIVERED, GIVEN_UP, QUEUED, Commit, DeliveryStore, HistoryEntry, InFlight,
     Pending, UserRef, decode_pending, encode_in_flight, encode_pending, history_field, trimmed,
 )
-from kairos.routing.delivery_events import SentMessage, notification_event
 from kairos.routing.settings import DeliverySettings
 from kairos.routing.tracking import TrackedLink, Tracker
 
@@ -281,11 +280,11 @@ class ChannelRouter:
         commit.histories[(self.store.partition_of(*ref), history_field(*ref))] = entries
 
     @staticmethod
-    def _sent(work: _Work, channel: str) -> SentMessage | None:
+    def _sent(work: _Work, channel: str) -> events.SentMessage | None:
         request = work.pending.request
         if work.identifier is None:
             return None  # the user is gone: there is no stream to add to
-        return SentMessage(request.account, work.identifier, request.id, channel, request.source_kind,
+        return events.SentMessage(request.account, work.identifier, request.id, channel, request.source_kind,
                            request.journey, request.node, request.variant)
 
     def _event(self, commit: Commit, work: _Work, name: str, channel: str, now: int,
@@ -293,7 +292,7 @@ class ChannelRouter:
         sent = self._sent(work, channel)
         if sent is not None:
             commit.events.setdefault(work.partition, []).append(
-                (sent.account, notification_event(sent, name, now, extra)))
+                (sent.account, events.notification_event(sent, name, now, extra)))
 
     def _tracked(self, work: _Work, settings: DeliverySettings) -> dict[str, Any]:
         """The plan's message, with open and click tracking where the channel has it."""

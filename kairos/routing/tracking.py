@@ -82,12 +82,14 @@ class Tracker:
         except (binascii.Error, ValueError, InvalidTag, msgspec.DecodeError):
             raise BadToken("the tracking token is not valid (cut short, or not made by this deployment)") from None
 
+    def _url(self, path: str, token: str, base_url: str | None) -> str:
+        return f"{(base_url or self.base_url).rstrip('/')}{path}{token}"
+
     def open_url(self, link: TrackedLink, base_url: str | None = None) -> str:
-        return f"{(base_url or self.base_url).rstrip('/')}{OPEN_PATH}{self.token(link)}"
+        return self._url(OPEN_PATH, self.token(link), base_url)
 
     def click_url(self, link: TrackedLink, url: str | None, base_url: str | None = None) -> str:
-        token = self.token(msgspec.structs.replace(link, url=url))
-        return f"{(base_url or self.base_url).rstrip('/')}{CLICK_PATH}{token}"
+        return self._url(CLICK_PATH, self.token(msgspec.structs.replace(link, url=url)), base_url)
 
     def email(self, message: dict[str, Any], link: TrackedLink, opens: bool, clicks: bool,
               base_url: str | None = None) -> dict[str, Any]:
@@ -129,11 +131,11 @@ class Tracker:
         notification arrives (`kairos_delivered_url`: FCM itself reports no delivery), is
         shown (`kairos_view_url`) and is tapped (`kairos_click_url`)."""
         # One token serves all three (a push click has no link to carry): FCM allows 4 KB.
-        token, base = self.token(link), (base_url or self.base_url).rstrip("/")
+        token = self.token(link)
         data = dict(message.get("data") or {})
-        data["kairos_delivered_url"] = f"{base}{DELIVERED_PATH}{token}"
+        data["kairos_delivered_url"] = self._url(DELIVERED_PATH, token, base_url)
         if opens:
-            data["kairos_view_url"] = f"{base}{OPEN_PATH}{token}"
+            data["kairos_view_url"] = self._url(OPEN_PATH, token, base_url)
         if clicks:
-            data["kairos_click_url"] = f"{base}{CLICK_PATH}{token}"
+            data["kairos_click_url"] = self._url(CLICK_PATH, token, base_url)
         return {**message, "data": data}
