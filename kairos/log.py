@@ -19,6 +19,12 @@ _READ_PAGE = 2000
 _CHUNK_PAGE = 4
 
 
+def stream_id_order(stream_id: str) -> tuple[int, int]:
+    """A Redis stream id ("<ms>-<seq>") as a sortable pair."""
+    ms, _, seq = stream_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
 class PartitionLog(Protocol):
     async def append(self, entries: list[tuple[int, str, bytes]]) -> list[str]:
         """Append (partition, batch id, payload) entries; return their log ids, in order."""

@@ -20,7 +20,8 @@ from kairos.journeys.clock import Clock
 from kairos.journeys.definition import ScheduleEntry
 from kairos.journeys.engine import JourneyEngine, Lookups
 from kairos.journeys.model import CATALOG_RESYNC_S, SegmentSignalIn, Trigger, trigger_list_decoder
-from kairos.journeys.state_store import SEP, JourneyStateStore, stream_id_order
+from kairos.journeys.state_store import SEP, JourneyStateStore
+from kairos.log import stream_id_order
 
 logger = logging.getLogger(__name__)
 

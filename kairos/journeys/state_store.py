@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from kairos import keys
 from kairos.journeys.engine import Changes, UserKey
 from kairos.journeys.model import Position, position_decoder
+from kairos.log import stream_id_order
 from kairos.partitions import PartitionMap
 
 SEP = "\x00"
@@ -24,12 +25,6 @@ _encode = msgspec.msgpack.encode
 
 def field(account: str, name: str, user: str) -> str:
     return f"{account}{SEP}{name}{SEP}{user}"
-
-
-def stream_id_order(stream_id: str) -> tuple[int, int]:
-    """A Redis stream id ("<ms>-<seq>") as a sortable pair."""
-    ms, _, seq = stream_id.partition("-")
-    return int(ms), int(seq or 0)
 
 
 class JourneyStateStore:

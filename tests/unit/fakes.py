@@ -7,11 +7,7 @@ import copy
 from typing import Any
 
 from kairos.identity_graph import Merge
-
-
-def _id_key(log_id: str) -> tuple[int, int]:
-    ms, _, seq = log_id.partition("-")
-    return int(ms), int(seq)
+from kairos.log import stream_id_order
 
 
 class FakeLog:
@@ -48,8 +44,8 @@ class FakeLog:
         return ids
 
     async def read_after(self, partition: int, after_id: str) -> list[tuple[str, str, bytes]]:
-        after = _id_key(after_id)
-        return [e for e in self.streams.get(partition, []) if _id_key(e[0]) > after]
+        after = stream_id_order(after_id)
+        return [e for e in self.streams.get(partition, []) if stream_id_order(e[0]) > after]
 
     async def load_snapshot(self, partition: int) -> bytes | None:
         snap = self.snapshots.get(partition)
@@ -64,8 +60,8 @@ class FakeLog:
             self.chunks[(partition, chunk_id)] = chunk
             self.chunk_writes += 1
         self.snapshots[partition] = (data, covers_id)
-        keep = _id_key(covers_id)
-        self.streams[partition] = [e for e in self.streams.get(partition, []) if _id_key(e[0]) >= keep]
+        keep = stream_id_order(covers_id)
+        self.streams[partition] = [e for e in self.streams.get(partition, []) if stream_id_order(e[0]) >= keep]
 
     async def stream_bytes(self, partition: int) -> int:
         return sum(len(payload) for _, _, payload in self.streams.get(partition, []))
@@ -204,7 +200,7 @@ class FakeJourneyStore:
         await asyncio.sleep(0)
         found = []
         for stream, last in after.items():
-            fresh = [e for e in self.streams.get(stream, []) if _id_key(e[0].decode()) > _id_key(last)][:count]
+            fresh = [e for e in self.streams.get(stream, []) if stream_id_order(e[0].decode()) > stream_id_order(last)][:count]
             if fresh:
                 found.append((stream, fresh))
         return found

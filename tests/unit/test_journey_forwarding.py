@@ -7,6 +7,7 @@ import pytest
 
 from kairos.config import Settings
 from kairos.journeys.model import Trigger
+from kairos.log import stream_id_order
 from kairos.models import EventRecord, ProfileRecord, ShardBlob, record_list_encoder
 from kairos.shard import UserShard
 from fakes import FakeLog
@@ -33,14 +34,9 @@ class Inbox:
         self.writes += 1
         for partition, log_id, triggers in items:
             # XADD with an explicit id refuses one not above the stream's newest.
-            newest = max((_order(i) for p, i in self.entries if p == partition), default=(0, 0))
-            if _order(log_id) > newest:
+            newest = max((stream_id_order(i) for p, i in self.entries if p == partition), default=(0, 0))
+            if stream_id_order(log_id) > newest:
                 self.entries[(partition, log_id)] = triggers
-
-
-def _order(log_id: str) -> tuple[int, int]:
-    ms, _, seq = log_id.partition("-")
-    return int(ms), int(seq)
 
 
 def shard_with(log: FakeLog, inbox: Inbox) -> UserShard:
@@ -85,7 +81,7 @@ async def test_a_restarted_shard_forwards_its_log_tail_again_under_the_same_ids(
     for i in range(3):
         await append(shard, f"b{i}", ACCOUNT, [EventRecord(f"identity:{i}", T0, "Added To Cart", {"CartId": i})])
     first = dict(inbox.entries)
-    lost = max(first, key=lambda key: _order(key[1]))
+    lost = max(first, key=lambda key: stream_id_order(key[1]))
     del inbox.entries[lost]  # the last inbox write was lost in the crash
     restarted = shard_with(log, inbox)
     await restarted.ready()
