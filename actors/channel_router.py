@@ -16,7 +16,7 @@ from actors import names
 from kairos.channels.in_app import InAppProvider, Inbox
 from kairos.channels.registry import AccountProviders
 from kairos.config import Settings
-from kairos.journeys.clock import Clock, ManualClock, SystemClock
+from kairos.journeys.clock import clock_for
 from kairos.models import Record, encode_upload
 from kairos.partitions import PartitionMap
 from kairos.routing.delivery_store import DeliveryStore
@@ -42,7 +42,7 @@ class ChannelRouterActor:
         self._store = DeliveryStore(self._redis, partition_map, self._partitions)
         self._shard = ray.get_actor(names.shard(index), namespace=names.NAMESPACE)
         self._ingest = [ray.get_actor(names.ingest(i), namespace=names.NAMESPACE) for i in range(settings.ingest_actors)]
-        clock: Clock = ManualClock(self._redis) if settings.clock == "manual" else SystemClock()
+        clock = clock_for(settings.clock, self._redis)
         self._clock = clock
         self.providers = AccountProviders(self._redis, InAppProvider(Inbox(self._redis, clock)))
         self.feedback = FeedbackForwarder(self._redis, self._partitions, self._emit)

@@ -23,7 +23,7 @@ from kairos.config import Settings
 from kairos.channels.in_app import Inbox
 from kairos.routing.tracking import Tracker, tracking_key
 from kairos.identity_graph import IdentityGraph
-from kairos.journeys.clock import Clock, ManualClock, SystemClock
+from kairos.journeys.clock import clock_for
 from kairos.journeys.catalog import JourneyCatalog
 from kairos.segments.catalog import SegmentCatalog
 from kairos.segments.definition import SegmentError
@@ -103,7 +103,7 @@ class GatewayActor:
             client = aioredis.Redis.from_url(settings.redis_url)
             accounts = Accounts(client, settings.auth_cache_s)
             self._backend = RayBackend(settings, self._ingest, self._shards, self._journeys, IdentityGraph(client))
-            clock: Clock = ManualClock(client) if settings.clock == "manual" else SystemClock()
+            clock = clock_for(settings.clock, client)
             app = create_app(settings, self._backend, accounts, SegmentCatalog(client), SignalLog(client),
                              JourneyCatalog(client), client, Inbox(client, clock),
                              Tracker(await tracking_key(client), settings.public_base_url))

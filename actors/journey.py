@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from actors import names
 from kairos.config import Settings
 from kairos.journeys.catalog import JourneyCatalog
-from kairos.journeys.clock import Clock, ManualClock, SystemClock
+from kairos.journeys.clock import clock_for
 from kairos.journeys.runner import JourneyRunner
 from kairos.journeys.state_store import JourneyStateStore
 from kairos.partitions import PartitionMap
@@ -46,7 +46,7 @@ class JourneyActor:
         partition_map = PartitionMap(settings.partitions, settings.shards)
         partitions = partition_map.partitions_of(index)
         shard = ray.get_actor(names.shard(index), namespace=names.NAMESPACE)
-        clock: Clock = ManualClock(redis) if settings.clock == "manual" else SystemClock()
+        clock = clock_for(settings.clock, redis)
         self.runner = JourneyRunner(JourneyStateStore(redis, partition_map, partitions), JourneyCatalog(redis),
                                     SegmentCatalog(redis), ShardLookups(shard, partitions), clock,
                                     on_failure=self._exit)

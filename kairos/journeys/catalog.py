@@ -17,8 +17,8 @@ from redis.asyncio.client import Pipeline
 from kairos import keys
 from kairos.journeys import counters
 from kairos.journeys.definition import Journey, JourneyError, ScheduleEntry, SegmentEntry, parse_journey
-from kairos.journeys.model import ACTIVE, PAUSED, SavedJourney
-from kairos.segments.catalog import SavedSegment
+from kairos.journeys.model import ACTIVE, PAUSED, SavedJourney, saved_journey_decoder
+from kairos.segments.catalog import SegmentCatalog
 from kairos.segments.catalog import check_name as check_segment_name
 
 MAX_JOURNEYS = 500
@@ -47,7 +47,7 @@ class JourneyCatalog:
             old_raw = await pipe.hget(key, name)
             if old_raw is None and await pipe.hlen(key) >= MAX_JOURNEYS:
                 raise JourneyError("name", f"the account already has {MAX_JOURNEYS} journeys")
-            old = msgspec.msgpack.decode(old_raw, type=SavedJourney) if old_raw else None
+            old = saved_journey_decoder.decode(old_raw) if old_raw else None
             definitions = dict(old.definitions) if old else {}
             if len(definitions) >= MAX_VERSIONS:
                 raise JourneyError("definition", f"the journey has users on {MAX_VERSIONS} versions; move"
@@ -78,7 +78,7 @@ class JourneyCatalog:
             raw = await pipe.hget(key, name)
             if raw is None:
                 return None
-            saved = msgspec.msgpack.decode(raw, type=SavedJourney)
+            saved = saved_journey_decoder.decode(raw)
             if change(saved):
                 pipe.multi()
                 pipe.hset(key, name, msgspec.msgpack.encode(saved))
@@ -122,10 +122,10 @@ class JourneyCatalog:
             path, live_needed = "definition.entry.schedule.segment", False
         else:
             return
-        raw = await self._redis.hget(keys.segments(account), entry.segment)
-        if raw is None:
+        segment = await SegmentCatalog(self._redis).get(account, entry.segment)
+        if segment is None:
             raise JourneyError(path, f"there is no saved segment named {entry.segment!r}")
-        if live_needed and not msgspec.msgpack.decode(raw, type=SavedSegment).live:
+        if live_needed and not segment.live:
             raise JourneyError(path, f"segment {entry.segment!r} is not live: save it with \"live\": true so that"
                                      " entering it signals")
 
@@ -140,11 +140,11 @@ class JourneyCatalog:
 
     async def get(self, account: str, name: str) -> SavedJourney | None:
         raw = await self._redis.hget(keys.journeys(account), name)
-        return msgspec.msgpack.decode(raw, type=SavedJourney) if raw else None
+        return saved_journey_decoder.decode(raw) if raw else None
 
     async def all(self, account: str) -> list[SavedJourney]:
         raw = await self._redis.hgetall(keys.journeys(account))
-        return sorted((msgspec.msgpack.decode(v, type=SavedJourney) for v in raw.values()), key=lambda j: j.name)
+        return sorted((saved_journey_decoder.decode(v) for v in raw.values()), key=lambda j: j.name)
 
     async def delete(self, account: str, name: str) -> bool:
         """Forget the journey and its counters; users in it leave it (the version number stays taken)."""

@@ -47,3 +47,8 @@ class ManualClock:
 
     async def set(self, at_ms: int) -> None:
         await self._redis.set(keys.MANUAL_CLOCK, at_ms)
+
+
+def clock_for(kind: str, client: aioredis.Redis) -> Clock:
+    """The clock `KAIROS_CLOCK` names: `manual` or `system`."""
+    return ManualClock(client) if kind == "manual" else SystemClock()

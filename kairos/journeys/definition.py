@@ -26,7 +26,7 @@ from typing import Any, Union
 import msgspec
 
 from kairos.segments.definition import (
-    Condition, PropertyFilter, SegmentError, event_name, no_extra_fields, parse_duration, parse_instant,
+    PropertyFilter, SegmentError, event_name, no_extra_fields, parse_duration, parse_instant,
     parse_segment, parse_time_of_day, parse_where,
 )
 from kairos.segments.timing import zone
@@ -105,8 +105,7 @@ class WaitForEvent(msgspec.Struct, frozen=True):
 
 
 class Branch(msgspec.Struct, frozen=True):
-    condition: Condition
-    condition_raw: Any  # as written: shards evaluate it with the segment engine
+    condition_raw: Any  # as written (checked on save): shards evaluate it with the segment engine
     yes: str | None
     no: str | None
 
@@ -351,7 +350,8 @@ def _node(raw: Any, path: str) -> Node:
         no_extra_fields(raw, {"type", "condition", "yes", "no"}, path)
         if "condition" not in raw:
             raise JourneyError(f"{path}.condition", "is missing: a segment condition, e.g. {'profile': 'Age', ...}")
-        return Branch(parse_segment(raw["condition"], f"{path}.condition"), raw["condition"], _next(raw, "yes", path), _next(raw, "no", path))
+        parse_segment(raw["condition"], f"{path}.condition")  # only for its errors: shards parse it again
+        return Branch(raw["condition"], _next(raw, "yes", path), _next(raw, "no", path))
     if kind == "split":
         no_extra_fields(raw, {"type", "variants"}, path)
         return Split(_variants(raw.get("variants"), f"{path}.variants"))

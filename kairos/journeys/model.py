@@ -83,4 +83,5 @@ class SendRequest(msgspec.Struct, omit_defaults=True):
 trigger_list_encoder = msgspec.msgpack.Encoder()
 trigger_list_decoder = msgspec.msgpack.Decoder(list[Trigger])
 position_decoder = msgspec.msgpack.Decoder(Position)
+saved_journey_decoder = msgspec.msgpack.Decoder(SavedJourney)
 send_decoder = msgspec.msgpack.Decoder(SendRequest)

@@ -21,6 +21,7 @@ from kairos.partitions import PartitionMap
 
 SEP = "\x00"
 _encode = msgspec.msgpack.encode
+_entry_decoder = msgspec.msgpack.Decoder(tuple[int, int])  # (times entered, last entry ms)
 
 
 def field(account: str, name: str, user: str) -> str:
@@ -62,8 +63,7 @@ class JourneyStateStore:
         for positions, values in zip(by_partition.values(), results):
             for i, raw in zip(positions, values):
                 if raw is not None:
-                    count, last = msgspec.msgpack.decode(raw)
-                    answers[i] = (count, last)
+                    answers[i] = _entry_decoder.decode(raw)
         return answers
 
     async def commit(self, changes: Changes, cursors: dict[int, dict[str, str]]) -> None:
