@@ -390,6 +390,11 @@ class JourneyEngine:
                 run.held.add(user)
                 return
             node = journey.nodes[node_id]
+            if isinstance(node, (Branch, WaitUntil)):
+                # Counted as reached when the lookup answers and the node runs.
+                self._rest(run, user, pos, node_id, READY, 0, variant)
+                self._pending.setdefault((run.index, pos.version, node_id), []).append(user)
+                return
             self.changes.count(run.account, run.name, counters.at_node(pos.version, node_id, "reached"))
             if isinstance(node, Send):
                 if not pos.control:
@@ -405,15 +410,9 @@ class JourneyEngine:
             elif isinstance(node, Wait):
                 self._rest(run, user, pos, node_id, WAITING, now_ms + node.duration_ms, variant)
                 return
-            elif isinstance(node, WaitForEvent):
-                self._rest(run, user, pos, node_id, WAITING, now_ms + node.timeout_ms, variant)
-                return
             else:
-                assert isinstance(node, (Branch, WaitUntil))
-                # Undo the count: it is made when the lookup answers and the node runs.
-                self.changes.count(run.account, run.name, counters.at_node(pos.version, node_id, "reached"), -1)
-                self._rest(run, user, pos, node_id, READY, 0, variant)
-                self._pending.setdefault((run.index, pos.version, node_id), []).append(user)
+                assert isinstance(node, WaitForEvent)
+                self._rest(run, user, pos, node_id, WAITING, now_ms + node.timeout_ms, variant)
                 return
 
     def _rest(self, run: _Run, user: str, pos: Position, node_id: str, phase: int, due_ms: int,
@@ -497,18 +496,18 @@ class JourneyEngine:
                 if isinstance(node, Branch):
                     answers = await self._lookups.matching(run.account, node.condition_raw, users, now_ms, journey.tz)
                     for user, yes in zip(users, answers):
-                        pos = run.positions[user]
                         if not _at(run, user, version, node_id):
                             continue
+                        pos = run.positions[user]
                         self.changes.count(run.account, run.name, counters.at_node(version, node_id, "reached"))
                         self._advance(run, user, pos, node.yes if yes else node.no, now_ms)
                 else:
                     assert isinstance(node, WaitUntil)
                     zones = await self._lookups.time_zones(run.account, users)
                     for user, tz_name in zip(users, zones):
-                        pos = run.positions[user]
                         if not _at(run, user, version, node_id):
                             continue
+                        pos = run.positions[user]
                         self.changes.count(run.account, run.name, counters.at_node(version, node_id, "reached"))
                         due = next_local_time(now_ms, node.at, tz_name, journey.tz)
                         self._rest(run, user, pos, node_id, WAITING, due, pos.variant)

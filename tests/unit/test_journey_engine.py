@@ -502,3 +502,42 @@ async def test_waits_replaced_long_before_their_end_are_swept_from_the_heap() ->
     await world.step(events=[Trigger(ACCOUNT, u, "Visited", world.now, {}) for u in users[:10]])
     assert len(world.engine._timers) < 100_000  # 180,010 pushed; the stale ones swept
     assert world.waiting("long", "long") == 10
+
+
+FILTERED: dict[str, Any] = {
+    "entry": {"event": "Added To Cart", "where": [{"property": "Amount", "op": "gte", "value": 50},
+                                                  {"property": "Category", "op": "contains", "value": "shoe"}]},
+    "start": "wait_charge",
+    "nodes": {
+        "wait_charge": {"type": "wait_for_event", "event": "Charged",
+                        "where": [{"property": "Coupon", "op": "ne", "value": "STAFF"}],
+                        "timeout": "1h", "on_event": "thanks", "on_timeout": "push"},
+        "thanks": {"type": "send", "channel": "email", "message": {"subject": "Thanks", "text": "Thanks"}},
+        "push": {"type": "send", "channel": "push", "message": {"title": "Still thinking?"}},
+    },
+    "goal": {"event": "Reviewed", "where": [{"property": "Stars", "op": "gte", "value": 4}]},
+}
+
+
+async def test_where_filters_decide_entry_waits_and_goals_as_segments_do() -> None:
+    world = World({"shoes": FILTERED})
+    await world.event("cheap", "Added To Cart", Amount=20, Category="Shoes")
+    await world.event("other", "Added To Cart", Amount=80, Category="Hats")
+    await world.event("text", "Added To Cart", Amount="80", Category="Shoes")  # types do not mix
+    await world.event("in", "Added To Cart", Amount=80, Category="Running SHOES")  # contains ignores case
+    assert world.stats["shoes|v1|entered"] == 1 and world.waiting("shoes", "wait_charge") == 1
+
+    # `ne` needs the property: a Charged without a Coupon is not the awaited one.
+    await world.event("in", "Charged", Amount=80)
+    await world.event("in", "Charged", Amount=80, Coupon="STAFF")
+    assert world.sent("in") == [] and world.waiting("shoes", "wait_charge") == 1
+    await world.event("in", "Charged", Amount=80, Coupon="SPRING")
+    assert world.sent("in") == [("email", "thanks")]
+
+    await world.event("late", "Added To Cart", Amount=99, Category="shoe")
+    await world.event("late", "Reviewed", Stars=3)
+    assert world.stats["shoes|v1|converted"] == 0 and world.waiting("shoes", "wait_charge") == 1
+    await world.event("late", "Reviewed", Stars=5)
+    assert world.stats["shoes|v1|converted"] == 1
+    await world.advance(HOUR)
+    assert world.sent("late") == []  # the goal ended the journey
