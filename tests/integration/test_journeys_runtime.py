@@ -104,6 +104,18 @@ async def serving_again(deployment: Any) -> None:
             await asyncio.sleep(0.5)
 
 
+async def until_stats(journeys: Journeys, name: str, expected: dict[str, int], timeout_s: float = 30) -> None:
+    """Waits until the journey's counters show `expected`: its actors have taken the
+    uploaded events up (instead of sleeping and hoping they have)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        stats = await journeys.stats(name)
+        if all(stats.get(k, 0) == v for k, v in expected.items()):
+            return
+        assert time.monotonic() < deadline, stats
+        await asyncio.sleep(0.1)
+
+
 def by_user(sends: list[SendRequest]) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
     for s in sends:
@@ -128,13 +140,13 @@ async def test_abandoned_cart_over_the_gateway(journeys: Journeys) -> None:
     await journeys.upload([event("shopper-0", "Charged", CartId="cart-0", Amount=30),
                                event("shopper-1", "Charged", CartId="cart-1", Amount=12),
                                event("shopper-2", "Charged", CartId="another", Amount=5)])
-    await asyncio.sleep(0.5)
+    await until_stats(journeys, "cart", {"v1|converted": 2, "v1|node|wait_charge|waiting": 4})
     await journeys.clock.advance(HOUR)
     sends = await journeys.collect(lambda s: len(s) >= 4)
     assert {s.node for s in sends} == {"push"} and len(sends) == 4
     # One more pays after the push: no coupon for them.
     await journeys.upload([event("shopper-3", "Charged", CartId="cart-3", Amount=8)])
-    await asyncio.sleep(0.5)
+    await until_stats(journeys, "cart", {"v1|converted": 3})
     await journeys.clock.advance(DAY)
     sends = await journeys.collect(lambda s: len(s) >= 7)
     await journeys.settle()
@@ -156,7 +168,7 @@ async def test_a_wait_survives_a_journey_actor_restart_and_fires_once(journeys: 
     await journeys.save("cart", ABANDONED_CART)
     users = [f"sleeper-{i}" for i in range(20)]
     await journeys.upload([event(u, "Added To Cart", CartId=u) for u in users])
-    await asyncio.sleep(0.5)
+    await until_stats(journeys, "cart", {"v1|node|wait_charge|waiting": 20})
     deployment = journeys.kairos.deployment
     pids = await asyncio.gather(*(j.pid.remote() for j in deployment.journeys))
     for pid in pids:
@@ -271,7 +283,7 @@ async def test_a_drip_branches_on_behaviour_and_waits_for_ten_in_each_users_zone
 async def test_a_paused_journey_holds_its_users_and_sends_when_resumed(journeys: Journeys) -> None:
     await journeys.save("cart", ABANDONED_CART)
     await journeys.upload([event(f"held-{i}", "Added To Cart", CartId=f"h{i}") for i in range(3)])
-    await asyncio.sleep(0.5)
+    await until_stats(journeys, "cart", {"v1|node|wait_charge|waiting": 3})
     status, _ = await journeys.api.request("POST", "/api/journeys/cart/pause")
     assert status == 200
     await journeys.upload([event("late", "Added To Cart", CartId="late")])  # no entry while paused
