@@ -44,3 +44,14 @@ def only_fields(body: dict[str, Any], allowed: set[str]) -> None:
     if unknown:
         raise ApiError(400, f"{unknown[0]!r} is not a field here (allowed: {', '.join(sorted(allowed))})",
                        path=unknown[0])
+
+
+def query_int(request: web.Request, name: str, default: int, most: int) -> int:
+    """A whole-number query parameter from 1 to `most`; 400 naming it otherwise (the
+    length is checked first: int() of a million digits is slow, and past 4300 an error)."""
+    text = request.query.get(name)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= len(str(most))) or not 1 <= int(text) <= most:
+        raise ApiError(400, f"'{name}' must be a whole number from 1 to {most}", path=name)
+    return int(text)

@@ -16,7 +16,7 @@ import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
 
-from gateway.api_requests import bad_definition, json_object, only_fields
+from gateway.api_requests import bad_definition, json_object, only_fields, query_int
 from gateway.auth import ACCOUNT
 from gateway.backend import Backend
 from gateway.errors import ApiError, json_response
@@ -94,7 +94,7 @@ class DeliveryApi:
         return json_response({"channels": channels, "sources": sources, **other})
 
     async def dead_letters(self, request: web.Request) -> web.Response:
-        limit = _limit(request.query.get("limit", "100"), MAX_DEAD_LETTERS)
+        limit = query_int(request, "limit", 100, MAX_DEAD_LETTERS)
         found = await self.redis.xrevrange(keys.dead_letters(request[ACCOUNT]), count=limit)
         return json_response({"dead_letters": [msgspec.json.decode(fields[b"d"]) for _, fields in found]})
 
@@ -164,8 +164,3 @@ class DeliveryApi:
             await pubsub.aclose()
         return response
 
-
-def _limit(text: str, most: int) -> int:
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= most:
-        raise ApiError(400, f"'limit' must be a whole number from 1 to {most}", path="limit")
-    return int(text)

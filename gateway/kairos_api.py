@@ -21,7 +21,7 @@ from aiohttp import web
 
 from gateway.admission import Admission
 from gateway.auth import ACCOUNT
-from gateway.api_requests import bad_definition, checked, json_object, only_fields
+from gateway.api_requests import bad_definition, checked, json_object, only_fields, query_int
 from gateway.errors import ApiError, json_response
 from kairos.journeys.catalog import JourneyCatalog
 from kairos.query_coordinator import QueryCoordinator
@@ -148,10 +148,8 @@ class KairosApi:
         after = request.query.get("after", "0-0")
         if not _STREAM_ID.fullmatch(after) or any(int(part) >= 2**63 for part in after.split("-")):
             raise ApiError(400, "'after' must be a signal id such as 1790000000000-0", path="after")
-        limit_text = request.query.get("limit", "100")
-        if not (limit_text.isascii() and limit_text.isdigit()) or not 1 <= int(limit_text) <= MAX_MEMBERS_PAGE:
-            raise ApiError(400, f"'limit' must be an integer from 1 to {MAX_MEMBERS_PAGE}", path="limit")
-        page = await self.signals.read(account, name, after, int(limit_text))
+        limit = query_int(request, "limit", 100, MAX_MEMBERS_PAGE)
+        page = await self.signals.read(account, name, after, limit)
         return json_response({"signals": page, "next": page[-1]["id"] if page else after, "live": saved.live})
 
     # --- queries ------------------------------------------------------------------------

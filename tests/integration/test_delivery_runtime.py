@@ -185,6 +185,9 @@ async def test_delivery_settings_hide_secrets_and_name_what_is_wrong(api: Api) -
     assert status == 400 and body["path"] == "settings.providers.email.provider", body
     status, body = await api.request("GET", "/1/inbox?identity=nobody-at-all")
     assert status == 404 and body["status"] == "fail", body
+    for limit in ("0", "1001", "x", "9" * 5000):  # a huge number is a 400, not int()'s error
+        status, body = await api.request("GET", f"/api/deliveries/dead-letters?limit={limit}")
+        assert status == 400 and body["path"] == "limit", (limit[:10], body)
 
 
 NEWSLETTER = {
