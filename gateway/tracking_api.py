@@ -28,6 +28,7 @@ from kairos.journeys.clock import Clock
 from kairos.models import Record
 from kairos.routing import feedback
 from kairos.routing.delivery_events import CLICKED, DELIVERED, VIEWED, notification_event
+from kairos.routing.delivery_store import received
 from kairos.routing.tracking import CLICK_PATH, DELIVERED_PATH, OPEN_PATH, BadToken, TrackedLink, Tracker
 
 # The smallest transparent GIF.
@@ -55,7 +56,12 @@ class TrackingApi:
     async def _record(self, link: TrackedLink, events: list[Record]) -> None:
         if not 0 <= link.partition < self.partitions:
             raise ApiError(400, "the tracking token names a partition this deployment does not have")
-        await feedback.append(self.redis, link.partition, link.sent.account, events)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            feedback.append(pipe, link.partition, link.sent.account, events)
+            # Any sign of the message (arrival, view, tap) tells a router awaiting its
+            # arrival that no fallback is needed.
+            received(pipe, link.partition, link.sent.send_id)
+            await pipe.execute()
 
     async def opened(self, request: web.Request) -> web.Response:
         link = self._link(request)

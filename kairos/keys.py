@@ -148,6 +148,12 @@ def router_in_flight(partition: int) -> str:
     return f"{PREFIX}p:{partition}:router-in-flight"
 
 
+def arrival_receipt(partition: int, send_id: str) -> str:
+    """A push whose arrival the router awaits before it falls back: "0" until the app
+    reports it, "1" after (set only while awaited, so receipts nobody waits for leave nothing)."""
+    return f"{PREFIX}p:{partition}:receipt:{send_id}"
+
+
 def router_cursor(partition: int) -> str:
     """The outbox entry id the partition's router has taken everything up to."""
     return f"{PREFIX}p:{partition}:router-cursor"

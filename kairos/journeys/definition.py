@@ -40,6 +40,7 @@ MAX_NODES = 100
 MAX_MESSAGE_BYTES = 32 * 1024
 NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_WAIT_MS = 366 * 86_400_000
+MIN_DELIVER_WITHIN_MS, MAX_DELIVER_WITHIN_MS = 60_000, 3 * 86_400_000
 
 
 class EventEntry(msgspec.Struct, frozen=True):
@@ -78,6 +79,9 @@ class Send(msgspec.Struct, frozen=True):
     fallback: tuple[Fallback, ...] = ()
     quiet_hours: str | None = None  # drop | delay | ignore; None: the account's setting
     respect_caps: bool = True  # False for transactional messages (a receipt, a password reset)
+    # A push the app has not reported arriving within this long falls back to the next
+    # channel (0: a push FCM accepted counts as reached).
+    deliver_within_ms: int = 0
 
 
 class Wait(msgspec.Struct, frozen=True):
@@ -306,12 +310,26 @@ def _channel_message(raw: dict[str, Any], path: str) -> tuple[str, dict[str, Any
     return channel, message
 
 
+def _deliver_within(raw: dict[str, Any], channels: list[str], path: str) -> int:
+    if raw.get("deliver_within") is None:
+        return 0
+    if "push" not in channels[:-1]:
+        # Only a push has an arrival receipt (the app reports it); any other channel would
+        # always look undelivered and always fall back.
+        raise JourneyError(f"{path}.deliver_within", "applies to a push with a fallback channel after it")
+    within = parse_duration(raw["deliver_within"], f"{path}.deliver_within")
+    if not MIN_DELIVER_WITHIN_MS <= within <= MAX_DELIVER_WITHIN_MS:
+        raise JourneyError(f"{path}.deliver_within", "must be from 1m to 3d")
+    return within
+
+
 def _node(raw: Any, path: str) -> Node:
     if not isinstance(raw, dict):
         raise JourneyError(path, "must be an object with a 'type'")
     kind = raw.get("type")
     if kind == "send":
-        no_extra_fields(raw, {"type", "channel", "message", "next", "fallback", "quiet_hours", "respect_caps"}, path)
+        no_extra_fields(raw, {"type", "channel", "message", "next", "fallback", "quiet_hours", "respect_caps",
+                              "deliver_within"}, path)
         channel, message = _channel_message(raw, path)
         fallback_raw = raw.get("fallback", [])
         if not isinstance(fallback_raw, list) or len(fallback_raw) > len(CHANNELS) - 1:
@@ -331,7 +349,8 @@ def _node(raw: Any, path: str) -> Node:
         respect_caps = raw.get("respect_caps", True)
         if not isinstance(respect_caps, bool):
             raise JourneyError(f"{path}.respect_caps", "must be true or false")
-        return Send(channel, message, _next(raw, "next", path), tuple(fallback), quiet, respect_caps)
+        return Send(channel, message, _next(raw, "next", path), tuple(fallback), quiet, respect_caps,
+                    _deliver_within(raw, channels, path))
     if kind == "wait":
         no_extra_fields(raw, {"type", "duration", "next"}, path)
         return Wait(_wait_ms(raw.get("duration"), f"{path}.duration"), _next(raw, "next", path))

@@ -441,7 +441,7 @@ class JourneyEngine:
         self.changes.sends.append(SendRequest(
             send_id, run.account, user, node.channel, node.message, run.name, pos.version, node_id, now_ms, variant,
             [(f.channel, f.message) for f in node.fallback], node.quiet_hours, node.respect_caps,
-            journey.throttle_per_minute, pos.event or {}))
+            journey.throttle_per_minute, pos.event or {}, deliver_within_ms=node.deliver_within_ms))
         self.changes.count(run.account, run.name, counters.sent(pos.version, node_id, variant))
 
     def _fire_due(self, now_ms: int) -> None:

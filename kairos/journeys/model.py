@@ -78,6 +78,7 @@ class SendRequest(msgspec.Struct, omit_defaults=True):
     throttle_per_minute: int | None = None
     event: dict[str, Any] = {}  # the triggering event's properties, for templates
     source_kind: str = "journey"
+    deliver_within_ms: int = 0  # a push not reported arriving this long after falls back (0: never)
 
 
 trigger_list_encoder = msgspec.msgpack.Encoder()

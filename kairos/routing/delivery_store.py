@@ -13,6 +13,7 @@ from typing import Any, Iterable
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.client import Pipeline
 
 from kairos import keys
 from kairos.journeys.model import SendRequest
@@ -22,12 +23,24 @@ from kairos.routing import feedback
 from kairos.routing.caps import Sent
 
 # History states: waiting in the delayed set, handed to a provider (outcome not yet
-# known), delivered, or given up on (dropped or failed).
-QUEUED, CLAIMED, DELIVERED, GIVEN_UP = "q", "c", "d", "x"
-COUNTED = frozenset({CLAIMED, DELIVERED})  # what frequency caps count
+# known), delivered, sent and waiting for its arrival receipt (else the next channel
+# goes), or given up on (dropped or failed).
+QUEUED, CLAIMED, DELIVERED, AWAITING, GIVEN_UP = "q", "c", "d", "a", "x"
+COUNTED = frozenset({CLAIMED, DELIVERED, AWAITING})  # what frequency caps count
+WAITING = frozenset({QUEUED, AWAITING})  # entries with a delayed-set member that needs them
 DEDUPE_WINDOW_MS = 7 * 86_400_000
 MAX_HISTORY = 200
 DEAD_LETTERS_KEPT = 10_000
+
+
+NOT_ARRIVED, ARRIVED = b"0", b"1"
+
+
+def received(client: aioredis.Redis | Pipeline, partition: int, send_id: str) -> Any:
+    """Notes that the message `send_id` reached its user (the app reported it, or the user
+    saw or tapped it), when the router awaits that to decide on a fallback: awaitable on
+    a client, queued on a pipeline."""
+    return client.set(keys.arrival_receipt(partition, send_id), ARRIVED, xx=True, keepttl=True)
 
 
 class HistoryEntry(Sent, frozen=True, array_like=True, gc=False):
@@ -42,6 +55,8 @@ class Pending(msgspec.Struct, array_like=True, frozen=True):
     channel_index: int = 0
     attempt: int = 0
     first_try_ms: int = 0  # when its current channel was first tried (0: not yet)
+    # Sent on `channel_index`: due when its arrival receipt should have come (see `received`).
+    awaiting_receipt: bool = False
 
 
 class InFlight(msgspec.Struct, array_like=True, frozen=True):
@@ -84,8 +99,8 @@ def trimmed(entries: list[HistoryEntry], horizon_ms: int, now_ms: int) -> list[H
     """The entries that still matter: within the caps' horizon or the dedupe window, and
     every request still waiting in the delayed set (its entry is what lets it go out)."""
     since = now_ms - max(horizon_ms, DEDUPE_WINDOW_MS)
-    waiting = [e for e in entries if e.state == QUEUED]
-    recent = [e for e in entries if e.state != QUEUED and e.at_ms >= since]
+    waiting = [e for e in entries if e.state in WAITING]
+    recent = [e for e in entries if e.state not in WAITING and e.at_ms >= since]
     room = max(0, MAX_HISTORY - len(waiting))
     return sorted(waiting + (recent[-room:] if room else []), key=lambda e: e.at_ms)
 
@@ -105,6 +120,10 @@ class Commit:
         # field per partition and batch: a write per batch, not per message), and those settled.
         self.claimed: dict[int, dict[str, bytes]] = {}
         self.settled: dict[int, list[str]] = {}
+        # Sends whose arrival receipt is awaited (partition -> (send id, how long)), and
+        # those looked at.
+        self.awaiting: dict[int, list[tuple[str, int]]] = {}
+        self.receipts_read: dict[int, list[str]] = {}
 
     def count(self, account: str, *fields: str) -> None:
         counters = self.stats.setdefault(account, {})
@@ -113,7 +132,7 @@ class Commit:
 
     def __bool__(self) -> bool:
         return any((self.histories, self.delayed, self.undelayed, self.cursors, self.events, self.dead, self.stats,
-                    self.claimed, self.settled))
+                    self.claimed, self.settled, self.awaiting, self.receipts_read))
 
 
 class DeliveryStore:
@@ -177,6 +196,17 @@ class DeliveryStore:
                 pipe.hset(keys.send_history(partition), mapping={f: _encode(e) for f, e in kept.items()})  # type: ignore[arg-type]
             await pipe.execute()
 
+    async def receipts(self, sends: Iterable[tuple[int, str]]) -> set[str]:
+        """Of these (partition, send id) awaiting their arrival receipt, those that have it."""
+        wanted = list(sends)
+        if not wanted:
+            return set()
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition, send_id in wanted:
+                pipe.get(keys.arrival_receipt(partition, send_id))
+            found = await pipe.execute()
+        return {send_id for (_, send_id), mark in zip(wanted, found) if mark == ARRIVED}
+
     async def take_throttle(self, account: str, source: str, minute: int, wanted: int) -> int:
         """Adds `wanted` sends to the source's count for `minute`; returns the count before."""
         key = keys.throttle(account, source, minute)
@@ -205,6 +235,12 @@ class DeliveryStore:
                 pipe.hdel(keys.router_in_flight(partition), *ids)
             for partition, claims in commit.claimed.items():
                 pipe.hset(keys.router_in_flight(partition), mapping=claims)  # type: ignore[arg-type]
+            for partition, awaited in commit.awaiting.items():
+                for send_id, within_ms in awaited:
+                    # Kept a day past its check, in case the check runs late (a router down).
+                    pipe.set(keys.arrival_receipt(partition, send_id), NOT_ARRIVED, px=within_ms + 86_400_000)
+            for partition, ids in commit.receipts_read.items():
+                pipe.delete(*(keys.arrival_receipt(partition, i) for i in ids))
             for partition, records in commit.events.items():
                 by_account: dict[str, list[Record]] = {}
                 for account, record in records:

@@ -37,8 +37,8 @@ from kairos.routing import delivery_events as events
 from kairos.routing import plan as planning
 from kairos.routing.caps import horizon_ms
 from kairos.routing.delivery_store import (
-    CLAIMED, COUNTED, DELIVERED as STATE_DELIVERED, GIVEN_UP, QUEUED, Commit, DeliveryStore, HistoryEntry, InFlight,
-    Pending, UserRef, decode_pending, encode_in_flight, encode_pending, history_field, trimmed,
+    AWAITING, CLAIMED, COUNTED, DELIVERED as STATE_DELIVERED, GIVEN_UP, QUEUED, Commit, DeliveryStore, HistoryEntry,
+    InFlight, Pending, UserRef, decode_pending, encode_in_flight, encode_pending, history_field, trimmed,
 )
 from kairos.routing.settings import DeliverySettings
 from kairos.routing.tracking import TrackedLink, Tracker
@@ -156,6 +156,7 @@ class ChannelRouter:
         fresh = self._deduped(works, histories, commit)
         accounts = {w.pending.request.account for w in fresh}
         settings = {a: await self.providers.settings(a) for a in accounts}
+        fresh = await self._undelivered(fresh, histories, settings, commit, now)
         profiles = await self._profiles(fresh)
         while fresh:
             # Sends planned earlier in this round count against the caps of later ones.
@@ -163,7 +164,9 @@ class ChannelRouter:
             for work in fresh:
                 request = work.pending.request
                 ref = (request.account, request.user)
-                history = [e for e in histories[ref] if e.state in COUNTED] + planned.get(ref, [])
+                # Not the message's own earlier channel: a fallback is the same message.
+                history = [e for e in histories[ref] if e.state in COUNTED and e.send_id != request.id]
+                history += planned.get(ref, [])
                 profile = profiles.get(ref)
                 work.plan = planning.plan(request, work.pending.channel_index, profile[0] if profile else None,
                                           history, settings[request.account], now)
@@ -207,7 +210,7 @@ class ChannelRouter:
             state = next((e.state for e in histories[(request.account, request.user)] if e.send_id == request.id), None)
             if work.member is not None:
                 commit.undelayed.setdefault(work.partition, []).append(work.member)
-                keep = state == QUEUED
+                keep = state == (AWAITING if work.pending.awaiting_receipt else QUEUED)
             else:
                 keep = state is None
             if keep and request.id not in seen:
@@ -216,6 +219,33 @@ class ChannelRouter:
             elif work.member is None:
                 commit.count(request.account, "duplicate")
         return fresh
+
+    async def _undelivered(self, works: list[_Work], histories: dict[UserRef, list[HistoryEntry]],
+                           settings: dict[str, DeliverySettings], commit: Commit, now: int) -> list[_Work]:
+        """Pushes due for their arrival receipt: the ones that arrived are done; the others
+        go on to their next channel (the push may still arrive late: CleverTap's and
+        Braze's fallbacks also accept that a user can then get both)."""
+        awaiting = [w for w in works if w.pending.awaiting_receipt]
+        if not awaiting:
+            return works
+        arrived = await self.store.receipts((w.partition, w.pending.request.id) for w in awaiting)
+        following: list[_Work] = []
+        for work in works:
+            pending, request = work.pending, work.pending.request
+            if not pending.awaiting_receipt:
+                following.append(work)
+                continue
+            commit.receipts_read.setdefault(work.partition, []).append(request.id)
+            channel = planning.channels_of(request)[pending.channel_index][0]
+            if request.id in arrived:
+                self._mark(request, channel, STATE_DELIVERED, histories, settings[request.account], commit, now)
+                commit.count(request.account, f"{channel}|arrived")
+            else:
+                commit.count(request.account, f"{channel}|not_arrived",
+                             f"{request.source_kind}:{request.journey}|not_arrived")
+                work.pending = Pending(request, pending.channel_index + 1)
+                following.append(work)
+        return following
 
     async def _profiles(self, works: list[_Work]) -> dict[UserRef, tuple[dict[str, Any], str] | None]:
         by_account: dict[str, dict[str, None]] = {}  # account -> its users, once each, in order
@@ -363,7 +393,14 @@ class ChannelRouter:
             assert decision is not None
             channel, account_settings = decision.channel, settings[request.account]
             if outcome.status == DELIVERED:
-                self._mark(request, channel, STATE_DELIVERED, histories, account_settings, commit, now)
+                if self._awaits_arrival(work):
+                    self._mark(request, channel, AWAITING, histories, account_settings, commit, now)
+                    commit.awaiting.setdefault(work.partition, []).append((request.id, request.deliver_within_ms))
+                    check = Pending(request, decision.channel_index, awaiting_receipt=True)
+                    commit.delayed.setdefault(work.partition, []).append(
+                        (encode_pending(check), now + request.deliver_within_ms))
+                else:
+                    self._mark(request, channel, STATE_DELIVERED, histories, account_settings, commit, now)
                 commit.count(request.account, f"{channel}|sent", f"{request.source_kind}:{request.journey}|sent")
                 self._event(commit, work, events.SENT, channel, now)
                 if outcome.final:
@@ -396,6 +433,15 @@ class ChannelRouter:
                 self._give_up(work, channel, planning.FAIL, f"{outcome.status}: {outcome.detail}", histories,
                               account_settings, commit, now)
         return again
+
+    def _awaits_arrival(self, work: _Work) -> bool:
+        """A push with a fallback after it and `deliver_within`: its app reports arrival
+        through the tracking endpoint (so only when tracking is on)."""
+        request, decision = work.pending.request, work.plan
+        assert decision is not None
+        return (request.deliver_within_ms > 0 and decision.channel == "push" and self.tracker is not None
+                and work.identifier is not None
+                and decision.channel_index + 1 < len(planning.channels_of(request)))
 
     async def sweep(self, now: int) -> int:
         """One page per partition of the histories sweep; how many users it forgot. Runs

@@ -24,7 +24,7 @@ from kairos.journeys.model import SendRequest
 from kairos.models import EventRecord, ProfileRecord, Record
 from kairos.partitions import PartitionMap
 from kairos.redis_server import EmbeddedRedis
-from kairos.routing.delivery_store import DeliveryStore
+from kairos.routing.delivery_store import DeliveryStore, received
 from kairos.routing.router import ChannelRouter
 from kairos.routing.tracking import Tracker
 from tests.loopback.aws import MotoLoopback
@@ -78,6 +78,7 @@ class Harness:
         self.providers = AccountProviders(client, InAppProvider(self.inbox), ttl_s=0)
         self.store = DeliveryStore(client, self.partition_map, list(range(PARTITIONS)))
         self.router: ChannelRouter | None = None
+        self.tracker: Tracker | None = None
 
     async def start(self, settings: dict[str, Any] | None = None, at: str = "2026-11-24T12:00:00",
                     tracker: Tracker | None = None) -> None:
@@ -88,6 +89,7 @@ class Harness:
             "webhook": {"provider": "webhook", "url": self.hooks.url, "secret": SECRET, "timeout_s": 2}}}
         base.update(settings or {})
         await self.redis.set(keys.delivery_settings(self.account), msgspec.json.encode(base))
+        self.tracker = tracker
         self.router = await ChannelRouter.open(self.store, self.profiles, self.providers, self.clock, tracker)
 
     def user(self, name: str, **props: Any) -> str:
@@ -105,7 +107,7 @@ class Harness:
 
     async def reopen(self) -> None:
         """A new router process on the same Redis, as after a crash."""
-        self.router = await ChannelRouter.open(self.store, self.profiles, self.providers, self.clock)
+        self.router = await ChannelRouter.open(self.store, self.profiles, self.providers, self.clock, self.tracker)
 
     async def run(self) -> None:
         """Rounds until nothing is left that is due now."""
@@ -131,6 +133,9 @@ class Harness:
 
     async def dead_letters(self) -> list[dict[str, Any]]:
         return [msgspec.json.decode(f[b"d"]) for _, f in await self.redis.xrange(keys.dead_letters(self.account))]
+
+    def pushes_data(self, token: str) -> list[dict[str, Any]]:
+        return [m.message["data"] for m in self.fcm.received if m.message["token"] == token]
 
     def pushes_to(self, token: str) -> list[dict[str, Any]]:
         """The notifications FCM took for the token: {title, body}."""
@@ -386,6 +391,54 @@ async def test_a_fallback_is_not_capped_by_the_attempt_that_failed(harness: Harn
     await harness.send(ivy, "in_app", IN_APP, event={"Product": "a scarf"})
     await harness.run()
     assert (await harness.stats())["in_app|dropped_capped"] == 1
+
+
+async def test_a_push_not_reported_arriving_in_time_falls_back_and_one_that_arrived_does_not(
+        harness: Harness) -> None:
+    tracker = Tracker(bytes(32), "https://t.shop.test")
+    await harness.start({"caps": [{"min_gap": "1h"}]}, tracker=tracker)
+    users = {name: harness.user(name, **{"Push Token": f"tok-{name}"}) for name in ("arrives", "offline", "late")}
+    requests = {name: await harness.send(user, "push", PUSH, event={"Product": "a hat"}, deliver_within_ms=900_000,
+                                         fallback=[("in_app", IN_APP)])
+                for name, user in users.items()}
+    await harness.run()
+    assert len(harness.fcm.received) == 3
+
+    def report(name: str) -> Any:
+        # What the tracking endpoint does when the app calls kairos_delivered_url.
+        [push] = harness.pushes_data(f"tok-{name}")
+        link = tracker.read(push["kairos_delivered_url"].rsplit("/", 1)[1])
+        assert link.sent.send_id == requests[name].id
+        return received(harness.redis, link.partition, link.sent.send_id)
+
+    await report("arrives")
+    await harness.advance(600_000)
+    await harness.reopen()  # the check survives a router restart: it is in Redis
+    await harness.advance(300_001)
+    await report("late")  # after the fallback went: it changes nothing
+
+    assert await harness.inbox.list(harness.account, users["arrives"]) == []
+    for name in ("offline", "late"):
+        [message] = await harness.inbox.list(harness.account, users[name])
+        assert message.message["title"] == "Still thinking about a hat?"
+    stats = await harness.stats()
+    # The fallback is the same message: the push before it does not trip the 1 h gap.
+    assert stats["push|sent"] == 3 and stats["push|arrived"] == 1 and stats["push|not_arrived"] == 2
+    assert stats["in_app|sent"] == 2 and "in_app|dropped_capped" not in stats
+    await harness.advance(86_400_000)
+    assert len(harness.fcm.received) == 3 and stats == await harness.stats()
+    for p in range(PARTITIONS):  # no receipt is left behind
+        assert await harness.redis.keys(keys.arrival_receipt(p, "*")) == []
+
+
+async def test_without_tracking_a_push_is_not_awaited(harness: Harness) -> None:
+    await harness.start()  # no tracker: the app has nowhere to report arrival
+    moe = harness.user("moe", **{"Push Token": "tok-moe"})
+    await harness.send(moe, "push", PUSH, event={"Product": "x"}, deliver_within_ms=60_000,
+                       fallback=[("in_app", IN_APP)])
+    await harness.run()
+    await harness.advance(120_000)
+    assert len(harness.pushes_to("tok-moe")) == 1 and await harness.inbox.list(harness.account, moe) == []
 
 
 async def test_a_round_that_fails_is_read_again(harness: Harness) -> None:

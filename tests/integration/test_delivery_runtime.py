@@ -252,3 +252,49 @@ async def test_email_opens_and_clicks_come_back_as_events_once_each(
         assert response.status == 400 and (await response.json())["status"] == "fail"
     async with api.session.get(api.base + "/t/o/" + "A" * 80) as response:
         assert response.status == 400
+
+
+ARRIVAL = {
+    "entry": {"event": "Ordered"},
+    "start": "shipped",
+    "nodes": {"shipped": {"type": "send", "channel": "push", "message": {"title": "Shipped, {{ profile.Name }}"},
+                          "deliver_within": "15m",
+                          "fallback": [{"channel": "email", "message": {"subject": "Shipped", "text": "On its way"}}]}},
+}
+
+
+async def test_a_push_the_app_does_not_report_arriving_falls_back_to_email(
+        kairos: Kairos, api: Api, fcm: FcmServerThread, mail: SmtpLoopback) -> None:
+    addresses = {name: f"{name}-{api.creds.account_id}@shop.test" for name in ("eli", "fay")}
+    status, _ = await api.upload([{"identity": name, "type": "profile", "profileData": {
+        "Name": name.title(), "Email": address, "Push Token": f"arrival-{name}-{api.creds.account_id}"}}
+        for name, address in addresses.items()])
+    assert status == 200
+    status, body = await api.request("PUT", "/api/journeys/shipping", {"definition": ARRIVAL})
+    assert status == 200, body
+    ts = await now_s(kairos, api)
+    await api.upload([{"identity": name, "type": "event", "evtName": "Ordered", "ts": ts, "evtData": {}}
+                      for name in addresses])
+
+    async def pushed() -> list[Any]:
+        found = [m for m in fcm.received if m.message["token"].endswith(api.creds.account_id)]
+        return found if len(found) == 2 else []
+
+    [eli_push] = [m for m in await eventually(pushed) if m.message["token"].startswith("arrival-eli")]
+    async with api.session.get(eli_push.message["data"]["kairos_delivered_url"]) as response:
+        assert response.status == 204  # eli's phone got it; fay's is off
+
+    client = aioredis.Redis.from_url(kairos.settings.redis_url)
+    try:
+        await ManualClock(client).advance(16 * 60_000)
+    finally:
+        await client.aclose()
+
+    async def emailed() -> list[Any]:
+        return [m for m in mail.messages if any(a in m.rcpt_tos for a in addresses.values())]
+
+    [email] = await eventually(emailed)
+    assert email.rcpt_tos == [addresses["fay"]] and email.message["Subject"] == "Shipped"
+    status, stats = await api.request("GET", "/api/deliveries/stats")
+    assert stats["channels"]["push"]["arrived"] == 1 and stats["channels"]["push"]["not_arrived"] == 1
+    assert stats["sources"]["journey:shipping"]["not_arrived"] == 1

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kairos.journeys.definition import (
-    EventEntry, JourneyError, ScheduleEntry, SegmentEntry, Split, WaitForEvent, parse_journey,
+    EventEntry, JourneyError, ScheduleEntry, SegmentEntry, Send, Split, WaitForEvent, parse_journey,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -56,6 +56,18 @@ def test_segment_and_schedule_entries() -> None:
     assert sched.entry.every_ms == 7 * 86_400_000
 
 
+def test_a_push_can_fall_back_when_it_is_not_reported_arriving_in_time() -> None:
+    node = {"type": "send", "channel": "push", "message": {"title": "Hi"}, "deliver_within": "15m",
+            "fallback": [{"channel": "sms", "message": {"text": "Hi"}}]}
+    journey = parse_journey({"entry": {"event": "E"}, "start": "n", "nodes": {"n": node}})
+    send = journey.nodes["n"]
+    assert isinstance(send, Send) and send.deliver_within_ms == 900_000
+    for within in ("10s", "4d", "soon"):
+        with pytest.raises(JourneyError) as caught:
+            parse_journey({"entry": {"event": "E"}, "start": "n", "nodes": {"n": {**node, "deliver_within": within}}})
+        assert caught.value.path == "definition.nodes.n.deliver_within"
+
+
 def broken(path: list[Any], value: Any) -> dict[str, Any]:
     definition = copy.deepcopy(VALID)
     target = definition
@@ -90,6 +102,8 @@ def broken(path: list[Any], value: Any) -> dict[str, Any]:
     (["match_property"], KeyError, "definition.goal"),
     (["exit"], [{"left_segment": True}], "definition.exit[0].left_segment"),
     (["colour"], "blue", "definition.colour"),
+    (["nodes", "push", "deliver_within"], "15m", "definition.nodes.push.deliver_within"),  # no fallback after it
+    (["nodes", "email", "deliver_within"], "15m", "definition.nodes.email.deliver_within"),
 ])
 def test_errors_name_the_offending_path(path: list[Any], value: Any, error_path: str) -> None:
     with pytest.raises(JourneyError) as caught:
