@@ -78,6 +78,9 @@ class ProfileRecord(msgspec.Struct, tag="p", array_like=True, gc=False):
     # Other identifiers the record carried (kind -> value), kept on the profile.
     aliases: dict[str, str] | None = None
     message_id: str | None = None
+    # Properties to clear only while they still hold these values: a dead push token is
+    # forgotten without erasing a newer one the app sent meanwhile.
+    unset_if: dict[str, Any] | None = None
 
 
 Record = EventRecord | ProfileRecord

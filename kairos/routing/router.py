@@ -407,10 +407,12 @@ class ChannelRouter:
                     self._event(commit, work, events.DELIVERED, channel, now)
                 continue
             if outcome.unreachable and channel in planning.ADDRESS_PROPERTY and work.identifier is not None:
-                # The address is dead (an unregistered token): forget it, so no one tries it again.
+                # The address is dead (an unregistered token): forget it, so no one tries it
+                # again; unless the app has sent a new one since.
                 prop = planning.ADDRESS_PROPERTY[channel]
                 commit.events.setdefault(work.partition, []).append((request.account, ProfileRecord(
-                    work.identifier, now, {prop: None}, None, f"kairos|{request.id}|forget-{prop}")))
+                    work.identifier, now, {}, None, f"kairos|{request.id}|forget-{prop}",
+                    unset_if={prop: decision.address})))
             retry = account_settings.retry
             first_try = work.pending.first_try_ms or now
             attempt = work.pending.attempt + 1

@@ -219,6 +219,9 @@ class AccountStore:
         first[user] = min(int(first[user]), record.ts_ms)
         last[user] = max(int(last[user]), record.ts_ms)
         self.set_properties(user, record.props, dict.fromkeys(record.props, record.ts_ms), overwrite=True)
+        if record.unset_if:
+            stale = {k: None for k, v in record.unset_if.items() if self.profile_property(user, k) == v}
+            self.set_properties(user, stale, dict.fromkeys(stale, record.ts_ms), overwrite=True)
 
     def set_properties(self, user: int, props: Mapping[str, Any], stamps: Mapping[str, int], overwrite: bool) -> None:
         strings, encode = self.codec.strings, self.codec.encode
@@ -269,6 +272,15 @@ class AccountStore:
         if self.sealed:
             hits &= self.live.values[: hits.size]
         return [int(u) for u in np.flatnonzero(hits)]
+
+    def profile_property(self, user: int, name: str) -> Any:
+        """One property's value (None when the user has none)."""
+        key_code = self.codec.strings.find(name)
+        column = self.profile.get(key_code) if key_code is not None else None
+        if column is None or user >= len(column.tags):
+            return None
+        tag = int(column.tags.values[user])
+        return None if tag == TAG_MISSING else self.codec.decode(tag, float(column.values.values[user]))
 
     def profile_properties(self, user: int) -> dict[str, Any]:
         strings, decode = self.codec.strings.values, self.codec.decode

@@ -298,3 +298,27 @@ async def test_a_push_the_app_does_not_report_arriving_falls_back_to_email(
     status, stats = await api.request("GET", "/api/deliveries/stats")
     assert stats["channels"]["push"]["arrived"] == 1 and stats["channels"]["push"]["not_arrived"] == 1
     assert stats["sources"]["journey:shipping"]["not_arrived"] == 1
+
+
+async def test_an_unregistered_token_is_removed_from_the_profile(
+        kairos: Kairos, api: Api, fcm: FcmServerThread) -> None:
+    token = f"gone-{api.creds.account_id}"
+    fcm.unregister(token)  # the app was uninstalled
+    status, _ = await api.upload([{"identity": "gus", "type": "profile",
+                                   "profileData": {"Name": "Gus", "Push Token": token}}])
+    assert status == 200
+    status, body = await api.request("PUT", "/api/journeys/welcome", {"definition": WELCOME})
+    assert status == 200, body
+    ts = await now_s(kairos, api)
+    await api.upload([{"identity": "gus", "type": "event", "evtName": "Signed Up", "ts": ts,
+                       "evtData": {"Plan": "free"}}])
+
+    async def forgotten() -> bool:
+        status, body = await api.profile(identity="gus")
+        return status == 200 and body["record"]["profileData"].get("Push Token") is None
+
+    await eventually(forgotten)
+    status, body = await api.request("GET", "/1/inbox?identity=gus")
+    assert [m["message"]["title"] for m in body["messages"]] == ["Welcome! You chose free"]
+    status, body = await api.profile(identity="gus")
+    assert body["record"]["profileData"]["Name"] == "Gus"

@@ -158,6 +158,18 @@ def test_profile_writes_apply_in_log_order_not_ts_order() -> None:
     assert store.profile_properties(store.find_user("identity:42")) == {"City": "Goa"}
 
 
+def test_a_conditional_unset_clears_only_the_value_it_names() -> None:
+    store = new_store()
+    store.apply_profile(ProfileRecord("identity:7", T0, {"Push Token": "old", "Name": "Bo"}))
+    store.apply_profile(ProfileRecord("identity:8", T0, {"Push Token": "old"}))
+    store.apply_profile(ProfileRecord("identity:8", T0 + 1, {"Push Token": "new"}))  # the app sent a fresh one
+    for user in ("identity:7", "identity:8", "identity:9"):
+        store.apply_profile(ProfileRecord(user, T0 + 2, {}, None, None, unset_if={"Push Token": "old"}))
+    assert store.profile_properties(store.find_user("identity:7")) == {"Push Token": None, "Name": "Bo"}
+    assert store.profile_properties(store.find_user("identity:8")) == {"Push Token": "new"}
+    assert "Push Token" not in store.profile_properties(store.find_user("identity:9"))
+
+
 def test_profile_record_shape() -> None:
     store = new_store()
     store.apply_events([ev("identity:42", T0 + 3000, "Charged")])
