@@ -167,6 +167,7 @@ def router_process(index: int, redis_url: str, expected: int, results: Any, quie
                 idle_since = time.monotonic()
             elif time.monotonic() - idle_since > 5:
                 break
+        await router.drain()
         elapsed, cpu = time.monotonic() - started, time.process_time() - cpu
         stats = {k.decode(): int(v) for k, v in (await client.hgetall(keys.delivery_stats(ACCOUNT))).items()}
         results.put({"index": index, "handled": router.handled, "elapsed": elapsed, "cpu": cpu, "calls": provider.calls,

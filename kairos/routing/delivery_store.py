@@ -57,6 +57,8 @@ class Pending(msgspec.Struct, array_like=True, frozen=True):
     first_try_ms: int = 0  # when its current channel was first tried (0: not yet)
     # Sent on `channel_index`: due when its arrival receipt should have come (see `received`).
     awaiting_receipt: bool = False
+    # Not decided yet: set aside while the user's previous batch was with its provider.
+    held: bool = False
 
 
 class InFlight(msgspec.Struct, array_like=True, frozen=True):

@@ -8,7 +8,10 @@ A round:
    crash): a message reaches a user once;
 3. plan each one on its first usable channel, apply the journey's throttle;
 4. write the decisions (history marks, delays, failures, the outbox cursor) in one
-   transaction, then call the providers;
+   transaction, then call the providers: the batch goes on by itself while the next
+   rounds start, so a slow provider (an account's webhook taking its full timeout)
+   holds up its own batch, not every account's messages; a request for a user whose
+   batch is still out waits in the delayed set until it is done;
 5. write the outcomes: delivered; rejected, so the next channel is planned at once;
    transient, so it is retried with backoff, and after `fallback_after` (or the last
    attempt) the next channel is tried.
@@ -47,6 +50,8 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
 MAX_CONCURRENT_CALLS = 512
+# Rounds go on while earlier batches wait for their providers, up to this many batches.
+MAX_BATCHES_IN_FLIGHT = 8
 # Histories are trimmed when their user is written to; users never written to again are
 # swept, a page per partition this often, so the hash does not grow with every user ever sent to.
 SWEEP_EVERY_MS = 60_000
@@ -66,6 +71,15 @@ class ProviderSource(Protocol):
     async def settings(self, account: str) -> DeliverySettings: ...
 
     async def provider(self, account: str, channel: str) -> Provider | None: ...
+
+
+class _Round(msgspec.Struct):
+    """What a round read, which its batches keep using until their last outcome is written."""
+
+    histories: dict[UserRef, list[HistoryEntry]]
+    profiles: dict[UserRef, tuple[dict[str, Any], str] | None]
+    settings: dict[str, DeliverySettings]
+    now: int
 
 
 class _Work(msgspec.Struct):
@@ -98,6 +112,10 @@ class ChannelRouter:
         self.clock = clock
         self.tracker = tracker  # None: messages go out without open and click tracking
         self._calls = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
+        self._batches: set[asyncio.Future[None]] = set()  # batches with their providers
+        self._busy: set[UserRef] = set()  # the users in them
+        self._claims_out: set[str] = set()  # their claims' batch ids (not orphans)
+        self._unsettled = False  # a round or batch failed and may have left claims behind
         self.handled = 0
         self._sweep_cursors = {p: 0 for p in store.partitions}
         self._next_sweep_ms = 0
@@ -116,9 +134,10 @@ class ChannelRouter:
         now = await self.clock.now_ms()
         commit = Commit()
         for partition, batches in (await self.store.in_flight()).items():
-            for batch_id, claims in batches.items():
+            orphans = {batch_id: claims for batch_id, claims in batches.items() if batch_id not in self._claims_out}
+            for batch_id in orphans:
                 commit.settled.setdefault(partition, []).append(batch_id)
-            for claim in (c for claims in batches.values() for c in claims):
+            for claim in (c for claims in orphans.values() for c in claims):
                 commit.count(claim.account, f"{claim.channel}|unknown", f"{claim.source_kind}:{claim.source}|unknown")
                 commit.dead.setdefault(claim.account, []).append(
                     {"id": claim.send_id, "user": claim.user, "channel": claim.channel, "at_ms": now,
@@ -127,10 +146,17 @@ class ChannelRouter:
         await self.store.commit(commit)
 
     async def step(self, block_ms: int | None = None) -> int:
-        """One round; how many requests it took up."""
+        """One round: decides what is due and starts handing it to providers (without
+        waiting for them: see `_send`); how many requests it took up."""
+        if len(self._batches) >= MAX_BATCHES_IN_FLIGHT:
+            await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
         now = await self.clock.now_ms()
-        works = [_Work(decode_pending(member), partition, member)
-                 for partition, member in await self.store.due(now, MAX_BATCH)]
+        works: list[_Work] = []
+        for partition, member in await self.store.due(now, MAX_BATCH):
+            pending = decode_pending(member)
+            # A user's batch still with its provider: this waits in the delayed set for it.
+            if (pending.request.account, pending.request.user) not in self._busy:
+                works.append(_Work(pending, partition, member))
         read_from = dict(self.outbox.after)
         entries = await self.outbox.read_entries(MAX_BATCH, None if works else block_ms)
         cursors: dict[int, str] = {}
@@ -148,44 +174,99 @@ class ChannelRouter:
         self.handled += len(works)
         return len(works)
 
+    async def drain(self) -> None:
+        """Waits for the batches still with their providers."""
+        while self._batches:
+            await asyncio.wait(list(self._batches))
+
     async def _handle(self, works: list[_Work], cursors: dict[int, str], now: int) -> None:
-        refs = [(w.pending.request.account, w.pending.request.user) for w in works]
-        histories = await self.store.histories(refs)
         commit = Commit()
         commit.cursors.update(cursors)
+        held = [w for w in works if (w.pending.request.account, w.pending.request.user) in self._busy]
+        if held:
+            # A new request for a user whose last batch is still with its provider waits
+            # for it (so the two never write the user's history at once), in the delayed
+            # set, which keeps it across a crash, due at once.
+            works = [w for w in works if (w.pending.request.account, w.pending.request.user) not in self._busy]
+            for work in held:
+                member = encode_pending(msgspec.structs.replace(work.pending, held=True))
+                commit.delayed.setdefault(work.partition, []).append((member, now))
+        refs = [(w.pending.request.account, w.pending.request.user) for w in works]
+        histories = await self.store.histories(refs)
         fresh = self._deduped(works, histories, commit)
         accounts = {w.pending.request.account for w in fresh}
         settings = {a: await self.providers.settings(a) for a in accounts}
         fresh = await self._undelivered(fresh, histories, settings, commit, now)
         profiles = await self._profiles(fresh)
-        while fresh:
-            # Sends planned earlier in this round count against the caps of later ones.
-            planned: dict[UserRef, list[HistoryEntry]] = {}
-            for work in fresh:
-                request = work.pending.request
-                ref = (request.account, request.user)
-                # Not the message's own earlier channel: a fallback is the same message.
-                history = [e for e in histories[ref] if e.state in COUNTED and e.send_id != request.id]
-                history += planned.get(ref, [])
-                profile = profiles.get(ref)
-                work.plan = planning.plan(request, work.pending.channel_index, profile[0] if profile else None,
-                                          history, settings[request.account], now)
-                work.identifier = profile[1] if profile else None
-                if work.plan.action == planning.SEND:
-                    planned.setdefault(ref, []).append(
-                        HistoryEntry(now, work.plan.channel, request.source_kind, request.journey, request.id, CLAIMED))
-            await self._throttle(fresh, now)
-            sending = [w for w in fresh if w.plan is not None and w.plan.action == planning.SEND]
-            for work in fresh:
-                self._record_decision(work, histories, settings[work.pending.request.account], commit, now)
-            batch_id = self._claim(sending, commit)
-            await self.store.commit(commit)
-            commit = Commit()
-            for partition in {w.partition for w in sending}:
-                commit.settled.setdefault(partition, []).append(batch_id)
-            outcomes = await self._deliver(sending, settings)
-            fresh = self._record_outcomes(sending, outcomes, histories, settings, commit, now)
+        round_ = _Round(histories, profiles, settings, now)
+        sending, batch_id = await self._decide(fresh, round_, commit)
+        if sending:
+            users = {(w.pending.request.account, w.pending.request.user) for w in sending}
+            self._busy.update(users)
+            self._claims_out.add(batch_id)
+            task = asyncio.ensure_future(self._send(sending, batch_id, round_))
+            self._batches.add(task)
+            task.add_done_callback(lambda done: self._finished(done, users))
+
+    def _finished(self, task: "asyncio.Future[None]", users: set[UserRef]) -> None:
+        self._batches.discard(task)
+        self._busy.difference_update(users)
+        if task.cancelled() or task.exception() is not None:
+            self._unsettled = True  # its claims are left in Redis: the run loop settles them
+
+    async def _decide(self, fresh: list[_Work], round_: _Round, commit: Commit) -> tuple[list[_Work], str]:
+        """Plans `fresh`, writes the decisions with `commit`; returns what goes to
+        providers, and the id its claims are written under."""
+        histories, now = round_.histories, round_.now
+        # Sends planned earlier in this round count against the caps of later ones.
+        planned: dict[UserRef, list[HistoryEntry]] = {}
+        for work in fresh:
+            request = work.pending.request
+            ref = (request.account, request.user)
+            # Not the message's own earlier channel: a fallback is the same message.
+            history = [e for e in histories[ref] if e.state in COUNTED and e.send_id != request.id]
+            history += planned.get(ref, [])
+            profile = round_.profiles.get(ref)
+            work.plan = planning.plan(request, work.pending.channel_index, profile[0] if profile else None,
+                                      history, round_.settings[request.account], now)
+            work.identifier = profile[1] if profile else None
+            if work.plan.action == planning.SEND:
+                planned.setdefault(ref, []).append(
+                    HistoryEntry(now, work.plan.channel, request.source_kind, request.journey, request.id, CLAIMED))
+        await self._throttle(fresh, now)
+        sending = [w for w in fresh if w.plan is not None and w.plan.action == planning.SEND]
+        for work in fresh:
+            self._record_decision(work, histories, round_.settings[work.pending.request.account], commit, now)
+        batch_id = self._claim(sending, commit)
         await self.store.commit(commit)
+        return sending, batch_id
+
+    async def _send(self, sending: list[_Work], batch_id: str, round_: _Round) -> None:
+        """Hands a batch to its providers and writes the outcomes; what was rejected goes
+        on to its next channel, as a batch of its own. Runs beside the following rounds
+        (a slow provider holds up only its own batch), with the batch's users held out of
+        them until it is done."""
+        try:
+            while sending:
+                commit = Commit()
+                for partition in {w.partition for w in sending}:
+                    commit.settled.setdefault(partition, []).append(batch_id)
+                outcomes = await self._deliver(sending, round_.settings)
+                again = self._record_outcomes(sending, outcomes, round_.histories, round_.settings, commit, round_.now)
+                if again:
+                    following, next_id = await self._decide(again, round_, commit)
+                else:
+                    await self.store.commit(commit)
+                    following, next_id = [], ""
+                self._claims_out.discard(batch_id)
+                if following:
+                    self._claims_out.add(next_id)
+                sending, batch_id = following, next_id
+        except Exception:
+            logger.exception("delivering a batch or writing its outcomes failed; settled as unknown")
+            raise
+        finally:
+            self._claims_out.discard(batch_id)
 
     @staticmethod
     def _claim(sending: list[_Work], commit: Commit) -> str:
@@ -210,13 +291,14 @@ class ChannelRouter:
             state = next((e.state for e in histories[(request.account, request.user)] if e.send_id == request.id), None)
             if work.member is not None:
                 commit.undelayed.setdefault(work.partition, []).append(work.member)
-                keep = state == (AWAITING if work.pending.awaiting_receipt else QUEUED)
-            else:
+            if work.member is None or work.pending.held:
                 keep = state is None
+            else:
+                keep = state == (AWAITING if work.pending.awaiting_receipt else QUEUED)
             if keep and request.id not in seen:
                 seen.add(request.id)
                 fresh.append(work)
-            elif work.member is None:
+            elif work.member is None or work.pending.held:
                 commit.count(request.account, "duplicate")
         return fresh
 
@@ -283,7 +365,7 @@ class ChannelRouter:
             self._mark(request, channel, CLAIMED, histories, settings, commit, now)
         elif decision.action == planning.DELAY:
             self._mark(request, channel, QUEUED, histories, settings, commit, now)
-            pending = msgspec.structs.replace(work.pending, channel_index=decision.channel_index)
+            pending = msgspec.structs.replace(work.pending, channel_index=decision.channel_index, held=False)
             commit.delayed.setdefault(work.partition, []).append((encode_pending(pending), decision.until_ms))
             commit.count(request.account, f"{channel}|delayed_{decision.reason}")
         else:
@@ -468,6 +550,9 @@ class ChannelRouter:
     async def run(self, stopping: asyncio.Event, idle_ms: int = 200) -> None:
         while not stopping.is_set():
             try:
+                if self._unsettled:  # what a failed round or batch handed over is settled as `unknown`
+                    self._unsettled = False
+                    await self._settle_orphans()
                 now = await self.clock.now_ms()
                 if now >= self._next_sweep_ms:
                     self._next_sweep_ms = now + SWEEP_EVERY_MS
@@ -477,9 +562,6 @@ class ChannelRouter:
                 raise
             except Exception:
                 logger.exception("channel router round failed; retrying")
+                self._unsettled = True
                 await asyncio.sleep(1.0)
-                try:  # what the failed round handed to providers is settled as `unknown`
-                    await self._settle_orphans()
-                except Exception:
-                    logger.exception("settling the failed round's messages failed; left for the next start")
-
+        await self.drain()

@@ -6,6 +6,7 @@ no time. Profiles come from a dict: the shard that holds them is not what is tes
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from datetime import datetime, timezone
 from pathlib import Path
@@ -112,8 +113,9 @@ class Harness:
     async def run(self) -> None:
         """Rounds until nothing is left that is due now."""
         assert self.router is not None
+        await self.router.drain()
         while await self.router.step():
-            pass
+            await self.router.drain()
 
     async def advance(self, ms: int) -> None:
         await self.clock.advance(ms)
@@ -453,20 +455,37 @@ async def test_a_round_that_fails_is_read_again(harness: Harness) -> None:
     assert len(harness.pushes_to("tok-k")) == 1
 
 
+@pytest.mark.parametrize("how", ["process dies", "batch fails"])
 async def test_a_crash_after_the_hand_over_is_counted_unknown_and_not_sent_again(
-        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+        harness: Harness, monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     await harness.start()
     lou = harness.user("lou", **{"Push Token": "tok-l"})
     request = await harness.send(lou, "push", PUSH, event={"Product": "x"})
-    assert harness.router is not None
+    router = harness.router
+    assert router is not None
+    handed_over = asyncio.Event()
 
     async def dies(*args: Any) -> None:
-        raise RuntimeError("the router process died while the provider was called")
+        handed_over.set()
+        if how == "batch fails":
+            raise RuntimeError("writing the outcome failed")
+        await asyncio.Event().wait()  # the process is gone before the provider answers
 
-    monkeypatch.setattr(harness.router, "_deliver", dies)
-    with pytest.raises(RuntimeError):
-        await harness.router.step()
-    await harness.reopen()
+    monkeypatch.setattr(router, "_deliver", dies)
+    await router.step()
+    await handed_over.wait()
+    if how == "process dies":
+        for batch in list(router._batches):
+            batch.cancel()
+        await harness.reopen()
+    else:  # the same router's loop settles what the failed batch left
+        await router.drain()
+        stopping = asyncio.Event()
+        loop = asyncio.ensure_future(router.run(stopping, idle_ms=10))
+        while "push|unknown" not in await harness.stats():
+            await asyncio.sleep(0.01)
+        stopping.set()
+        await loop
     await harness.run()
     await harness.advance(600_000)
 
@@ -476,6 +495,31 @@ async def test_a_crash_after_the_hand_over_is_counted_unknown_and_not_sent_again
     [letter] = await harness.dead_letters()
     assert letter["id"] == request.id and letter["reason"].startswith("unknown")
     assert not await harness.redis.hlen(keys.router_in_flight(harness.partition_map.partition_of(harness.account, lou)))
+
+
+async def test_a_slow_provider_holds_up_only_its_own_batch(harness: Harness) -> None:
+    await harness.start()
+    slow_user = harness.user("sal")
+    harness.hooks.slow(1.5, count=1)  # one account's webhook takes its time
+    first = await harness.send(slow_user, "webhook", {"payload": {"n": 1}})
+    router = harness.router
+    assert router is not None
+    await router.step()
+    # Meanwhile: another user's push, and a second message for the user whose batch is out.
+    tia = harness.user("tia", **{"Push Token": "tok-tia"})
+    await harness.send(tia, "push", PUSH, event={"Product": "x"})
+    second = await harness.send(slow_user, "webhook", {"payload": {"n": 2}})
+    started = asyncio.get_running_loop().time()
+    await router.step()
+    while not harness.pushes_to("tok-tia"):
+        await router.step(block_ms=10)
+    assert asyncio.get_running_loop().time() - started < 1.0
+    assert "webhook|sent" not in await harness.stats()  # the slow call has not answered yet
+    await harness.run()  # the slow call ends; the held message goes after it
+
+    assert [c.delivery_id for c in harness.hooks.calls] == [first.id, second.id]
+    stats = await harness.stats()
+    assert stats["webhook|sent"] == 2 and stats["push|sent"] == 1 and "duplicate" not in stats
 
 
 @pytest.fixture(scope="module")
