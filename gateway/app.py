@@ -14,6 +14,7 @@ from gateway.backend import Backend, BackendUnavailable
 from gateway.clevertap import CleverTapApi
 from gateway.delivery_api import DeliveryApi
 from gateway.segment_api import SegmentApi
+from gateway.ses_events_api import SesEventsApi
 from gateway.tracking_api import TrackingApi
 from gateway.errors import ApiError, error_for, json_response
 from gateway.journey_api import JourneyApi
@@ -21,6 +22,7 @@ from gateway.kairos_api import KairosApi
 from gateway.openapi import openapi_document
 from kairos.accounts import Accounts
 from kairos.channels.in_app import Inbox
+from kairos.channels.sns_messages import SnsVerifier
 from kairos.config import Settings
 from kairos.journeys.catalog import JourneyCatalog
 from kairos.query_coordinator import QueryCoordinator
@@ -87,5 +89,12 @@ def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog
     app.add_routes(JourneyApi(backend, journeys).routes())
     app.add_routes(DeliveryApi(backend, client, inbox, settings.max_inbox_streams).routes())
     app.add_routes(TrackingApi(client, settings.partitions, tracker, inbox.clock).routes())
+    sns = SnsVerifier(settings.sns_url_pattern)
+    app.add_routes(SesEventsApi(client, sns, inbox.clock).routes())
+
+    async def close_sns(app: web.Application) -> None:
+        await sns.close()
+
+    app.on_cleanup.append(close_sns)
     app.add_routes([web.get("/api/openapi.json", openapi_document)])
     return app

@@ -8,6 +8,7 @@ operator never has to guess which of thirty knobs is wrong.
 from __future__ import annotations
 
 import math
+import re
 import os
 from pathlib import Path
 from typing import Any, Mapping
@@ -38,6 +39,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Where users' mail clients and apps reach the gateway (open and click tracking links,
     # e.g. https://t.example.com); empty: http://<host>:<port>, which only works locally.
     public_url: str = ""
+    # Where SNS's signing certificates and subscription confirmations may come from (a
+    # regular expression matched at the start of the URL), for SES events; see
+    # kairos.channels.sns_messages.
+    sns_url_pattern: str = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
     # Fixed for the life of a deployment: it decides which partition owns a user.
     partitions: int = 16
     shards: int = 2
@@ -105,6 +110,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
                                 or parts.fragment or len(self.public_url) > 200):
             raise ConfigError(f"{ENV_PREFIX}PUBLIC_URL must be an http:// or https:// URL without query "
                               f"(at most 200 characters), got {self.public_url[:80]!r}")
+        try:
+            re.compile(self.sns_url_pattern)
+        except re.error as exc:
+            raise ConfigError(f"{ENV_PREFIX}SNS_URL_PATTERN is not a regular expression: {exc}") from None
         if self.merge_sweep_interval_s <= 0:
             raise ConfigError(f"{ENV_PREFIX}MERGE_SWEEP_INTERVAL_S must be > 0, got {self.merge_sweep_interval_s!r}")
         if self.live_segment_tick_s <= 0:

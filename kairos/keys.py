@@ -154,6 +154,17 @@ def arrival_receipt(partition: int, send_id: str) -> str:
     return f"{PREFIX}p:{partition}:receipt:{send_id}"
 
 
+def provider_message(provider_id: str) -> str:
+    """The send (msgpack `TrackedLink`) a provider's own message id stands for, kept for
+    the provider's later reports on it (SES deliveries, bounces, complaints)."""
+    return f"{PREFIX}provider-message:{provider_id}"
+
+
+def sns_seen(message_id: str) -> str:
+    """Set once an SNS notification is taken: SNS delivers at least once."""
+    return f"{PREFIX}sns-seen:{message_id}"
+
+
 def router_cursor(partition: int) -> str:
     """The outbox entry id the partition's router has taken everything up to."""
     return f"{PREFIX}p:{partition}:router-cursor"

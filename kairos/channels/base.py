@@ -40,6 +40,9 @@ class Outcome(msgspec.Struct, frozen=True):
     # The provider's acceptance is the delivery itself (the inbox stored it, the webhook
     # receiver answered 2xx), not a hand-over to a service that delivers later.
     final: bool = False
+    # The provider will report on the message later, under `provider_id` (SES's delivery,
+    # bounce and complaint events): the router notes which send that id is.
+    reports_later: bool = False
 
 
 class Provider(Protocol):

@@ -21,6 +21,7 @@ from kairos.models import Record
 from kairos.partitions import PartitionMap
 from kairos.routing import feedback
 from kairos.routing.caps import Sent
+from kairos.routing.tracking import TrackedLink
 
 # History states: waiting in the delayed set, handed to a provider (outcome not yet
 # known), delivered, sent and waiting for its arrival receipt (else the next channel
@@ -34,6 +35,15 @@ DEAD_LETTERS_KEPT = 10_000
 
 
 NOT_ARRIVED, ARRIVED = b"0", b"1"
+# How long a provider's late report (an SES bounce) can still be traced to its send.
+PROVIDER_REPORTS_KEPT_MS = 3 * 86_400_000
+_link_decoder = msgspec.msgpack.Decoder(TrackedLink)
+
+
+async def sent_as(client: aioredis.Redis, provider_id: str) -> TrackedLink | None:
+    """The send a provider's message id stands for (None: unknown, or too old)."""
+    raw = await client.get(keys.provider_message(provider_id))
+    return _link_decoder.decode(raw) if raw else None
 
 
 def received(client: aioredis.Redis | Pipeline, partition: int, send_id: str) -> Any:
@@ -126,6 +136,8 @@ class Commit:
         # those looked at.
         self.awaiting: dict[int, list[tuple[str, int]]] = {}
         self.receipts_read: dict[int, list[str]] = {}
+        # Provider message id -> the send it is, for the provider's later reports.
+        self.provider_messages: dict[str, TrackedLink] = {}
 
     def count(self, account: str, *fields: str) -> None:
         counters = self.stats.setdefault(account, {})
@@ -134,7 +146,7 @@ class Commit:
 
     def __bool__(self) -> bool:
         return any((self.histories, self.delayed, self.undelayed, self.cursors, self.events, self.dead, self.stats,
-                    self.claimed, self.settled, self.awaiting, self.receipts_read))
+                    self.claimed, self.settled, self.awaiting, self.receipts_read, self.provider_messages))
 
 
 class DeliveryStore:
@@ -241,6 +253,8 @@ class DeliveryStore:
                 for send_id, within_ms in awaited:
                     # Kept a day past its check, in case the check runs late (a router down).
                     pipe.set(keys.arrival_receipt(partition, send_id), NOT_ARRIVED, px=within_ms + 86_400_000)
+            for provider_id, link in commit.provider_messages.items():
+                pipe.set(keys.provider_message(provider_id), _encode(link), px=PROVIDER_REPORTS_KEPT_MS)
             for partition, ids in commit.receipts_read.items():
                 pipe.delete(*(keys.arrival_receipt(partition, i) for i in ids))
             for partition, records in commit.events.items():

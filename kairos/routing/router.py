@@ -484,6 +484,9 @@ class ChannelRouter:
                 else:
                     self._mark(request, channel, STATE_DELIVERED, histories, account_settings, commit, now)
                 commit.count(request.account, f"{channel}|sent", f"{request.source_kind}:{request.journey}|sent")
+                sent = self._sent(work, channel)
+                if outcome.reports_later and outcome.provider_id and sent is not None:
+                    commit.provider_messages[outcome.provider_id] = TrackedLink(sent, work.partition)
                 self._event(commit, work, events.SENT, channel, now)
                 if outcome.final:
                     self._event(commit, work, events.DELIVERED, channel, now)

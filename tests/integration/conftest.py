@@ -19,6 +19,7 @@ from actors.deploy import NAMESPACE, Deployment, deploy, ray_system_config
 from kairos.accounts import Accounts, Credentials
 from kairos.config import Settings, load_settings
 from kairos.redis_server import EmbeddedRedis, _free_port
+from tests.loopback.sns import URL_PATTERN as SNS_URL_PATTERN
 
 
 class Kairos(msgspec.Struct):
@@ -49,6 +50,8 @@ def kairos(redis_server: EmbeddedRedis, ray_session: None, tmp_path_factory: pyt
         port=_free_port(), snapshot_every_records=3000, max_body_bytes=2 * 1024 * 1024,
         # Journeys wait on a clock the tests move (kairos.journeys.clock.ManualClock).
         clock="manual",
+        # SES events come from tests.loopback.sns, which signs as SNS does.
+        sns_url_pattern=SNS_URL_PATTERN,
     )
     deployment = deploy(settings)
     yield Kairos(settings, deployment, f"http://127.0.0.1:{settings.port}")

@@ -31,6 +31,7 @@ class SentEmail:
     to: list[str]
     subject: str
     body: str  # moto keeps one body: the html part when there is one, else the text
+    message_id: str = ""  # SES's, as SendEmail answered it
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class MotoLoopback:
         with urllib.request.urlopen(f"{self.url}/moto-api/data.json", timeout=10) as response:
             models = json.load(response)
         emails = [SentEmail(m["source"], [a for addresses in m["destinations"].values() for a in addresses],
-                            m["subject"], m["body"]) for m in models.get("ses", {}).get("Message", [])]
+                            m["subject"], m["body"], m["id"]) for m in models.get("ses", {}).get("Message", [])]
         sms = [SentSms(m["message_id"], m["phone_number"], m["message"]) for m in models.get("sns", {}).get("SMS", [])]
         return MotoRecords(emails, sms)
 

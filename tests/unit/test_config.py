@@ -135,3 +135,9 @@ def test_public_url_defaults_to_the_gateway_and_must_be_a_plain_http_url() -> No
     for bad in ("t.shop.test", "ftp://t.shop.test", "https://t.shop.test/?a=1", "https://"):
         with pytest.raises(ConfigError, match="KAIROS_PUBLIC_URL"):
             load_settings({"KAIROS_PUBLIC_URL": bad})
+
+
+def test_the_sns_url_pattern_must_be_a_regular_expression() -> None:
+    assert load_settings({}).sns_url_pattern.startswith("https://sns")
+    with pytest.raises(ConfigError, match="KAIROS_SNS_URL_PATTERN"):
+        load_settings({"KAIROS_SNS_URL_PATTERN": "https://(sns"})

@@ -34,6 +34,8 @@ def test_ses_minimal_and_full() -> None:
     assert (full.access_key_id, full.endpoint_url, full.configuration_set, full.timeout_s) == (
         "AKIA1", "http://127.0.0.1:5000", "kairos-events", 2.5)
     assert "s3cret" not in repr(full) and "AKIA1" in repr(full)
+    reporting = ses.parse_settings({**SES, "configuration_set": "c", "events_topic_arn": "arn:aws:sns:eu-west-1:123456789012:ses-events"})
+    assert reporting.events_topic_arn == "arn:aws:sns:eu-west-1:123456789012:ses-events"
 
 
 @pytest.mark.parametrize(("raw", "path"), [
@@ -53,6 +55,9 @@ def test_ses_minimal_and_full() -> None:
     ({**SES, "timeout_s": 0}, "channels.email.timeout_s"),
     ({**SES, "timeout_s": True}, "channels.email.timeout_s"),
     ({**SES, "timeout_s": 600}, "channels.email.timeout_s"),
+    ({**SES, "configuration_set": "c", "events_topic_arn": "arn:aws:sqs:us-east-1:123456789012:q"},
+     "channels.email.events_topic_arn"),
+    ({**SES, "events_topic_arn": "arn:aws:sns:us-east-1:123456789012:t"}, "channels.email.configuration_set"),
 ])
 def test_ses_refusals_name_the_field(raw: Any, path: str) -> None:
     assert refusal(ses.parse_settings, raw).path == path
