@@ -221,6 +221,13 @@ class DeliveryStore:
             found = await pipe.execute()
         return {send_id for (_, send_id), mark in zip(wanted, found) if mark == ARRIVED}
 
+    async def postpone(self, members: dict[int, list[bytes]], until_ms: int) -> None:
+        """Moves these delayed-set members (partition -> members) to `until_ms`, if still there."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition, found in members.items():
+                pipe.zadd(keys.router_delayed(partition), dict.fromkeys(found, until_ms), xx=True)
+            await pipe.execute()
+
     async def take_throttle(self, account: str, source: str, minute: int, wanted: int) -> int:
         """Adds `wanted` sends to the source's count for `minute`; returns the count before."""
         key = keys.throttle(account, source, minute)

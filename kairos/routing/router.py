@@ -27,6 +27,7 @@ import asyncio
 import logging
 import random
 import uuid
+from collections import defaultdict
 from typing import Any, Awaitable, Protocol
 
 import msgspec
@@ -49,9 +50,16 @@ from kairos.routing.tracking import TrackedLink, Tracker
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
-MAX_CONCURRENT_CALLS = 512
 # Rounds go on while earlier batches wait for their providers, up to this many batches.
 MAX_BATCHES_IN_FLIGHT = 8
+# Provider calls under way at once for one account: an account whose provider is slow
+# takes up its own share, not every account's.
+MAX_CALLS_PER_ACCOUNT = 256
+# A request whose user's batch is still out is looked at again this much later.
+HELD_RECHECK_MS = 200
+# A push that went out and then fell back (not reported arriving) stays in the user's
+# history under its send id plus this, so it keeps counting against the caps.
+SENT_BEFORE_FALLBACK = "|sent-before-fallback:"
 # Histories are trimmed when their user is written to; users never written to again are
 # swept, a page per partition this often, so the hash does not grow with every user ever sent to.
 SWEEP_EVERY_MS = 60_000
@@ -79,7 +87,11 @@ class _Round(msgspec.Struct):
     histories: dict[UserRef, list[HistoryEntry]]
     profiles: dict[UserRef, tuple[dict[str, Any], str] | None]
     settings: dict[str, DeliverySettings]
-    now: int
+
+
+def _same_message(entry: HistoryEntry, send_id: str) -> bool:
+    """The entry is the request's own (or its push that went out before a fallback)."""
+    return entry.send_id == send_id or entry.send_id.startswith(send_id + SENT_BEFORE_FALLBACK)
 
 
 class _Work(msgspec.Struct):
@@ -111,7 +123,8 @@ class ChannelRouter:
         self.providers = providers
         self.clock = clock
         self.tracker = tracker  # None: messages go out without open and click tracking
-        self._calls = asyncio.Semaphore(MAX_CONCURRENT_CALLS)
+        self._calls: defaultdict[str, asyncio.Semaphore] = defaultdict(
+            lambda: asyncio.Semaphore(MAX_CALLS_PER_ACCOUNT))  # account -> its share of calls
         self._batches: set[asyncio.Future[None]] = set()  # batches with their providers
         self._busy: set[UserRef] = set()  # the users in them
         self._claims_out: set[str] = set()  # their claims' batch ids (not orphans)
@@ -141,7 +154,8 @@ class ChannelRouter:
                 commit.count(claim.account, f"{claim.channel}|unknown", f"{claim.source_kind}:{claim.source}|unknown")
                 commit.dead.setdefault(claim.account, []).append(
                     {"id": claim.send_id, "user": claim.user, "channel": claim.channel, "at_ms": now,
-                     "reason": "unknown: the router stopped after handing the message to its provider; not sent again",
+                     "reason": "unknown: handed to the provider, but the outcome was not written (the router "
+                               "stopped, or Redis failed); not sent again",
                      "source_kind": claim.source_kind, "source": claim.source, "node": claim.node})
         await self.store.commit(commit)
 
@@ -152,11 +166,17 @@ class ChannelRouter:
             await asyncio.wait(self._batches, return_when=asyncio.FIRST_COMPLETED)
         now = await self.clock.now_ms()
         works: list[_Work] = []
+        waiting: dict[int, list[bytes]] = {}
         for partition, member in await self.store.due(now, MAX_BATCH):
             pending = decode_pending(member)
-            # A user's batch still with its provider: this waits in the delayed set for it.
-            if (pending.request.account, pending.request.user) not in self._busy:
+            if (pending.request.account, pending.request.user) in self._busy:
+                waiting.setdefault(partition, []).append(member)
+            else:
                 works.append(_Work(pending, partition, member))
+        if waiting:
+            # Their user's batch is still with its provider: they wait for it, behind what
+            # else is due (a slow batch's users must not hold the delayed set's head).
+            await self.store.postpone(waiting, now + HELD_RECHECK_MS)
         read_from = dict(self.outbox.after)
         entries = await self.outbox.read_entries(MAX_BATCH, None if works else block_ms)
         cursors: dict[int, str] = {}
@@ -165,13 +185,12 @@ class ChannelRouter:
             cursors[partition] = entry_id
         if works or cursors:
             try:
-                await self._handle(works, cursors, now)
+                self.handled += await self._handle(works, cursors, now)
             except BaseException:
                 # Read again what the round did not commit; what it did is in the users'
                 # histories, and is dropped as a duplicate when read again.
                 self.outbox.after = read_from
                 raise
-        self.handled += len(works)
         return len(works)
 
     async def drain(self) -> None:
@@ -179,7 +198,8 @@ class ChannelRouter:
         while self._batches:
             await asyncio.wait(list(self._batches))
 
-    async def _handle(self, works: list[_Work], cursors: dict[int, str], now: int) -> None:
+    async def _handle(self, works: list[_Work], cursors: dict[int, str], now: int) -> int:
+        """Decides `works` and starts their batch; how many it took up (not those held)."""
         commit = Commit()
         commit.cursors.update(cursors)
         held = [w for w in works if (w.pending.request.account, w.pending.request.user) in self._busy]
@@ -190,7 +210,7 @@ class ChannelRouter:
             works = [w for w in works if (w.pending.request.account, w.pending.request.user) not in self._busy]
             for work in held:
                 member = encode_pending(msgspec.structs.replace(work.pending, held=True))
-                commit.delayed.setdefault(work.partition, []).append((member, now))
+                commit.delayed.setdefault(work.partition, []).append((member, now + HELD_RECHECK_MS))
         refs = [(w.pending.request.account, w.pending.request.user) for w in works]
         histories = await self.store.histories(refs)
         fresh = self._deduped(works, histories, commit)
@@ -198,15 +218,15 @@ class ChannelRouter:
         settings = {a: await self.providers.settings(a) for a in accounts}
         fresh = await self._undelivered(fresh, histories, settings, commit, now)
         profiles = await self._profiles(fresh)
-        round_ = _Round(histories, profiles, settings, now)
-        sending, batch_id = await self._decide(fresh, round_, commit)
+        round_ = _Round(histories, profiles, settings)
+        sending, batch_id = await self._decide(fresh, round_, commit, now)
         if sending:
             users = {(w.pending.request.account, w.pending.request.user) for w in sending}
             self._busy.update(users)
-            self._claims_out.add(batch_id)
             task = asyncio.ensure_future(self._send(sending, batch_id, round_))
             self._batches.add(task)
             task.add_done_callback(lambda done: self._finished(done, users))
+        return len(works)
 
     def _finished(self, task: "asyncio.Future[None]", users: set[UserRef]) -> None:
         self._batches.discard(task)
@@ -214,17 +234,17 @@ class ChannelRouter:
         if task.cancelled() or task.exception() is not None:
             self._unsettled = True  # its claims are left in Redis: the run loop settles them
 
-    async def _decide(self, fresh: list[_Work], round_: _Round, commit: Commit) -> tuple[list[_Work], str]:
+    async def _decide(self, fresh: list[_Work], round_: _Round, commit: Commit, now: int) -> tuple[list[_Work], str]:
         """Plans `fresh`, writes the decisions with `commit`; returns what goes to
         providers, and the id its claims are written under."""
-        histories, now = round_.histories, round_.now
+        histories = round_.histories
         # Sends planned earlier in this round count against the caps of later ones.
         planned: dict[UserRef, list[HistoryEntry]] = {}
         for work in fresh:
             request = work.pending.request
             ref = (request.account, request.user)
             # Not the message's own earlier channel: a fallback is the same message.
-            history = [e for e in histories[ref] if e.state in COUNTED and e.send_id != request.id]
+            history = [e for e in histories[ref] if e.state in COUNTED and not _same_message(e, request.id)]
             history += planned.get(ref, [])
             profile = round_.profiles.get(ref)
             work.plan = planning.plan(request, work.pending.channel_index, profile[0] if profile else None,
@@ -237,8 +257,19 @@ class ChannelRouter:
         sending = [w for w in fresh if w.plan is not None and w.plan.action == planning.SEND]
         for work in fresh:
             self._record_decision(work, histories, round_.settings[work.pending.request.account], commit, now)
+        for work in sending:
+            if self._awaits_arrival(work):
+                # Before the hand-over: the app may report arrival before the outcome is written.
+                commit.awaiting.setdefault(work.partition, []).append(
+                    (work.pending.request.id, work.pending.request.deliver_within_ms))
         batch_id = self._claim(sending, commit)
-        await self.store.commit(commit)
+        if sending:  # live, not an orphan, from the moment its claims can be read
+            self._claims_out.add(batch_id)
+        try:
+            await self.store.commit(commit)
+        except BaseException:
+            self._claims_out.discard(batch_id)
+            raise
         return sending, batch_id
 
     async def _send(self, sending: list[_Work], batch_id: str, round_: _Round) -> None:
@@ -252,15 +283,14 @@ class ChannelRouter:
                 for partition in {w.partition for w in sending}:
                     commit.settled.setdefault(partition, []).append(batch_id)
                 outcomes = await self._deliver(sending, round_.settings)
-                again = self._record_outcomes(sending, outcomes, round_.histories, round_.settings, commit, round_.now)
+                now = await self.clock.now_ms()  # the calls took their time: backoff and checks count from here
+                again = self._record_outcomes(sending, outcomes, round_.histories, round_.settings, commit, now)
                 if again:
-                    following, next_id = await self._decide(again, round_, commit)
+                    following, next_id = await self._decide(again, round_, commit, now)
                 else:
                     await self.store.commit(commit)
                     following, next_id = [], ""
                 self._claims_out.discard(batch_id)
-                if following:
-                    self._claims_out.add(next_id)
                 sending, batch_id = following, next_id
         except Exception:
             logger.exception("delivering a batch or writing its outcomes failed; settled as unknown")
@@ -319,12 +349,18 @@ class ChannelRouter:
                 continue
             commit.receipts_read.setdefault(work.partition, []).append(request.id)
             channel = planning.channels_of(request)[pending.channel_index][0]
+            ref = (request.account, request.user)
+            sent_at = next((e.at_ms for e in histories[ref] if e.send_id == request.id), now)
             if request.id in arrived:
-                self._mark(request, channel, STATE_DELIVERED, histories, settings[request.account], commit, now)
-                commit.count(request.account, f"{channel}|arrived")
+                self._mark(request, channel, STATE_DELIVERED, histories, settings[request.account], commit, now, sent_at)
+                commit.count(request.account, f"{channel}|arrived", f"{request.source_kind}:{request.journey}|arrived")
             else:
                 commit.count(request.account, f"{channel}|not_arrived",
                              f"{request.source_kind}:{request.journey}|not_arrived")
+                # The push did go out: it keeps counting against the caps, whatever becomes
+                # of the fallback, which takes over the send id.
+                pushed = msgspec.structs.replace(request, id=request.id + SENT_BEFORE_FALLBACK + channel)
+                self._mark(pushed, channel, STATE_DELIVERED, histories, settings[request.account], commit, now, sent_at)
                 work.pending = Pending(request, pending.channel_index + 1)
                 following.append(work)
         return following
@@ -384,10 +420,12 @@ class ChannelRouter:
             self._event(commit, work, events.FAILED, channel, now, {"Reason": reason[:500]})
 
     def _mark(self, request: SendRequest, channel: str, state: str, histories: dict[UserRef, list[HistoryEntry]],
-              settings: DeliverySettings, commit: Commit, now: int) -> None:
+              settings: DeliverySettings, commit: Commit, now: int, at_ms: int | None = None) -> None:
+        """Sets the request's entry in its user's history (`at_ms`: when it was sent, if not now)."""
         ref = (request.account, request.user)
         entries = [e for e in histories[ref] if e.send_id != request.id]
-        entries.append(HistoryEntry(now, channel, request.source_kind, request.journey, request.id, state))
+        entries.append(HistoryEntry(now if at_ms is None else at_ms, channel, request.source_kind, request.journey,
+                                    request.id, state))
         histories[ref] = entries = trimmed(entries, horizon_ms(settings.caps), now)
         commit.histories[(self.store.partition_of(*ref), history_field(*ref))] = entries
 
@@ -448,7 +486,7 @@ class ChannelRouter:
                             self._tracked(work, settings[request.account]))
 
         async def one(provider: Provider, i: int) -> None:
-            async with self._calls:
+            async with self._calls[works[i].pending.request.account]:
                 [outcomes[i]] = await _guarded(_one(provider, delivery(works[i])), works[i], 1)
 
         async def batch(provider: BatchProvider, indexes: list[int]) -> None:
@@ -475,9 +513,8 @@ class ChannelRouter:
             assert decision is not None
             channel, account_settings = decision.channel, settings[request.account]
             if outcome.status == DELIVERED:
-                if self._awaits_arrival(work):
+                if self._awaits_arrival(work):  # its receipt key was made with its claim
                     self._mark(request, channel, AWAITING, histories, account_settings, commit, now)
-                    commit.awaiting.setdefault(work.partition, []).append((request.id, request.deliver_within_ms))
                     check = Pending(request, decision.channel_index, awaiting_receipt=True)
                     commit.delayed.setdefault(work.partition, []).append(
                         (encode_pending(check), now + request.deliver_within_ms))
@@ -491,6 +528,8 @@ class ChannelRouter:
                 if outcome.final:
                     self._event(commit, work, events.DELIVERED, channel, now)
                 continue
+            if self._awaits_arrival(work):  # nothing went out: no arrival to wait for
+                commit.receipts_read.setdefault(work.partition, []).append(request.id)
             if outcome.unreachable and channel in planning.ADDRESS_PROPERTY and work.identifier is not None:
                 # The address is dead (an unregistered token): forget it, so no one tries it
                 # again; unless the app has sent a new one since.
@@ -532,14 +571,18 @@ class ChannelRouter:
 
     async def sweep(self, now: int) -> int:
         """One page per partition of the histories sweep; how many users it forgot. Runs
-        between rounds, so no round writes a history it is rewriting."""
+        between rounds, so no round writes a history it is rewriting; the users of batches
+        still out (which write theirs when they end) are left for the next pass."""
         forgotten = 0
+        busy = {history_field(*ref) for ref in self._busy}
         for partition, cursor in self._sweep_cursors.items():
             following, page = await self.store.scan_histories(partition, cursor, SWEEP_PAGE)
             self._sweep_cursors[partition] = following
             gone: list[str] = []
             kept: dict[str, list[HistoryEntry]] = {}
             for field, entries in page.items():
+                if field in busy:
+                    continue
                 settings = await self.providers.settings(field.partition("\0")[0])
                 left = trimmed(entries, horizon_ms(settings.caps), now)
                 if not left:

@@ -427,10 +427,67 @@ async def test_a_push_not_reported_arriving_in_time_falls_back_and_one_that_arri
     # The fallback is the same message: the push before it does not trip the 1 h gap.
     assert stats["push|sent"] == 3 and stats["push|arrived"] == 1 and stats["push|not_arrived"] == 2
     assert stats["in_app|sent"] == 2 and "in_app|dropped_capped" not in stats
+    # The pushes that went out still count: another push within the hour is capped.
+    await harness.send(users["offline"], "push", PUSH, event={"Product": "a cap"})
+    await harness.run()
+    assert (await harness.stats())["push|dropped_capped"] == 1
+    stats = await harness.stats()
     await harness.advance(86_400_000)
     assert len(harness.fcm.received) == 3 and stats == await harness.stats()
     for p in range(PARTITIONS):  # no receipt is left behind
         assert await harness.redis.keys(keys.arrival_receipt(p, "*")) == []
+
+
+async def test_an_arrival_reported_before_the_outcome_is_written_counts(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    tracker = Tracker(bytes(32), "https://t.shop.test")
+    await harness.start(tracker=tracker)
+    quick = harness.user("quick", **{"Push Token": "tok-quick"})
+    await harness.send(quick, "push", PUSH, event={"Product": "x"}, deliver_within_ms=60_000,
+                       fallback=[("in_app", IN_APP)])
+    router = harness.router
+    assert router is not None
+    deliver = router._deliver
+
+    async def phone_reports_at_once(*args: Any) -> Any:
+        outcomes = await deliver(*args)
+        # The phone calls back before the router has written what FCM said.
+        [data] = harness.pushes_data("tok-quick")
+        link = tracker.read(data["kairos_delivered_url"].rsplit("/", 1)[1])
+        await received(harness.redis, link.partition, link.sent.send_id)
+        return outcomes
+
+    monkeypatch.setattr(router, "_deliver", phone_reports_at_once)
+    await harness.run()
+    await harness.advance(120_000)
+    assert await harness.inbox.list(harness.account, quick) == []
+    assert (await harness.stats())["push|arrived"] == 1
+
+
+async def test_settling_orphans_never_takes_a_fallback_batch_that_is_out(
+        harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    await harness.start()
+    uma = harness.user("uma", **{"Push Token": "tok-uma"})
+    harness.fcm.unregister("tok-uma")
+    await harness.send(uma, "push", PUSH, event={"Product": "x"}, fallback=[("in_app", IN_APP)])
+    router = harness.router
+    assert router is not None
+    commit = harness.store.commit
+    claimed = 0
+
+    async def settle_right_after_each_claim(pending: Any) -> None:
+        nonlocal claimed
+        await commit(pending)
+        if pending.claimed:
+            claimed += 1
+            await router._settle_orphans()  # as the run loop would after some other failure
+
+    monkeypatch.setattr(harness.store, "commit", settle_right_after_each_claim)
+    await harness.run()
+    assert claimed == 2  # the push, then its in-app fallback
+    assert len(await harness.inbox.list(harness.account, uma)) == 1
+    stats = await harness.stats()
+    assert stats["in_app|sent"] == 1 and "in_app|unknown" not in stats and await harness.dead_letters() == []
 
 
 async def test_without_tracking_a_push_is_not_awaited(harness: Harness) -> None:
@@ -515,7 +572,8 @@ async def test_a_slow_provider_holds_up_only_its_own_batch(harness: Harness) -> 
         await router.step(block_ms=10)
     assert asyncio.get_running_loop().time() - started < 1.0
     assert "webhook|sent" not in await harness.stats()  # the slow call has not answered yet
-    await harness.run()  # the slow call ends; the held message goes after it
+    await harness.run()  # the slow call ends
+    await harness.advance(1_000)  # the held message is looked at again, and goes
 
     assert [c.delivery_id for c in harness.hooks.calls] == [first.id, second.id]
     stats = await harness.stats()
@@ -584,3 +642,20 @@ async def test_the_sweep_forgets_histories_that_no_longer_matter(harness: Harnes
     assert await harness.router.sweep(await harness.clock.now_ms()) >= 1  # (other tests' users go too)
     histories = await harness.store.histories(refs)
     assert [len(histories[ref]) for ref in refs] == [0, 1]  # the waiting request keeps its entry
+
+
+async def test_the_sweep_leaves_the_users_of_batches_still_out_alone(harness: Harness) -> None:
+    await harness.start()
+    sal = harness.user("sweep-sal")
+    harness.hooks.slow(1.0, count=1)
+    await harness.send(sal, "webhook", {"payload": {"n": 1}})
+    router = harness.router
+    assert router is not None
+    await router.step()  # the call is out: the batch will write sal's history when it ends
+    await harness.clock.advance(8 * 86_400_000)  # past the dedupe window: the claim looks old
+    await router.sweep(await harness.clock.now_ms())
+    ref = (harness.account, sal)
+    assert [e.state for e in (await harness.store.histories([ref]))[ref]] == ["c"]  # not rewritten under the batch
+    await harness.run()
+    await router.sweep(await harness.clock.now_ms())
+    assert [e.state for e in (await harness.store.histories([ref]))[ref]] == ["d"]
