@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
 # Rounds go on while earlier batches wait for their providers, up to this many batches.
-MAX_BATCHES_IN_FLIGHT = 8
+MAX_BATCHES_IN_FLIGHT = 64
 # Provider calls under way at once for one account: an account whose provider is slow
 # takes up its own share, not every account's.
 MAX_CALLS_PER_ACCOUNT = 256
@@ -219,13 +219,12 @@ class ChannelRouter:
         fresh = await self._undelivered(fresh, histories, settings, commit, now)
         profiles = await self._profiles(fresh)
         round_ = _Round(histories, profiles, settings)
-        sending, batch_id = await self._decide(fresh, round_, commit, now)
-        if sending:
+        for sending, batch_id in await self._decide(fresh, round_, commit, now):
             users = {(w.pending.request.account, w.pending.request.user) for w in sending}
             self._busy.update(users)
             task = asyncio.ensure_future(self._send(sending, batch_id, round_))
             self._batches.add(task)
-            task.add_done_callback(lambda done: self._finished(done, users))
+            task.add_done_callback(lambda done, users=users: self._finished(done, users))
         return len(works)
 
     def _finished(self, task: "asyncio.Future[None]", users: set[UserRef]) -> None:
@@ -234,9 +233,11 @@ class ChannelRouter:
         if task.cancelled() or task.exception() is not None:
             self._unsettled = True  # its claims are left in Redis: the run loop settles them
 
-    async def _decide(self, fresh: list[_Work], round_: _Round, commit: Commit, now: int) -> tuple[list[_Work], str]:
+    async def _decide(self, fresh: list[_Work], round_: _Round, commit: Commit,
+                      now: int) -> list[tuple[list[_Work], str]]:
         """Plans `fresh`, writes the decisions with `commit`; returns what goes to
-        providers, and the id its claims are written under."""
+        providers as batches, one per account (so a slow provider holds up one account's
+        messages only), each with the id its claims are written under."""
         histories = round_.histories
         # Sends planned earlier in this round count against the caps of later ones.
         planned: dict[UserRef, list[HistoryEntry]] = {}
@@ -262,21 +263,24 @@ class ChannelRouter:
                 # Before the hand-over: the app may report arrival before the outcome is written.
                 commit.awaiting.setdefault(work.partition, []).append(
                     (work.pending.request.id, work.pending.request.deliver_within_ms))
-        batch_id = self._claim(sending, commit)
-        if sending:  # live, not an orphan, from the moment its claims can be read
-            self._claims_out.add(batch_id)
+        by_account: dict[str, list[_Work]] = {}
+        for work in sending:
+            by_account.setdefault(work.pending.request.account, []).append(work)
+        batches = [(batch, self._claim(batch, commit)) for batch in by_account.values()]
+        ids = {batch_id for _, batch_id in batches}
+        self._claims_out |= ids  # live, not orphans, from the moment their claims can be read
         try:
             await self.store.commit(commit)
         except BaseException:
-            self._claims_out.discard(batch_id)
+            self._claims_out -= ids
             raise
-        return sending, batch_id
+        return batches
 
     async def _send(self, sending: list[_Work], batch_id: str, round_: _Round) -> None:
-        """Hands a batch to its providers and writes the outcomes; what was rejected goes
-        on to its next channel, as a batch of its own. Runs beside the following rounds
-        (a slow provider holds up only its own batch), with the batch's users held out of
-        them until it is done."""
+        """Hands one account's batch to its providers and writes the outcomes; what was
+        rejected goes on to its next channel, as a batch of its own. Runs beside the
+        following rounds and the other accounts' batches (a slow provider holds up only its
+        own account's messages), with the batch's users held out of them until it is done."""
         try:
             while sending:
                 commit = Commit()
@@ -286,7 +290,8 @@ class ChannelRouter:
                 now = await self.clock.now_ms()  # the calls took their time: backoff and checks count from here
                 again = self._record_outcomes(sending, outcomes, round_.histories, round_.settings, commit, now)
                 if again:
-                    following, next_id = await self._decide(again, round_, commit, now)
+                    # One account's messages: their fallbacks make one batch (or none).
+                    [(following, next_id)] = await self._decide(again, round_, commit, now) or [([], "")]
                 else:
                     await self.store.commit(commit)
                     following, next_id = [], ""

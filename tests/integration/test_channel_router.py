@@ -644,6 +644,36 @@ async def test_the_sweep_forgets_histories_that_no_longer_matter(harness: Harnes
     assert [len(histories[ref]) for ref in refs] == [0, 1]  # the waiting request keeps its entry
 
 
+async def test_a_slow_account_does_not_hold_up_another_accounts_messages_in_the_same_round(
+        harness: Harness) -> None:
+    await harness.start()
+    slow_user = harness.user("slow-one")
+    harness.hooks.slow(1.5, count=1)
+    await harness.send(slow_user, "webhook", {"payload": {"n": 1}})
+    # Another account, whose push is decided in the same round.
+    other = f"ACC-{next(_ids)}"
+    await harness.redis.set(keys.delivery_settings(other), msgspec.json.encode({"providers": {"push": {
+        "provider": "fcm", "project_id": "test-proj", "service_account": harness.fcm.service_account(),
+        "endpoint": harness.fcm.url, "timeout_s": 2}}}))
+    harness.profiles.by_user[(other, "identity:vic")] = {"Push Token": "tok-vic"}
+    request = SendRequest(id=f"{other}/j/1/vic/1/n", account=other, user="identity:vic", channel="push",
+                          message=PUSH, journey="j", version=1, node="n", at_ms=await harness.clock.now_ms(),
+                          event={"Product": "x"})
+    await harness.redis.xadd(keys.outbox(harness.partition_map.partition_of(other, "identity:vic")),
+                             {"s": _encode(request)})
+    router = harness.router
+    assert router is not None
+    while router.handled < 2:
+        await router.step(block_ms=10)
+    started = asyncio.get_running_loop().time()
+    while not await harness.redis.hget(keys.delivery_stats(other), "push|sent"):
+        assert asyncio.get_running_loop().time() - started < 1.0, "the other account waited for the slow webhook"
+        await asyncio.sleep(0.01)
+    assert "webhook|sent" not in await harness.stats()
+    await harness.run()
+    assert (await harness.stats())["webhook|sent"] == 1
+
+
 async def test_the_sweep_leaves_the_users_of_batches_still_out_alone(harness: Harness) -> None:
     await harness.start()
     sal = harness.user("sweep-sal")
