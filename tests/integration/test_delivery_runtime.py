@@ -77,6 +77,19 @@ async def now_s(kairos: Kairos, api: Api) -> int:
         await client.aclose()
 
 
+async def enter_journey(kairos: Kairos, api: Api, name: str, definition: dict[str, Any],
+                        profiles: dict[str, dict[str, Any]], event: str, props: dict[str, Any] | None = None) -> None:
+    """Saves the journey, uploads the users' profiles, then the event that enters them."""
+    status, body = await api.upload([{"identity": i, "type": "profile", "profileData": p} for i, p in profiles.items()])
+    assert status == 200 and body["processed"] == len(profiles), body
+    status, body = await api.request("PUT", f"/api/journeys/{name}", {"definition": definition})
+    assert status == 200, body
+    ts = await now_s(kairos, api)
+    status, body = await api.upload([{"identity": i, "type": "event", "evtName": event, "ts": ts,
+                                      "evtData": props or {}} for i in profiles])
+    assert status == 200 and body["processed"] == len(profiles), body
+
+
 WELCOME = {
     "entry": {"event": "Signed Up"},
     "start": "push",
@@ -206,13 +219,8 @@ NEWSLETTER = {
 async def test_email_opens_and_clicks_come_back_as_events_once_each(
         kairos: Kairos, api: Api, mail: SmtpLoopback) -> None:
     address = f"dora-{api.creds.account_id}@shop.test"
-    status, _ = await api.upload([{"identity": "dora", "type": "profile",
-                                   "profileData": {"Name": "Dora", "Email": address}}])
-    assert status == 200
-    status, body = await api.request("PUT", "/api/journeys/newsletter", {"definition": NEWSLETTER})
-    assert status == 200, body
-    ts = await now_s(kairos, api)
-    await api.upload([{"identity": "dora", "type": "event", "evtName": "Subscribed", "ts": ts, "evtData": {}}])
+    await enter_journey(kairos, api, "newsletter", NEWSLETTER, {"dora": {"Name": "Dora", "Email": address}},
+                        "Subscribed")
 
     async def received() -> list[Any]:
         return [m for m in mail.messages if address in m.rcpt_tos]
@@ -266,15 +274,9 @@ ARRIVAL = {
 async def test_a_push_the_app_does_not_report_arriving_falls_back_to_email(
         kairos: Kairos, api: Api, fcm: FcmServerThread, mail: SmtpLoopback) -> None:
     addresses = {name: f"{name}-{api.creds.account_id}@shop.test" for name in ("eli", "fay")}
-    status, _ = await api.upload([{"identity": name, "type": "profile", "profileData": {
-        "Name": name.title(), "Email": address, "Push Token": f"arrival-{name}-{api.creds.account_id}"}}
-        for name, address in addresses.items()])
-    assert status == 200
-    status, body = await api.request("PUT", "/api/journeys/shipping", {"definition": ARRIVAL})
-    assert status == 200, body
-    ts = await now_s(kairos, api)
-    await api.upload([{"identity": name, "type": "event", "evtName": "Ordered", "ts": ts, "evtData": {}}
-                      for name in addresses])
+    await enter_journey(kairos, api, "shipping", ARRIVAL, {name: {
+        "Name": name.title(), "Email": address, "Push Token": f"arrival-{name}-{api.creds.account_id}"}
+        for name, address in addresses.items()}, "Ordered")
 
     async def pushed() -> list[Any]:
         found = [m for m in fcm.received if m.message["token"].endswith(api.creds.account_id)]
@@ -304,14 +306,8 @@ async def test_an_unregistered_token_is_removed_from_the_profile(
         kairos: Kairos, api: Api, fcm: FcmServerThread) -> None:
     token = f"gone-{api.creds.account_id}"
     fcm.unregister(token)  # the app was uninstalled
-    status, _ = await api.upload([{"identity": "gus", "type": "profile",
-                                   "profileData": {"Name": "Gus", "Push Token": token}}])
-    assert status == 200
-    status, body = await api.request("PUT", "/api/journeys/welcome", {"definition": WELCOME})
-    assert status == 200, body
-    ts = await now_s(kairos, api)
-    await api.upload([{"identity": "gus", "type": "event", "evtName": "Signed Up", "ts": ts,
-                       "evtData": {"Plan": "free"}}])
+    await enter_journey(kairos, api, "welcome", WELCOME, {"gus": {"Name": "Gus", "Push Token": token}},
+                        "Signed Up", {"Plan": "free"})
 
     async def forgotten() -> bool:
         status, body = await api.profile(identity="gus")
