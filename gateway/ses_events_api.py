@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import aiohttp
 import msgspec
 import redis.asyncio as aioredis
 from aiohttp import web
@@ -36,8 +37,11 @@ from kairos.segments.definition import SegmentError
 logger = logging.getLogger(__name__)
 
 SES_EVENTS_PATH = "/t/ses/"
-MAX_BODY_BYTES = 256 * 1024  # SNS messages are at most 256 KB
-SEEN_FOR_S = 86_400  # SNS gives up redelivering long before this
+MAX_BODY_BYTES = 512 * 1024  # a 256 KB SNS message, JSON-escaped in its envelope
+SEEN_FOR_S = 7 * 3600  # longer than the age past which a message is refused as a replay
+# An event for one of the account's sends (it carries the send id tag) that arrives before
+# the router has noted SES's message id gets 503, for SNS to retry, this long after it was sent.
+EARLY_EVENTS_RETRIED_MS = 15 * 60_000
 
 
 class SesEventsApi:
@@ -74,14 +78,14 @@ class SesEventsApi:
             await self.verifier.verify(message)
         except NotGenuine as exc:
             raise ApiError(403, f"not a genuine SNS message: {exc}") from None
-        except (OSError, TimeoutError) as exc:  # SNS's certificate out of reach: SNS retries
+        except (OSError, TimeoutError, aiohttp.ClientError) as exc:  # SNS's certificate out of reach: SNS retries
             raise ApiError(503, f"the SNS signing certificate could not be fetched: {exc}") from None
         if message["Type"] == SUBSCRIPTION_CONFIRMATION:
             try:
                 await self.verifier.confirm(message)
             except NotGenuine as exc:
                 raise ApiError(403, str(exc)) from None
-            except (OSError, TimeoutError) as exc:
+            except (OSError, TimeoutError, aiohttp.ClientError) as exc:
                 raise ApiError(503, f"confirming the subscription failed: {exc}") from None
             logger.info("account %s: subscribed to SES events from %s", account, topic)
         elif message["Type"] == NOTIFICATION:
@@ -93,10 +97,15 @@ class SesEventsApi:
             event = msgspec.json.decode(message["Message"])
             if not isinstance(event, dict):
                 raise ses_feedback.SesEvent("the SES event is not a JSON object")
-            link = await sent_as(self.redis, ses_feedback.message_id(event))
-            if link is None or link.sent.account != account:
-                return  # not ours, or older than Kairos keeps the trace: nothing to add to
-            records, counted = ses_feedback.records(event, link, await self.clock.now_ms())
+            link = await sent_as(self.redis, account, ses_feedback.message_id(event))
+            now = await self.clock.now_ms()
+            if link is None:
+                if ses_feedback.sent_by_kairos(event) and now - ses_feedback.sent_at_ms(event, now) < EARLY_EVENTS_RETRIED_MS:
+                    # Ours, and so recent that the router may not have written down which
+                    # send it is yet (it does so once the batch's calls are done).
+                    raise ApiError(503, "this message's send is not known yet; retry")
+                return  # not sent by Kairos, or older than it keeps the trace
+            records, counted = ses_feedback.records(event, link, now)
         except (msgspec.DecodeError, ses_feedback.SesEvent) as exc:
             # Genuine, from the account's topic, yet not an SES event we can read: a 4xx
             # would only make SNS retry it. Note it and take it.

@@ -42,7 +42,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True):
     # Where SNS's signing certificates and subscription confirmations may come from (a
     # regular expression matched at the start of the URL), for SES events; see
     # kairos.channels.sns_messages.
-    sns_url_pattern: str = r"https://sns\.[a-z0-9-]+\.amazonaws\.com(\.cn)?/"
+    sns_url_pattern: str = r"https://sns\.[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-\d+\.amazonaws\.com(\.cn)?/"
     # Fixed for the life of a deployment: it decides which partition owns a user.
     partitions: int = 16
     shards: int = 2

@@ -154,10 +154,11 @@ def arrival_receipt(partition: int, send_id: str) -> str:
     return f"{PREFIX}p:{partition}:receipt:{send_id}"
 
 
-def provider_message(provider_id: str) -> str:
+def provider_message(account_id: str, provider_id: str) -> str:
     """The send (msgpack `TrackedLink`) a provider's own message id stands for, kept for
-    the provider's later reports on it (SES deliveries, bounces, complaints)."""
-    return f"{PREFIX}provider-message:{provider_id}"
+    the provider's later reports on it (SES deliveries, bounces, complaints); per account,
+    as the ids come from providers each account chooses."""
+    return f"{PREFIX}a:{account_id}:provider-message:{provider_id}"
 
 
 def sns_seen(message_id: str) -> str:

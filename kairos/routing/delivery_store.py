@@ -40,9 +40,9 @@ PROVIDER_REPORTS_KEPT_MS = 3 * 86_400_000
 _link_decoder = msgspec.msgpack.Decoder(TrackedLink)
 
 
-async def sent_as(client: aioredis.Redis, provider_id: str) -> TrackedLink | None:
-    """The send a provider's message id stands for (None: unknown, or too old)."""
-    raw = await client.get(keys.provider_message(provider_id))
+async def sent_as(client: aioredis.Redis, account: str, provider_id: str) -> TrackedLink | None:
+    """The account's send a provider's message id stands for (None: unknown, or too old)."""
+    raw = await client.get(keys.provider_message(account, provider_id))
     return _link_decoder.decode(raw) if raw else None
 
 
@@ -136,8 +136,8 @@ class Commit:
         # those looked at.
         self.awaiting: dict[int, list[tuple[str, int]]] = {}
         self.receipts_read: dict[int, list[str]] = {}
-        # Provider message id -> the send it is, for the provider's later reports.
-        self.provider_messages: dict[str, TrackedLink] = {}
+        # (account, provider message id) -> the send it is, for the provider's later reports.
+        self.provider_messages: dict[tuple[str, str], TrackedLink] = {}
 
     def count(self, account: str, *fields: str) -> None:
         counters = self.stats.setdefault(account, {})
@@ -260,8 +260,8 @@ class DeliveryStore:
                 for send_id, within_ms in awaited:
                     # Kept a day past its check, in case the check runs late (a router down).
                     pipe.set(keys.arrival_receipt(partition, send_id), NOT_ARRIVED, px=within_ms + 86_400_000)
-            for provider_id, link in commit.provider_messages.items():
-                pipe.set(keys.provider_message(provider_id), _encode(link), px=PROVIDER_REPORTS_KEPT_MS)
+            for (account, provider_id), link in commit.provider_messages.items():
+                pipe.set(keys.provider_message(account, provider_id), _encode(link), px=PROVIDER_REPORTS_KEPT_MS)
             for partition, ids in commit.receipts_read.items():
                 pipe.delete(*(keys.arrival_receipt(partition, i) for i in ids))
             for partition, records in commit.events.items():

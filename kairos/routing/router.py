@@ -27,7 +27,7 @@ import asyncio
 import logging
 import random
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any, Awaitable, Protocol
 
 import msgspec
@@ -50,8 +50,11 @@ from kairos.routing.tracking import TrackedLink, Tracker
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
-# Rounds go on while earlier batches wait for their providers, up to this many batches.
-MAX_BATCHES_IN_FLIGHT = 64
+# Rounds go on while earlier batches wait for their providers, up to this many batches
+# (a bound on memory), and this many of one account's (so a slow provider cannot take up
+# all of them: that account's further messages wait in the delayed set instead).
+MAX_BATCHES_IN_FLIGHT = 256
+MAX_BATCHES_PER_ACCOUNT = 4
 # Provider calls under way at once for one account: an account whose provider is slow
 # takes up its own share, not every account's.
 MAX_CALLS_PER_ACCOUNT = 256
@@ -128,7 +131,8 @@ class ChannelRouter:
         self._batches: set[asyncio.Future[None]] = set()  # batches with their providers
         self._busy: set[UserRef] = set()  # the users in them
         self._claims_out: set[str] = set()  # their claims' batch ids (not orphans)
-        self._unsettled = False  # a round or batch failed and may have left claims behind
+        self._failed_ids: set[str] = set()  # batches that failed and may have left claims behind
+        self._account_batches: Counter[str] = Counter()  # account -> its batches out
         self.handled = 0
         self._sweep_cursors = {p: 0 for p in store.partitions}
         self._next_sweep_ms = 0
@@ -141,13 +145,15 @@ class ChannelRouter:
         await router._settle_orphans()
         return router
 
-    async def _settle_orphans(self) -> None:
-        """Requests a previous run handed to a provider without writing the outcome: the
-        message may or may not have gone out, and is not sent again."""
+    async def _settle_orphans(self, only: set[str] | None = None) -> None:
+        """Requests handed to a provider without the outcome written (by a previous run, or
+        `only` these failed batches of this one): the message may or may not have gone
+        out, and is not sent again."""
         now = await self.clock.now_ms()
         commit = Commit()
         for partition, batches in (await self.store.in_flight()).items():
-            orphans = {batch_id: claims for batch_id, claims in batches.items() if batch_id not in self._claims_out}
+            orphans = {batch_id: claims for batch_id, claims in batches.items()
+                       if (only is None or batch_id in only) and batch_id not in self._claims_out}
             for batch_id in orphans:
                 commit.settled.setdefault(partition, []).append(batch_id)
             for claim in (c for claims in orphans.values() for c in claims):
@@ -169,13 +175,14 @@ class ChannelRouter:
         waiting: dict[int, list[bytes]] = {}
         for partition, member in await self.store.due(now, MAX_BATCH):
             pending = decode_pending(member)
-            if (pending.request.account, pending.request.user) in self._busy:
+            if self._must_wait(pending.request.account, pending.request.user):
                 waiting.setdefault(partition, []).append(member)
             else:
                 works.append(_Work(pending, partition, member))
         if waiting:
-            # Their user's batch is still with its provider: they wait for it, behind what
-            # else is due (a slow batch's users must not hold the delayed set's head).
+            # Their user's batch (or too many of their account's) is still with its
+            # provider: they wait, behind what else is due (a slow batch's users must not
+            # hold the delayed set's head).
             await self.store.postpone(waiting, now + HELD_RECHECK_MS)
         read_from = dict(self.outbox.after)
         entries = await self.outbox.read_entries(MAX_BATCH, None if works else block_ms)
@@ -202,12 +209,13 @@ class ChannelRouter:
         """Decides `works` and starts their batch; how many it took up (not those held)."""
         commit = Commit()
         commit.cursors.update(cursors)
-        held = [w for w in works if (w.pending.request.account, w.pending.request.user) in self._busy]
+        held = [w for w in works if self._must_wait(w.pending.request.account, w.pending.request.user)]
         if held:
             # A new request for a user whose last batch is still with its provider waits
-            # for it (so the two never write the user's history at once), in the delayed
-            # set, which keeps it across a crash, due at once.
-            works = [w for w in works if (w.pending.request.account, w.pending.request.user) not in self._busy]
+            # for it (so the two never write the user's history at once), as does one of an
+            # account with too many batches out (a slow provider must not take up every
+            # batch), in the delayed set, which keeps it across a crash.
+            works = [w for w in works if not self._must_wait(w.pending.request.account, w.pending.request.user)]
             for work in held:
                 member = encode_pending(msgspec.structs.replace(work.pending, held=True))
                 commit.delayed.setdefault(work.partition, []).append((member, now + HELD_RECHECK_MS))
@@ -221,17 +229,25 @@ class ChannelRouter:
         round_ = _Round(histories, profiles, settings)
         for sending, batch_id in await self._decide(fresh, round_, commit, now):
             users = {(w.pending.request.account, w.pending.request.user) for w in sending}
+            account = sending[0].pending.request.account
             self._busy.update(users)
+            self._account_batches[account] += 1
             task = asyncio.ensure_future(self._send(sending, batch_id, round_))
             self._batches.add(task)
-            task.add_done_callback(lambda done, users=users: self._finished(done, users))
+            task.add_done_callback(lambda done, users=users, account=account: self._finished(done, users, account))
         return len(works)
 
-    def _finished(self, task: "asyncio.Future[None]", users: set[UserRef]) -> None:
+    def _must_wait(self, account: str, user: str) -> bool:
+        return (account, user) in self._busy or self._account_batches[account] >= MAX_BATCHES_PER_ACCOUNT
+
+    def _finished(self, task: "asyncio.Future[None]", users: set[UserRef], account: str) -> None:
         self._batches.discard(task)
         self._busy.difference_update(users)
-        if task.cancelled() or task.exception() is not None:
-            self._unsettled = True  # its claims are left in Redis: the run loop settles them
+        self._account_batches[account] -= 1
+        if self._account_batches[account] <= 0:
+            del self._account_batches[account]
+        if not task.cancelled():
+            task.exception()  # retrieved: `_send` has logged it and noted the batch as failed
 
     async def _decide(self, fresh: list[_Work], round_: _Round, commit: Commit,
                       now: int) -> list[tuple[list[_Work], str]]:
@@ -272,7 +288,9 @@ class ChannelRouter:
         try:
             await self.store.commit(commit)
         except BaseException:
+            # Not written, most likely; but a transaction whose answer was lost may have been.
             self._claims_out -= ids
+            self._failed_ids |= ids
             raise
         return batches
 
@@ -281,8 +299,10 @@ class ChannelRouter:
         rejected goes on to its next channel, as a batch of its own. Runs beside the
         following rounds and the other accounts' batches (a slow provider holds up only its
         own account's messages), with the batch's users held out of them until it is done."""
+        batches = [(sending, batch_id)]
         try:
-            while sending:
+            while batches:
+                sending, batch_id = batches.pop()
                 commit = Commit()
                 for partition in {w.partition for w in sending}:
                     commit.settled.setdefault(partition, []).append(batch_id)
@@ -290,18 +310,17 @@ class ChannelRouter:
                 now = await self.clock.now_ms()  # the calls took their time: backoff and checks count from here
                 again = self._record_outcomes(sending, outcomes, round_.histories, round_.settings, commit, now)
                 if again:
-                    # One account's messages: their fallbacks make one batch (or none).
-                    [(following, next_id)] = await self._decide(again, round_, commit, now) or [([], "")]
+                    batches += await self._decide(again, round_, commit, now)
                 else:
                     await self.store.commit(commit)
-                    following, next_id = [], ""
                 self._claims_out.discard(batch_id)
-                sending, batch_id = following, next_id
-        except Exception:
-            logger.exception("delivering a batch or writing its outcomes failed; settled as unknown")
+        except BaseException as exc:
+            if isinstance(exc, Exception):
+                logger.exception("delivering a batch or writing its outcomes failed; settled as unknown")
+            failed = {batch_id, *(b for _, b in batches)}
+            self._claims_out -= failed
+            self._failed_ids |= failed  # their claims are left in Redis: the run loop settles them
             raise
-        finally:
-            self._claims_out.discard(batch_id)
 
     @staticmethod
     def _claim(sending: list[_Work], commit: Commit) -> str:
@@ -528,7 +547,7 @@ class ChannelRouter:
                 commit.count(request.account, f"{channel}|sent", f"{request.source_kind}:{request.journey}|sent")
                 sent = self._sent(work, channel)
                 if outcome.reports_later and outcome.provider_id and sent is not None:
-                    commit.provider_messages[outcome.provider_id] = TrackedLink(sent, work.partition)
+                    commit.provider_messages[(request.account, outcome.provider_id)] = TrackedLink(sent, work.partition)
                 self._event(commit, work, events.SENT, channel, now)
                 if outcome.final:
                     self._event(commit, work, events.DELIVERED, channel, now)
@@ -601,9 +620,10 @@ class ChannelRouter:
     async def run(self, stopping: asyncio.Event, idle_ms: int = 200) -> None:
         while not stopping.is_set():
             try:
-                if self._unsettled:  # what a failed round or batch handed over is settled as `unknown`
-                    self._unsettled = False
-                    await self._settle_orphans()
+                if self._failed_ids:  # what a failed batch handed over is settled as `unknown`
+                    failed = set(self._failed_ids)
+                    await self._settle_orphans(failed)
+                    self._failed_ids -= failed
                 now = await self.clock.now_ms()
                 if now >= self._next_sweep_ms:
                     self._next_sweep_ms = now + SWEEP_EVERY_MS
@@ -613,6 +633,5 @@ class ChannelRouter:
                 raise
             except Exception:
                 logger.exception("channel router round failed; retrying")
-                self._unsettled = True
                 await asyncio.sleep(1.0)
         await self.drain()

@@ -15,6 +15,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from kairos.channels.ses import SEND_ID_TAG
 from kairos.models import ProfileRecord, Record
 from kairos.routing import delivery_events as events
 from kairos.routing.plan import EMAIL
@@ -40,8 +41,19 @@ def _at_ms(section: dict[str, Any], default_ms: int) -> int:
         return default_ms
     try:
         return int(datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000)
-    except ValueError:
+    except (ValueError, OverflowError):
         return default_ms
+
+
+def sent_at_ms(event: dict[str, Any], default_ms: int) -> int:
+    """When SES took the mail."""
+    return _at_ms(_object(event.get("mail"), "mail"), default_ms)
+
+
+def sent_by_kairos(event: dict[str, Any]) -> bool:
+    """The mail carries Kairos's send id tag (SES copies tags into its events)."""
+    tags = _object(event.get("mail"), "mail").get("tags")
+    return isinstance(tags, dict) and SEND_ID_TAG in tags
 
 
 def message_id(event: dict[str, Any]) -> str:
@@ -63,8 +75,9 @@ def records(event: dict[str, Any], link: TrackedLink, now_ms: int) -> tuple[list
     if kind == "Bounce":
         bounce = _object(event.get("bounce"), "bounce")
         hard = bounce.get("bounceType") == "Permanent"
+        recipients = bounce.get("bouncedRecipients")
         diagnosis = "; ".join(str(r.get("diagnosticCode") or r.get("status") or "")
-                              for r in bounce.get("bouncedRecipients") or [] if isinstance(r, dict))
+                              for r in (recipients if isinstance(recipients, list) else []) if isinstance(r, dict))
         reason = f"bounce: {bounce.get('bounceType')}/{bounce.get('bounceSubType')}" + (f": {diagnosis}" if diagnosis else "")
         at_ms = _at_ms(bounce, now_ms)
         found: list[Record] = [events.notification_event(sent, events.FAILED, at_ms, {"Reason": reason[:500]})]
@@ -75,6 +88,8 @@ def records(event: dict[str, Any], link: TrackedLink, now_ms: int) -> tuple[list
         return found, BOUNCED if hard else SOFT_BOUNCED
     if kind == "Complaint":
         complaint = _object(event.get("complaint"), "complaint")
+        if complaint.get("complaintFeedbackType") == "not-spam":
+            return [], None  # the reader said it is not spam: no reason to unsubscribe them
         return [ProfileRecord(sent.identifier, _at_ms(complaint, now_ms), {"MSG-email": False}, None,
                               f"kairos|{sent.send_id}|complained")], COMPLAINED
     if kind in ("Reject", "Rendering Failure"):

@@ -644,23 +644,27 @@ async def test_the_sweep_forgets_histories_that_no_longer_matter(harness: Harnes
     assert [len(histories[ref]) for ref in refs] == [0, 1]  # the waiting request keeps its entry
 
 
+async def push_for_another_account(harness: Harness, name: str) -> str:
+    """Queues a push for `name` of a new account (with FCM set up); returns the account."""
+    other = f"ACC-{next(_ids)}"
+    await harness.redis.set(keys.delivery_settings(other), msgspec.json.encode({"providers": {"push": {
+        "provider": "fcm", "project_id": "test-proj", "service_account": harness.fcm.service_account(),
+        "endpoint": harness.fcm.url, "timeout_s": 2}}}))
+    user = f"identity:{name}"
+    harness.profiles.by_user[(other, user)] = {"Push Token": f"tok-{name}"}
+    request = SendRequest(id=f"{other}/j/1/{name}/1/n", account=other, user=user, channel="push", message=PUSH,
+                          journey="j", version=1, node="n", at_ms=await harness.clock.now_ms(), event={"Product": "x"})
+    await harness.redis.xadd(keys.outbox(harness.partition_map.partition_of(other, user)), {"s": _encode(request)})
+    return other
+
+
 async def test_a_slow_account_does_not_hold_up_another_accounts_messages_in_the_same_round(
         harness: Harness) -> None:
     await harness.start()
     slow_user = harness.user("slow-one")
     harness.hooks.slow(1.5, count=1)
     await harness.send(slow_user, "webhook", {"payload": {"n": 1}})
-    # Another account, whose push is decided in the same round.
-    other = f"ACC-{next(_ids)}"
-    await harness.redis.set(keys.delivery_settings(other), msgspec.json.encode({"providers": {"push": {
-        "provider": "fcm", "project_id": "test-proj", "service_account": harness.fcm.service_account(),
-        "endpoint": harness.fcm.url, "timeout_s": 2}}}))
-    harness.profiles.by_user[(other, "identity:vic")] = {"Push Token": "tok-vic"}
-    request = SendRequest(id=f"{other}/j/1/vic/1/n", account=other, user="identity:vic", channel="push",
-                          message=PUSH, journey="j", version=1, node="n", at_ms=await harness.clock.now_ms(),
-                          event={"Product": "x"})
-    await harness.redis.xadd(keys.outbox(harness.partition_map.partition_of(other, "identity:vic")),
-                             {"s": _encode(request)})
+    other = await push_for_another_account(harness, "vic")  # decided in the same round
     router = harness.router
     assert router is not None
     while router.handled < 2:
@@ -672,6 +676,26 @@ async def test_a_slow_account_does_not_hold_up_another_accounts_messages_in_the_
     assert "webhook|sent" not in await harness.stats()
     await harness.run()
     assert (await harness.stats())["webhook|sent"] == 1
+
+
+async def test_an_account_with_many_slow_batches_out_does_not_stall_the_router(harness: Harness) -> None:
+    await harness.start()
+    harness.hooks.slow(1.0, count=12)
+    router = harness.router
+    assert router is not None
+    for i in range(12):  # a batch per round, more than an account may have out at once
+        await harness.send(harness.user(f"slow-{i}"), "webhook", {"payload": {"n": i}})
+        await router.step(block_ms=10)
+    await push_for_another_account(harness, "wes")
+    started = asyncio.get_running_loop().time()
+    while not harness.pushes_to("tok-wes"):
+        assert asyncio.get_running_loop().time() - started < 0.8, "the router waited for the slow account"
+        await router.step(block_ms=10)
+    for _ in range(30):  # the slow account's waiting messages go as its batches end
+        await harness.advance(200)
+        await asyncio.sleep(0.1)
+    await harness.run()
+    assert (await harness.stats())["webhook|sent"] == 12
 
 
 async def test_the_sweep_leaves_the_users_of_batches_still_out_alone(harness: Harness) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable, Iterator
 
 import pytest
@@ -101,6 +102,16 @@ async def test_deliveries_bounces_and_complaints_reach_the_users(
     status, text = await post(api, forged)
     assert status == 403 and "signature" in text
 
+    # A report on one of Kairos's mails (it carries the send id tag) that comes before the
+    # router has noted SES's message id: 503, so that SNS retries it.
+    early = ses_event("Delivery", "not-noted-yet", "x@example.com", delivery={})
+    early["mail"].update(tags={"kairos_send_id": ["x"]}, timestamp=datetime.now(timezone.utc).isoformat())
+    status, text = await post(api, sns.notification(TOPIC, early))
+    assert status == 503 and "retry" in text
+    stale = {**sns.notification(TOPIC, early), "Timestamp": "2026-01-01T00:00:00.000Z"}
+    status, text = await post(api, stale)  # a replay (its signature no longer matters)
+    assert status == 403 and "replay" in text
+
     addresses = {name: f"{name}-{api.creds.account_id}@example.org" for name in ("ann", "bob")}
     status, _ = await api.upload([{"identity": name, "type": "profile", "profileData": {"Name": name.title(),
                                                                                          "Email": address}}
@@ -117,7 +128,7 @@ async def test_deliveries_bounces_and_complaints_reach_the_users(
         # SES may report before the router has noted which send a message id is (it does
         # so with the outcome, just after SES answered); SNS would retry such a report.
         for message_id in ids.values():
-            await eventually(lambda: client.exists(keys.provider_message(message_id)))
+            await eventually(lambda: client.exists(keys.provider_message(api.creds.account_id, message_id)))
     finally:
         await client.aclose()
 
