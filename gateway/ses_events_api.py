@@ -15,6 +15,7 @@ and counted once (SNS delivers at least once) before the 200 goes back.
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import aiohttp
@@ -100,7 +101,9 @@ class SesEventsApi:
             link = await sent_as(self.redis, account, ses_feedback.message_id(event))
             now = await self.clock.now_ms()
             if link is None:
-                if ses_feedback.sent_by_kairos(event) and now - ses_feedback.sent_at_ms(event, now) < EARLY_EVENTS_RETRIED_MS:
+                wall_ms = int(time.time() * 1000)  # SES's times are real ones, whatever the deployment's clock
+                recent = wall_ms - ses_feedback.sent_at_ms(event, 0) < EARLY_EVENTS_RETRIED_MS
+                if ses_feedback.sent_by_kairos(event) and recent:
                     # Ours, and so recent that the router may not have written down which
                     # send it is yet (it does so once the batch's calls are done).
                     raise ApiError(503, "this message's send is not known yet; retry")
