@@ -26,13 +26,13 @@ from aiohttp import web
 from gateway.body import json_decode_errors, read_body
 from gateway.errors import ApiError
 from kairos import keys
+from kairos.channels import ses
 from kairos.channels.sns_messages import (
     NOTIFICATION, SUBSCRIPTION_CONFIRMATION, NotGenuine, SnsVerifier,
 )
 from kairos.journeys.clock import Clock
 from kairos.routing import feedback, ses_feedback
 from kairos.routing.delivery_store import sent_as
-from kairos.routing.settings import parse_delivery_settings
 from kairos.segments.definition import SegmentError
 
 logger = logging.getLogger(__name__)
@@ -55,15 +55,17 @@ class SesEventsApi:
         return [web.post(SES_EVENTS_PATH + "{account}", self.received)]
 
     async def _topic(self, account: str) -> str | None:
+        """The SNS topic the account's SES settings name. Only the email provider's part is
+        parsed: the whole settings would load other providers' keys on every message."""
         raw = await self.redis.get(keys.delivery_settings(account))
-        if raw is None:
-            return None
         try:
-            settings = parse_delivery_settings(msgspec.json.decode(raw))
-        except (SegmentError, msgspec.DecodeError):
+            stored = msgspec.json.decode(raw) if raw is not None else None
+            email = stored.get("providers", {}).get("email") if isinstance(stored, dict) else None
+            if not isinstance(email, dict) or email.get("provider") != "ses":
+                return None
+            return ses.parse_settings(email, "providers.email").events_topic_arn
+        except (SegmentError, msgspec.DecodeError, AttributeError):
             return None
-        name, config = settings.providers.get("email", ("", None))
-        return getattr(config, "events_topic_arn", None) if name == "ses" else None
 
     async def received(self, request: web.Request) -> web.Response:
         account = request.match_info["account"]

@@ -18,7 +18,7 @@ from kairos import keys
 from kairos.journeys import counters
 from kairos.journeys.definition import Journey, JourneyError, ScheduleEntry, SegmentEntry, parse_journey
 from kairos.journeys.model import ACTIVE, PAUSED, SavedJourney, saved_journey_decoder
-from kairos.segments.catalog import SegmentCatalog
+from kairos.segments.catalog import SegmentCatalog, read_for_save
 from kairos.segments.catalog import check_name as check_segment_name
 
 MAX_JOURNEYS = 500
@@ -44,15 +44,13 @@ class JourneyCatalog:
         now = int(time.time() * 1000)
 
         async def write(pipe: Pipeline) -> SavedJourney:
-            old_raw = await pipe.hget(key, name)
-            if old_raw is None and await pipe.hlen(key) >= MAX_JOURNEYS:
-                raise JourneyError("name", f"the account already has {MAX_JOURNEYS} journeys")
+            old_raw, version = await read_for_save(pipe, key, versions, name, MAX_JOURNEYS, JourneyError(
+                "name", f"the account already has {MAX_JOURNEYS} journeys"))
             old = saved_journey_decoder.decode(old_raw) if old_raw else None
             definitions = dict(old.definitions) if old else {}
             if len(definitions) >= MAX_VERSIONS:
                 raise JourneyError("definition", f"the journey has users on {MAX_VERSIONS} versions; move"
                                                  " them to the current one (or wait for them to finish)")
-            version = int(await pipe.hget(versions, name) or 0) + 1
             definitions[version] = definition
             kept = description if description is not None else (old.description if old else "")
             saved = SavedJourney(name, version, old.status if old else ACTIVE, definitions, kept,

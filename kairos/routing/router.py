@@ -104,6 +104,10 @@ class _Work(msgspec.Struct):
     plan: planning.Plan | None = None
     identifier: str | None = None  # the user's, for delivery events (None: no such user)
 
+    @property
+    def ref(self) -> UserRef:
+        return self.pending.request.account, self.pending.request.user
+
 
 async def _guarded(call: Awaitable[list[Outcome]], work: _Work, count: int) -> list[Outcome]:
     try:
@@ -174,11 +178,11 @@ class ChannelRouter:
         works: list[_Work] = []
         waiting: dict[int, list[bytes]] = {}
         for partition, member in await self.store.due(now, MAX_BATCH):
-            pending = decode_pending(member)
-            if self._must_wait(pending.request.account, pending.request.user):
+            work = _Work(decode_pending(member), partition, member)
+            if self._must_wait(work.ref):
                 waiting.setdefault(partition, []).append(member)
             else:
-                works.append(_Work(pending, partition, member))
+                works.append(work)
         if waiting:
             # Their user's batch (or too many of their account's) is still with its
             # provider: they wait, behind what else is due (a slow batch's users must not
@@ -209,18 +213,19 @@ class ChannelRouter:
         """Decides `works` and starts their batch; how many it took up (not those held)."""
         commit = Commit()
         commit.cursors.update(cursors)
-        held = [w for w in works if self._must_wait(w.pending.request.account, w.pending.request.user)]
-        if held:
-            # A new request for a user whose last batch is still with its provider waits
-            # for it (so the two never write the user's history at once), as does one of an
-            # account with too many batches out (a slow provider must not take up every
-            # batch), in the delayed set, which keeps it across a crash.
-            works = [w for w in works if not self._must_wait(w.pending.request.account, w.pending.request.user)]
-            for work in held:
+        # A new request for a user whose last batch is still with its provider waits for it
+        # (so the two never write the user's history at once), as does one of an account
+        # with too many batches out (a slow provider must not take up every batch), in the
+        # delayed set, which keeps it across a crash.
+        taken: list[_Work] = []
+        for work in works:
+            if self._must_wait(work.ref):
                 member = encode_pending(msgspec.structs.replace(work.pending, held=True))
                 commit.delayed.setdefault(work.partition, []).append((member, now + HELD_RECHECK_MS))
-        refs = [(w.pending.request.account, w.pending.request.user) for w in works]
-        histories = await self.store.histories(refs)
+            else:
+                taken.append(work)
+        works = taken
+        histories = await self.store.histories(w.ref for w in works)
         fresh = self._deduped(works, histories, commit)
         accounts = {w.pending.request.account for w in fresh}
         settings = {a: await self.providers.settings(a) for a in accounts}
@@ -228,7 +233,7 @@ class ChannelRouter:
         profiles = await self._profiles(fresh)
         round_ = _Round(histories, profiles, settings)
         for sending, batch_id in await self._decide(fresh, round_, commit, now):
-            users = {(w.pending.request.account, w.pending.request.user) for w in sending}
+            users = {w.ref for w in sending}
             account = sending[0].pending.request.account
             self._busy.update(users)
             self._account_batches[account] += 1
@@ -237,8 +242,8 @@ class ChannelRouter:
             task.add_done_callback(lambda done, users=users, account=account: self._finished(done, users, account))
         return len(works)
 
-    def _must_wait(self, account: str, user: str) -> bool:
-        return (account, user) in self._busy or self._account_batches[account] >= MAX_BATCHES_PER_ACCOUNT
+    def _must_wait(self, ref: UserRef) -> bool:
+        return ref in self._busy or self._account_batches[ref[0]] >= MAX_BATCHES_PER_ACCOUNT
 
     def _finished(self, task: "asyncio.Future[None]", users: set[UserRef], account: str) -> None:
         self._batches.discard(task)
@@ -258,8 +263,7 @@ class ChannelRouter:
         # Sends planned earlier in this round count against the caps of later ones.
         planned: dict[UserRef, list[HistoryEntry]] = {}
         for work in fresh:
-            request = work.pending.request
-            ref = (request.account, request.user)
+            request, ref = work.pending.request, work.ref
             # Not the message's own earlier channel: a fallback is the same message.
             history = [e for e in histories[ref] if e.state in COUNTED and not _same_message(e, request.id)]
             history += planned.get(ref, [])
@@ -342,7 +346,7 @@ class ChannelRouter:
         seen: set[str] = set()
         for work in works:
             request = work.pending.request
-            state = next((e.state for e in histories[(request.account, request.user)] if e.send_id == request.id), None)
+            state = next((e.state for e in histories[work.ref] if e.send_id == request.id), None)
             if work.member is not None:
                 commit.undelayed.setdefault(work.partition, []).append(work.member)
             if work.member is None or work.pending.held:
@@ -373,8 +377,7 @@ class ChannelRouter:
                 continue
             commit.receipts_read.setdefault(work.partition, []).append(request.id)
             channel = planning.channels_of(request)[pending.channel_index][0]
-            ref = (request.account, request.user)
-            sent_at = next((e.at_ms for e in histories[ref] if e.send_id == request.id), now)
+            sent_at = next((e.at_ms for e in histories[work.ref] if e.send_id == request.id), now)
             if request.id in arrived:
                 self._mark(request, channel, STATE_DELIVERED, histories, settings[request.account], commit, now, sent_at)
                 commit.count(request.account, f"{channel}|arrived", f"{request.source_kind}:{request.journey}|arrived")

@@ -21,6 +21,18 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.:-]{0,119}\Z")
 MAX_SEGMENTS = 1000
 
 
+async def read_for_save(pipe: Pipeline, key: str, versions: str, name: str, limit: int,
+                        too_many: SegmentError) -> tuple[bytes | None, int]:
+    """Inside a WATCHed save of `name` into the catalog hash `key`: its stored value (None:
+    new), and the version the save gets. Versions never repeat, not even after a delete:
+    a version always names the definition that made it. A new name beyond `limit`
+    entries raises `too_many`."""
+    old_raw = await pipe.hget(key, name)
+    if old_raw is None and await pipe.hlen(key) >= limit:
+        raise too_many
+    return old_raw, int(await pipe.hget(versions, name) or 0) + 1
+
+
 class SavedSegment(msgspec.Struct):
     name: str
     definition: Any
@@ -55,13 +67,9 @@ class SegmentCatalog:
         now = int(time.time() * 1000)
 
         async def write(pipe: Pipeline) -> SavedSegment:
-            old_raw = await pipe.hget(key, name)
-            if old_raw is None and await pipe.hlen(key) >= MAX_SEGMENTS:
-                raise SegmentError("name", f"the account already has {MAX_SEGMENTS} saved segments")
+            old_raw, version = await read_for_save(pipe, key, versions, name, MAX_SEGMENTS, SegmentError(
+                "name", f"the account already has {MAX_SEGMENTS} saved segments"))
             old = msgspec.msgpack.decode(old_raw, type=SavedSegment) if old_raw else None
-            # Versions never repeat, not even after a delete: a signal's version
-            # always names the definition that made it.
-            version = int(await pipe.hget(versions, name) or 0) + 1
             saved = SavedSegment(name, definition, live, description, version, old.created_ms if old else now, now)
             pipe.multi()
             pipe.hset(key, name, msgspec.msgpack.encode(saved))

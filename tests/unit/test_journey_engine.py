@@ -291,12 +291,17 @@ async def test_control_group_enters_gets_nothing_and_still_converts() -> None:
     assert world.stats["cart|v1|control_converted"] == len(control & set(users[:100]))
 
 
-async def test_goal_window_counts_a_conversion_after_the_last_message() -> None:
-    journey = dict(ABANDONED_CART, goal={"event": "Charged", "match": True, "within": "3d"})
-    world = World({"cart": journey})
+async def past_the_last_message_with_a_goal_window() -> World:
+    """u1 has had both abandoned-cart messages, with a 3-day conversion window after them."""
+    world = World({"cart": dict(ABANDONED_CART, goal={"event": "Charged", "match": True, "within": "3d"})})
     await world.event("u1", "Added To Cart", CartId="c1")
     await world.advance(HOUR)
     await world.advance(DAY)
+    return world
+
+
+async def test_goal_window_counts_a_conversion_after_the_last_message() -> None:
+    world = await past_the_last_message_with_a_goal_window()
     assert world.sent("u1") == [("push", "push"), ("email", "email")]
     await world.event("u1", "Charged", CartId="c1")
     assert world.stats["cart|v1|converted"] == 1 and world.positions == {}
@@ -465,11 +470,7 @@ async def test_exit_nodes_count_who_reached_them() -> None:
 
 
 async def test_users_in_the_goal_window_are_counted_and_cannot_enter_again_yet() -> None:
-    journey = dict(ABANDONED_CART, goal={"event": "Charged", "match": True, "within": "3d"})
-    world = World({"cart": journey})
-    await world.event("u1", "Added To Cart", CartId="c1")
-    await world.advance(HOUR)
-    await world.advance(DAY)
+    world = await past_the_last_message_with_a_goal_window()
     assert world.stats["cart|v1|goal_window"] == 1 and world.waiting("cart", "wait_day") == 0
     await world.event("u1", "Added To Cart", CartId="c2")
     assert world.stats["cart|v1|entered"] == 1
