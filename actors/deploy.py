@@ -9,6 +9,7 @@ import msgspec
 import ray
 
 from actors import names
+from actors.campaign_scheduler import CampaignSchedulerActor
 from actors.channel_router import ChannelRouterActor
 from actors.gateway import GatewayActor
 from actors.ingest import IngestActor
@@ -46,6 +47,8 @@ UserShardRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT, **_QUIET)(UserShardAc
 IngestRemote = ray.remote(max_restarts=-1, max_task_retries=0, **_PLACEMENT, **_QUIET)(IngestActor)
 # Journey actors reload from Redis after a restart; refresh and move are idempotent.
 JourneyRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT, **_QUIET)(JourneyActor)
+# Campaign schedulers reload cursors from Redis; refresh and start are idempotent.
+CampaignSchedulerRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT, **_QUIET)(CampaignSchedulerActor)
 # Routers reload cursors and histories from Redis; stats and start are idempotent.
 ChannelRouterRemote = ray.remote(**_RESTARTABLE, **_PLACEMENT, **_QUIET)(ChannelRouterActor)
 GatewayRemote = ray.remote(max_restarts=-1, **_PLACEMENT, **_QUIET)(GatewayActor)
@@ -57,16 +60,18 @@ class Deployment(msgspec.Struct):
     gateways: list[Any]
     journeys: list[Any]
     routers: list[Any]
+    campaigns: list[Any]
 
     def ensure_serving(self) -> None:
-        """(Re)start gateways, journey and channel-router loops, and the ingest actors' sweep of pending
-        merges; actors restarted by Ray come back without them."""
+        """(Re)start gateways, journey, campaign and channel-router loops, and the ingest actors' sweep
+        of pending merges; actors restarted by Ray come back without them."""
         ray.get([i.start.remote() for i in self.ingest] + [j.start.remote() for j in self.journeys]
-                + [r.start.remote() for r in self.routers] + [g.start.remote() for g in self.gateways])
+                + [c.start.remote() for c in self.campaigns] + [r.start.remote() for r in self.routers]
+                + [g.start.remote() for g in self.gateways])
 
     def shutdown(self) -> None:
         ray.get([g.stop.remote() for g in self.gateways])
-        for handle in self.gateways + self.routers + self.ingest + self.journeys + self.shards:
+        for handle in self.gateways + self.routers + self.ingest + self.journeys + self.campaigns + self.shards:
             ray.kill(handle, no_restart=True)
 
 
@@ -85,6 +90,10 @@ def deploy(settings: Settings) -> Deployment:
         IngestRemote.options(name=names.ingest(i), namespace=NAMESPACE).remote(settings)
         for i in range(settings.ingest_actors)
     ]
+    campaigns = [
+        CampaignSchedulerRemote.options(name=names.campaign_scheduler(i), namespace=NAMESPACE).remote(i, settings)
+        for i in range(settings.shards)
+    ]
     routers = [
         ChannelRouterRemote.options(name=names.channel_router(i), namespace=NAMESPACE).remote(i, settings)
         for i in range(settings.shards)
@@ -93,6 +102,6 @@ def deploy(settings: Settings) -> Deployment:
         GatewayRemote.options(name=names.gateway(i), namespace=NAMESPACE).remote(settings)
         for i in range(settings.gateway_processes)
     ]
-    deployment = Deployment(shards, ingest, gateways, journeys, routers)
+    deployment = Deployment(shards, ingest, gateways, journeys, routers, campaigns)
     deployment.ensure_serving()
     return deployment

@@ -18,6 +18,7 @@ from actors import names
 from gateway.app import create_app
 from gateway.backend import BackendUnavailable
 from kairos.accounts import Accounts
+from kairos.campaigns.catalog import CampaignCatalog
 from kairos.coalesce import Coalescer
 from kairos.config import Settings
 from kairos.channels.in_app import Inbox
@@ -33,12 +34,13 @@ from kairos.partitions import PartitionMap
 
 class RayBackend:
     def __init__(self, settings: Settings, ingest: list[Any], shards: list[Any], journeys: list[Any],
-                 graph: IdentityGraph) -> None:
+                 campaigns: list[Any], graph: IdentityGraph) -> None:
         self.partition_map = PartitionMap(settings.partitions, settings.shards)
         self._graph = graph
         self._ingest = itertools.cycle(ingest)
         self._shards = shards
         self._journeys = journeys
+        self._campaigns = campaigns
         self._timeout = settings.request_timeout_s
         # Two calls in flight per ingest actor, so routing one overlaps the shards' work
         # on the other; uploads that arrive meanwhile share the next call.
@@ -75,6 +77,9 @@ class RayBackend:
     async def call_journey(self, index: int, method: str, *args: Any) -> Any:
         return await self._await(getattr(self._journeys[index], method).remote(*args))
 
+    async def call_campaign(self, index: int, method: str, *args: Any) -> Any:
+        return await self._await(getattr(self._campaigns[index], method).remote(*args))
+
     async def demerge(self, account: str, users: list[str]) -> list[bool]:
         return await self._await(next(self._ingest).demerge.remote(account, users))
 
@@ -93,6 +98,8 @@ class GatewayActor:
         self._ingest = [ray.get_actor(names.ingest(i), namespace=names.NAMESPACE) for i in range(settings.ingest_actors)]
         self._shards = [ray.get_actor(names.shard(i), namespace=names.NAMESPACE) for i in range(settings.shards)]
         self._journeys = [ray.get_actor(names.journey(i), namespace=names.NAMESPACE) for i in range(settings.shards)]
+        self._campaigns = [ray.get_actor(names.campaign_scheduler(i), namespace=names.NAMESPACE)
+                           for i in range(settings.shards)]
         self._runner: web.AppRunner | None = None
         self._backend: RayBackend | None = None
 
@@ -102,10 +109,11 @@ class GatewayActor:
             settings = self._settings
             client = aioredis.Redis.from_url(settings.redis_url)
             accounts = Accounts(client, settings.auth_cache_s)
-            self._backend = RayBackend(settings, self._ingest, self._shards, self._journeys, IdentityGraph(client))
+            self._backend = RayBackend(settings, self._ingest, self._shards, self._journeys, self._campaigns,
+                                       IdentityGraph(client))
             clock = clock_for(settings.clock, client)
             app = create_app(settings, self._backend, accounts, SegmentCatalog(client), SignalLog(client),
-                             JourneyCatalog(client), client, Inbox(client, clock),
+                             JourneyCatalog(client), CampaignCatalog(client, clock), client, Inbox(client, clock),
                              Tracker(await tracking_key(client), settings.public_base_url))
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()

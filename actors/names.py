@@ -23,3 +23,7 @@ def journey(index: int) -> str:
 
 def channel_router(index: int) -> str:
     return f"kairos-channel-router-{index}"
+
+
+def campaign_scheduler(index: int) -> str:
+    return f"kairos-campaign-scheduler-{index}"

@@ -8,8 +8,10 @@ from typing import Any, Awaitable, TypeVar
 
 import redis.asyncio as aioredis
 
+from kairos.campaigns.catalog import CampaignCatalog
 from kairos.config import Settings
 from kairos.journeys.catalog import JourneyCatalog
+from kairos.journeys.clock import clock_for
 from kairos.journeys.forwarding import JourneyForwarding
 from kairos.log import RedisPartitionLog
 from kairos.models import ShardBlob, UserExport
@@ -26,7 +28,8 @@ class UserShardActor:
     def __init__(self, shard_id: int, settings: Settings) -> None:
         self._redis = aioredis.Redis.from_url(settings.redis_url)
         live = LiveSegmentRunner(SegmentCatalog(self._redis), SignalLog(self._redis), settings.live_segment_tick_s)
-        forwarding = JourneyForwarding(JourneyCatalog(self._redis), self._redis)
+        forwarding = JourneyForwarding(JourneyCatalog(self._redis), self._redis,
+                                       CampaignCatalog(self._redis, clock_for(settings.clock, self._redis)))
         self.core = UserShard(shard_id, settings, RedisPartitionLog(self._redis), live=live, forwarding=forwarding)
 
     async def _guard(self, work: Awaitable[T]) -> T:
@@ -88,8 +91,11 @@ class UserShardActor:
     async def live_members(self, account: str, name: str) -> list[str]:
         return await self._guard(self.core.live_members(account, name))
 
-    async def refresh_journeys(self, account: str) -> list[str]:
-        return await self._guard(self.core.refresh_journeys(account))
+    async def refresh_triggers(self, account: str) -> list[str]:
+        return await self._guard(self.core.refresh_triggers(account))
+
+    async def campaign_results(self, *args: Any) -> list[dict[str, list[int]]]:
+        return await self._guard(self.core.campaign_results(*args))
 
     async def users_matching(self, *args: Any) -> list[bool]:
         return await self._guard(self.core.users_matching(*args))

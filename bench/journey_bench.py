@@ -74,7 +74,7 @@ def rss_bytes(pid: int) -> int:
 
 
 async def refresh(running: Running, account: str) -> None:
-    await asyncio.gather(*(s.refresh_journeys.remote(account) for s in running.deployment.shards),
+    await asyncio.gather(*(s.refresh_triggers.remote(account) for s in running.deployment.shards),
                          *(j.refresh.remote(account) for j in running.deployment.journeys))
 
 

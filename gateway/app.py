@@ -11,7 +11,10 @@ from aiohttp import web
 from gateway.admission import Admission
 from gateway.auth import Handler, auth_middleware
 from gateway.backend import Backend, BackendUnavailable
+from gateway.campaign_api import CampaignApi
+from gateway.campaign_service import CampaignService
 from gateway.clevertap import CleverTapApi
+from gateway.clevertap_targets import CleverTapTargets
 from gateway.delivery_api import DeliveryApi
 from gateway.segment_api import SegmentApi
 from gateway.ses_events_api import SesEventsApi
@@ -21,6 +24,7 @@ from gateway.journey_api import JourneyApi
 from gateway.kairos_api import KairosApi
 from gateway.openapi import openapi_document
 from kairos.accounts import Accounts
+from kairos.campaigns.catalog import CampaignCatalog
 from kairos.channels.in_app import Inbox
 from kairos.channels.sns_messages import SnsVerifier
 from kairos.config import Settings
@@ -73,8 +77,8 @@ async def _health(request: web.Request) -> web.Response:
 
 
 def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog: SegmentCatalog,
-               signals: SignalLog, journeys: JourneyCatalog, client: aioredis.Redis, inbox: Inbox,
-               tracker: Tracker) -> web.Application:
+               signals: SignalLog, journeys: JourneyCatalog, campaigns: CampaignCatalog, client: aioredis.Redis,
+               inbox: Inbox, tracker: Tracker) -> web.Application:
     admission = Admission(settings.max_inflight_uploads, settings.max_inflight_uploads_per_account)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -87,6 +91,9 @@ def create_app(settings: Settings, backend: Backend, accounts: Accounts, catalog
     app.add_routes(SegmentApi(backend, accounts, admission, settings.max_body_bytes).routes())
     app.add_routes(KairosApi(coordinator, catalog, signals, journeys).routes())
     app.add_routes(JourneyApi(backend, journeys).routes())
+    campaign_service = CampaignService(backend, coordinator, campaigns, catalog, client)
+    app.add_routes(CampaignApi(campaign_service).routes())
+    app.add_routes(CleverTapTargets(campaign_service).routes())
     app.add_routes(DeliveryApi(backend, client, inbox, settings.max_inbox_streams).routes())
     app.add_routes(TrackingApi(client, settings.partitions, tracker, inbox.clock).routes())
     sns = SnsVerifier(settings.sns_url_pattern)

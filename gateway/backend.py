@@ -25,6 +25,10 @@ class Backend(Protocol):
         """Call journey actor `index` (one per shard, owning that shard's partitions)."""
         ...
 
+    async def call_campaign(self, index: int, method: str, *args: Any) -> Any:
+        """Call campaign scheduler `index` (one per shard, owning that shard's partitions)."""
+        ...
+
     async def demerge(self, account: str, users: list[str]) -> list[bool]:
         """Split merged users back apart (False: the user merged nothing in)."""
         ...

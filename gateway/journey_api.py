@@ -48,7 +48,7 @@ class JourneyApi:
         """Every shard and every journey actor (one per shard) takes up the account's
         journeys as they are now."""
         shards = range(self.backend.partition_map.shards)
-        await asyncio.gather(*(self.backend.call_shard(i, "refresh_journeys", account) for i in shards),
+        await asyncio.gather(*(self.backend.call_shard(i, "refresh_triggers", account) for i in shards),
                              *(self.backend.call_journey(i, "refresh", account) for i in shards))
 
     async def _saved(self, account: str, name: str) -> SavedJourney:

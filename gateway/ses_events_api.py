@@ -32,7 +32,7 @@ from kairos.channels.sns_messages import (
 )
 from kairos.journeys.clock import Clock
 from kairos.routing import feedback, ses_feedback
-from kairos.routing.delivery_store import sent_as
+from kairos.routing.delivery_store import sent_as, source_counters
 from kairos.segments.definition import SegmentError
 
 logger = logging.getLogger(__name__)
@@ -128,7 +128,8 @@ class SesEventsApi:
                 feedback.append(pipe, link.partition, account, records)
                 if counted is not None:
                     pipe.hincrby(keys.delivery_stats(account), f"{sent.channel}|{counted}", 1)
-                    pipe.hincrby(keys.delivery_stats(account), f"{sent.source_kind}:{sent.source}|{counted}", 1)
+                    for name in source_counters(sent.source_kind, sent.source, sent.variant, counted):
+                        pipe.hincrby(keys.delivery_stats(account), name, 1)
                 await pipe.execute()
         except BaseException:
             await self.redis.delete(seen)  # not taken: SNS's retry must be

@@ -122,6 +122,51 @@ def outbox(partition: int) -> str:
     return f"{PREFIX}p:{partition}:outbox"
 
 
+# --- campaigns (see kairos.campaigns) ----------------------------------------------------
+
+
+def campaigns(account_id: str) -> str:
+    """Hash of the account's campaigns: id -> msgpack `SavedCampaign`."""
+    return f"{PREFIX}a:{account_id}:campaigns"
+
+
+def campaign_ids(account_id: str) -> str:
+    """Counter that numbers the account's campaigns (CleverTap's ids are numbers)."""
+    return f"{PREFIX}a:{account_id}:campaign-ids"
+
+
+def campaigns_stopped(account_id: str) -> str:
+    """Set of the account's stopped campaign ids: routers drop their messages still queued."""
+    return f"{PREFIX}a:{account_id}:campaigns-stopped"
+
+
+def campaign_stats(account_id: str, campaign_id: int) -> str:
+    """Hash of what a campaign's schedulers did: `audience`, `queued|<variant>`, `control`,
+    `missed_slot`, `runs`, `done|<scheduler>|<run>` (see kairos.campaigns.progress)."""
+    return f"{PREFIX}a:{account_id}:campaign-stats:{campaign_id}"
+
+
+def campaign_reached(account_id: str, campaign_id: int, partition: int) -> str:
+    """Set of the partition's users a `once`-per-user triggered campaign has taken."""
+    return f"{PREFIX}a:{account_id}:campaign-reached:{campaign_id}:{partition}"
+
+
+# set: accounts that have (or had) campaigns; schedulers and shards load them at start.
+CAMPAIGN_ACCOUNTS = PREFIX + "campaign-accounts"
+
+
+def campaign_inbox(partition: int) -> str:
+    """Stream of the events a partition's shard forwards to triggered campaigns (like
+    `journey_inbox`: one entry per log batch, under the batch's log id)."""
+    return f"{PREFIX}p:{partition}:campaign-inbox"
+
+
+def campaign_cursors(partition: int) -> str:
+    """Hash of the partition's campaign progress: `inbox` (how far its inbox is read) and
+    `run\\0<account>\\0<id>` (the run under way and the last user it queued)."""
+    return f"{PREFIX}p:{partition}:campaign-cursors"
+
+
 # --- delivery (see kairos.routing and kairos.channels) ----------------------------------
 
 

@@ -26,11 +26,14 @@ from kairos.models import (
     AbsorbEntry, LogBatch, LogEntry, SealEntry, ShardBlob, UserExport, log_entry_decoder, record_list_encoder,
 )
 from kairos.partitions import PartitionMap
+from kairos.analytics.campaign_results import ResultsQuery, results_partial
 from kairos.analytics.partials import analytics_partials
 from kairos.segments import downloads, partials
 from kairos.segments.downloads import ExportQuery
 from kairos.segments.live_runner import LiveSegmentRunner
 from kairos.segments.definition import parse_segment
+from kairos.segments.evaluate import StoreQuery
+from kairos.segments.timing import UTC
 from kairos.store.partition import PartitionState
 
 logger = logging.getLogger(__name__)
@@ -414,6 +417,13 @@ class UserShard:
         await self.ready()
         return analytics_partials(self._states.values(), account, kind, query, now_ms, tz)
 
+    async def campaign_results(self, account: str, query: ResultsQuery, now_ms: int) -> list[dict[str, list[int]]]:
+        """Partial results (one per partition) of a campaign, per variant."""
+        await self.ready()
+        stores = (state.account(account) for state in self._states.values())
+        return [results_partial(StoreQuery(store, now_ms, UTC), query) for store in stores
+                if store is not None and store.user_count]
+
     async def refresh_live(self, account: str) -> dict[str, int]:
         """Take up the account's saved live segments now; returns name -> version held."""
         await self.ready()
@@ -430,10 +440,11 @@ class UserShard:
                 members.extend(store.user_keys[int(u)] for u in mask.nonzero()[0])
         return members
 
-    # --- journeys -------------------------------------------------------------------
+    # --- journeys and campaigns ----------------------------------------------------------
 
-    async def refresh_journeys(self, account: str) -> list[str]:
-        """Take up the account's journeys now; returns the events forwarded to them."""
+    async def refresh_triggers(self, account: str) -> list[str]:
+        """Take up the account's journeys and triggered campaigns now; returns the events
+        forwarded to them."""
         await self.ready()
         return await self.forwarding.refresh(account) if self.forwarding is not None else []
 

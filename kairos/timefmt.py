@@ -34,3 +34,17 @@ def day_range_ms(from_value: object, to_value: object) -> tuple[int, int]:
 
 def ms_to_clevertap_ts(ms: int) -> int:
     return int(datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y%m%d%H%M%S"))
+
+
+def iso_ms(ms: int) -> str:
+    """Epoch milliseconds as an ISO-8601 UTC instant, e.g. 2026-11-24T09:00:00Z."""
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def clevertap_minute_to_ms(text: str, field: str) -> int:
+    """CleverTap's `YYYYMMDD HH:MM` (UTC) as epoch milliseconds."""
+    try:
+        moment = datetime.strptime(text, "%Y%m%d %H:%M").replace(tzinfo=timezone.utc)
+    except (ValueError, TypeError):
+        raise DateError(f"{field} must be 'now' or a time as 'YYYYMMDD HH:MM', got {str(text)[:40]!r}") from None
+    return int(moment.timestamp() * 1000)

@@ -229,7 +229,7 @@ def parse_journey(raw: Any, path: str = "definition") -> Journey:
     messages = [m for n in nodes.values() if isinstance(n, Send) for m in [n.message, *(f.message for f in n.fallback)]]
     return Journey(entry, start, nodes, goal, goal_within, tuple(exits), exit_on_segment_exit,
                    _reentry(raw.get("reentry", "once"), f"{path}.reentry"),
-                   _percent(raw.get("control_percent", 0), f"{path}.control_percent", 90), tz, match_property,
+                   parse_percent(raw.get("control_percent", 0), f"{path}.control_percent", 90), tz, match_property,
                    throttle, event_properties(messages))
 
 
@@ -323,34 +323,40 @@ def _deliver_within(raw: dict[str, Any], channels: list[str], path: str) -> int:
     return within
 
 
+def parse_send(raw: dict[str, Any], path: str, more_fields: set[str]) -> Send:
+    """A message on a channel, with its fallbacks and delivery options: a journey's send
+    node, or a campaign's variant (whose fields besides these are `more_fields`)."""
+    no_extra_fields(raw, {"channel", "message", "fallback", "quiet_hours", "respect_caps", "deliver_within"}
+                    | more_fields, path)
+    channel, message = _channel_message(raw, path)
+    fallback_raw = raw.get("fallback", [])
+    if not isinstance(fallback_raw, list) or len(fallback_raw) > len(CHANNELS) - 1:
+        raise JourneyError(f"{path}.fallback", "must be a list of at most 4 {'channel', 'message'} steps")
+    fallback = []
+    for i, step in enumerate(fallback_raw):
+        if not isinstance(step, dict):
+            raise JourneyError(f"{path}.fallback[{i}]", "must be an object with 'channel' and 'message'")
+        no_extra_fields(step, {"channel", "message"}, f"{path}.fallback[{i}]")
+        fallback.append(Fallback(*_channel_message(step, f"{path}.fallback[{i}]")))
+    channels = [channel] + [f.channel for f in fallback]
+    if len(set(channels)) != len(channels):
+        raise JourneyError(f"{path}.fallback", "names a channel twice: each channel is tried once")
+    quiet = raw.get("quiet_hours")
+    if quiet is not None and quiet not in QUIET_HOURS_MODES:
+        raise JourneyError(f"{path}.quiet_hours", f"must be one of {', '.join(QUIET_HOURS_MODES)}")
+    respect_caps = raw.get("respect_caps", True)
+    if not isinstance(respect_caps, bool):
+        raise JourneyError(f"{path}.respect_caps", "must be true or false")
+    return Send(channel, message, _next(raw, "next", path), tuple(fallback), quiet, respect_caps,
+                _deliver_within(raw, channels, path))
+
+
 def _node(raw: Any, path: str) -> Node:
     if not isinstance(raw, dict):
         raise JourneyError(path, "must be an object with a 'type'")
     kind = raw.get("type")
     if kind == "send":
-        no_extra_fields(raw, {"type", "channel", "message", "next", "fallback", "quiet_hours", "respect_caps",
-                              "deliver_within"}, path)
-        channel, message = _channel_message(raw, path)
-        fallback_raw = raw.get("fallback", [])
-        if not isinstance(fallback_raw, list) or len(fallback_raw) > len(CHANNELS) - 1:
-            raise JourneyError(f"{path}.fallback", "must be a list of at most 4 {'channel', 'message'} steps")
-        fallback = []
-        for i, step in enumerate(fallback_raw):
-            if not isinstance(step, dict):
-                raise JourneyError(f"{path}.fallback[{i}]", "must be an object with 'channel' and 'message'")
-            no_extra_fields(step, {"channel", "message"}, f"{path}.fallback[{i}]")
-            fallback.append(Fallback(*_channel_message(step, f"{path}.fallback[{i}]")))
-        channels = [channel] + [f.channel for f in fallback]
-        if len(set(channels)) != len(channels):
-            raise JourneyError(f"{path}.fallback", "names a channel twice: each channel is tried once")
-        quiet = raw.get("quiet_hours")
-        if quiet is not None and quiet not in QUIET_HOURS_MODES:
-            raise JourneyError(f"{path}.quiet_hours", f"must be one of {', '.join(QUIET_HOURS_MODES)}")
-        respect_caps = raw.get("respect_caps", True)
-        if not isinstance(respect_caps, bool):
-            raise JourneyError(f"{path}.respect_caps", "must be true or false")
-        return Send(channel, message, _next(raw, "next", path), tuple(fallback), quiet, respect_caps,
-                    _deliver_within(raw, channels, path))
+        return parse_send(raw, path, {"type", "next"})
     if kind == "wait":
         no_extra_fields(raw, {"type", "duration", "next"}, path)
         return Wait(_wait_ms(raw.get("duration"), f"{path}.duration"), _next(raw, "next", path))
@@ -394,14 +400,14 @@ def _variants(raw: Any, path: str) -> tuple[Variant, ...]:
         if not isinstance(name, str) or not NODE_ID.fullmatch(name) or name in names:
             raise JourneyError(f"{item_path}.name", "must be a distinct name of 1-64 letters, digits, _ or -")
         names.add(name)
-        variants.append(Variant(name, _percent(item.get("percent"), f"{item_path}.percent", 100),
+        variants.append(Variant(name, parse_percent(item.get("percent"), f"{item_path}.percent", 100),
                                 _next(item, "next", item_path)))
     if sum(v.percent for v in variants) != 100:
         raise JourneyError(path, f"percents add up to {sum(v.percent for v in variants)}, not 100")
     return tuple(variants)
 
 
-def _percent(raw: Any, path: str, most: int) -> int:
+def parse_percent(raw: Any, path: str, most: int) -> int:
     if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= most:
         raise JourneyError(path, f"must be a whole percent from 0 to {most}")
     return raw

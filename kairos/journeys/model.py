@@ -79,6 +79,7 @@ class SendRequest(msgspec.Struct, omit_defaults=True):
     event: dict[str, Any] = {}  # the triggering event's properties, for templates
     source_kind: str = "journey"
     deliver_within_ms: int = 0  # a push not reported arriving this long after falls back (0: never)
+    expires_ms: int = 0  # not sent after this (a campaign's ttl); 0: no limit
 
 
 trigger_list_encoder = msgspec.msgpack.Encoder()

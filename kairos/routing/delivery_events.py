@@ -1,5 +1,6 @@
 """The system events that report a message's fate in its user's event stream
-(`Notification Sent`, `Delivered`, `Failed`, `Viewed`, `Clicked`), built in one place so
+(`Notification Sent`, `Delivered`, `Failed`, `Viewed`, `Clicked`, and `Held Out` for a
+campaign's control group, who are sent nothing), built in one place so
 the router and the tracking endpoints describe a message the same way, and segments,
 journey waits and goals can filter on the same properties."""
 
@@ -13,6 +14,7 @@ from kairos.models import EventRecord
 
 SENT, DELIVERED, FAILED = "Notification Sent", "Notification Delivered", "Notification Failed"
 VIEWED, CLICKED = "Notification Viewed", "Notification Clicked"
+HELD_OUT = "Notification Held Out"
 
 
 class SentMessage(msgspec.Struct, array_like=True, frozen=True):

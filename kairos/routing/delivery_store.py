@@ -81,6 +81,17 @@ class InFlight(msgspec.Struct, array_like=True, frozen=True):
     source_kind: str
     source: str
     node: str
+    variant: str | None = None
+
+
+def source_counters(source_kind: str, source: str, variant: str | None, outcome: str) -> tuple[str, ...]:
+    """The delivery counters an outcome moves for its source (a journey or campaign), and
+    for its A/B variant too when it has one: `<kind>:<source>|<outcome>`,
+    `<kind>:<source>#<variant>|<outcome>`."""
+    base = f"{source_kind}:{source}"
+    if variant is None:
+        return (f"{base}|{outcome}",)
+    return f"{base}|{outcome}", f"{base}#{variant}|{outcome}"
 
 
 UserRef = tuple[str, str]  # (account, user)
@@ -236,6 +247,20 @@ class DeliveryStore:
             pipe.expire(key, 180)
             total, _ = await pipe.execute()
         return int(total) - wanted
+
+    async def stopped_campaigns(self, wanted: set[tuple[str, str]]) -> set[tuple[str, str]]:
+        """Which of these (account, campaign id) have been stopped."""
+        if not wanted:
+            return set()
+        by_account: dict[str, list[str]] = {}
+        for account, campaign in wanted:
+            by_account.setdefault(account, []).append(campaign)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for account, campaigns in by_account.items():
+                pipe.smismember(keys.campaigns_stopped(account), campaigns)
+            answers = await pipe.execute()
+        return {(account, campaign) for (account, campaigns), flags in zip(by_account.items(), answers)
+                for campaign, flag in zip(campaigns, flags) if flag}
 
     async def commit(self, commit: Commit) -> None:
         if not commit:

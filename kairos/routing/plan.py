@@ -1,6 +1,8 @@
 """What to do with one send request now, for one user: the router's decisions, with no
 I/O (the router fetches the profile and history, and carries the plan out).
 
+A request past its `expires_ms` (a campaign's ttl) is dropped; one whose `at_ms` is still
+ahead waits for it.
 Channels are tried in order (the request's channel, then its fallbacks). A channel is
 skipped when the user opted out of it (CleverTap's `MSG-push`, `MSG-email`, `MSG-sms`,
 `MSG-whatsapp` flags) or has no address on it (no push token, email or phone). On the
@@ -69,6 +71,11 @@ def address_of(profile: Mapping[str, Any], channel: str, user: str) -> str | Non
 def plan(request: SendRequest, first_channel: int, profile: Mapping[str, Any] | None, history: list[Sent],
          settings: DeliverySettings, now_ms: int) -> Plan:
     """The plan for `request`, trying its channels from `first_channel` on."""
+    if request.expires_ms and now_ms > request.expires_ms:
+        return Plan(DROP, first_channel, request.channel, reason="expired")
+    if request.at_ms > now_ms:
+        # A campaign's message queued ahead of its time (a triggered campaign's delay).
+        return Plan(DELAY, first_channel, request.channel, until_ms=request.at_ms, reason="scheduled")
     if profile is None:
         return Plan(DROP, reason="no_profile")
     channels = channels_of(request)

@@ -42,7 +42,8 @@ from kairos.routing import plan as planning
 from kairos.routing.caps import horizon_ms
 from kairos.routing.delivery_store import (
     AWAITING, CLAIMED, COUNTED, DELIVERED as STATE_DELIVERED, GIVEN_UP, QUEUED, Commit, DeliveryStore, HistoryEntry,
-    InFlight, Pending, UserRef, decode_pending, encode_in_flight, encode_pending, history_field, trimmed,
+    InFlight, Pending, UserRef, decode_pending, encode_in_flight, encode_pending, history_field, source_counters,
+    trimmed,
 )
 from kairos.routing.settings import DeliverySettings
 from kairos.routing.tracking import TrackedLink, Tracker
@@ -50,6 +51,7 @@ from kairos.routing.tracking import TrackedLink, Tracker
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
+CAMPAIGN = "campaign"
 # Rounds go on while earlier batches wait for their providers, up to this many batches
 # (a bound on memory), and this many of one account's (so a slow provider cannot take up
 # all of them: that account's further messages wait in the delayed set instead).
@@ -90,6 +92,10 @@ class _Round(msgspec.Struct):
     histories: dict[UserRef, list[HistoryEntry]]
     profiles: dict[UserRef, tuple[dict[str, Any], str] | None]
     settings: dict[str, DeliverySettings]
+
+
+def _source_counters(request: SendRequest, outcome: str) -> tuple[str, ...]:
+    return source_counters(request.source_kind, request.journey, request.variant, outcome)
 
 
 def _same_message(entry: HistoryEntry, send_id: str) -> bool:
@@ -161,7 +167,8 @@ class ChannelRouter:
             for batch_id in orphans:
                 commit.settled.setdefault(partition, []).append(batch_id)
             for claim in (c for claims in orphans.values() for c in claims):
-                commit.count(claim.account, f"{claim.channel}|unknown", f"{claim.source_kind}:{claim.source}|unknown")
+                commit.count(claim.account, f"{claim.channel}|unknown",
+                             *source_counters(claim.source_kind, claim.source, claim.variant, "unknown"))
                 commit.dead.setdefault(claim.account, []).append(
                     {"id": claim.send_id, "user": claim.user, "channel": claim.channel, "at_ms": now,
                      "reason": "unknown: handed to the provider, but the outcome was not written (the router "
@@ -260,10 +267,16 @@ class ChannelRouter:
         providers as batches, one per account (so a slow provider holds up one account's
         messages only), each with the id its claims are written under."""
         histories = round_.histories
+        stopped = await self.store.stopped_campaigns(
+            {(w.pending.request.account, w.pending.request.journey) for w in fresh
+             if w.pending.request.source_kind == CAMPAIGN})
         # Sends planned earlier in this round count against the caps of later ones.
         planned: dict[UserRef, list[HistoryEntry]] = {}
         for work in fresh:
             request, ref = work.pending.request, work.ref
+            if request.source_kind == CAMPAIGN and (request.account, request.journey) in stopped:
+                work.plan = planning.Plan(planning.DROP, work.pending.channel_index, request.channel, reason="stopped")
+                continue
             # Not the message's own earlier channel: a fallback is the same message.
             history = [e for e in histories[ref] if e.state in COUNTED and not _same_message(e, request.id)]
             history += planned.get(ref, [])
@@ -336,7 +349,7 @@ class ChannelRouter:
             assert decision is not None
             claims.setdefault(work.partition, []).append(InFlight(
                 request.id, request.account, request.user, decision.channel, request.source_kind, request.journey,
-                request.node))
+                request.node, request.variant))
         for partition, batch in claims.items():
             commit.claimed.setdefault(partition, {})[batch_id] = encode_in_flight(batch)
         return batch_id
@@ -380,10 +393,9 @@ class ChannelRouter:
             sent_at = next((e.at_ms for e in histories[work.ref] if e.send_id == request.id), now)
             if request.id in arrived:
                 self._mark(request, channel, STATE_DELIVERED, histories, settings[request.account], commit, now, sent_at)
-                commit.count(request.account, f"{channel}|arrived", f"{request.source_kind}:{request.journey}|arrived")
+                commit.count(request.account, f"{channel}|arrived", *_source_counters(request, "arrived"))
             else:
-                commit.count(request.account, f"{channel}|not_arrived",
-                             f"{request.source_kind}:{request.journey}|not_arrived")
+                commit.count(request.account, f"{channel}|not_arrived", *_source_counters(request, "not_arrived"))
                 # The push did go out: it keeps counting against the caps, whatever becomes
                 # of the fallback, which takes over the send id.
                 pushed = msgspec.structs.replace(request, id=request.id + SENT_BEFORE_FALLBACK + channel)
@@ -439,7 +451,7 @@ class ChannelRouter:
         request = work.pending.request
         self._mark(request, channel, GIVEN_UP, histories, settings, commit, now)
         outcome = "dropped_" + reason if action == planning.DROP else "failed"
-        commit.count(request.account, f"{channel}|{outcome}", f"{request.source_kind}:{request.journey}|{outcome}")
+        commit.count(request.account, f"{channel}|{outcome}", *_source_counters(request, outcome))
         if action == planning.FAIL:
             commit.dead.setdefault(request.account, []).append(
                 {"id": request.id, "user": request.user, "channel": channel, "reason": reason, "at_ms": now,
@@ -547,7 +559,7 @@ class ChannelRouter:
                         (encode_pending(check), now + request.deliver_within_ms))
                 else:
                     self._mark(request, channel, STATE_DELIVERED, histories, account_settings, commit, now)
-                commit.count(request.account, f"{channel}|sent", f"{request.source_kind}:{request.journey}|sent")
+                commit.count(request.account, f"{channel}|sent", *_source_counters(request, "sent"))
                 sent = self._sent(work, channel)
                 if outcome.reports_later and outcome.provider_id and sent is not None:
                     commit.provider_messages[(request.account, outcome.provider_id)] = TrackedLink(sent, work.partition)

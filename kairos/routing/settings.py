@@ -80,6 +80,8 @@ class DeliverySettings(msgspec.Struct, frozen=True):
     default_tz: str = "UTC"
     retry: RetryPolicy = RetryPolicy()
     tracking: TrackingSettings = TrackingSettings()
+    # The throttle of campaigns created with CleverTap's `respect_throttle` (None: none).
+    campaign_throttle_per_minute: int | None = None
 
 
 NO_SETTINGS = DeliverySettings({})
@@ -88,7 +90,8 @@ NO_SETTINGS = DeliverySettings({})
 def parse_delivery_settings(raw: Any, path: str = "settings") -> DeliverySettings:
     if not isinstance(raw, dict):
         raise SegmentError(path, "must be an object")
-    no_extra_fields(raw, {"providers", "caps", "quiet_hours", "default_tz", "retry", "tracking"}, path)
+    no_extra_fields(raw, {"providers", "caps", "quiet_hours", "default_tz", "retry", "tracking",
+                          "campaign_throttle_per_minute"}, path)
     providers: dict[str, tuple[str, Any]] = {}
     raw_providers = raw.get("providers", {})
     if not isinstance(raw_providers, dict):
@@ -108,9 +111,13 @@ def parse_delivery_settings(raw: Any, path: str = "settings") -> DeliverySetting
     if not isinstance(default_tz, str):
         raise SegmentError(f"{path}.default_tz", "must be an IANA time zone name")
     zone(default_tz, f"{path}.default_tz")
+    throttle = raw.get("campaign_throttle_per_minute")
+    if throttle is not None and (isinstance(throttle, bool) or not isinstance(throttle, int)
+                                 or not 1 <= throttle <= 10_000_000):
+        raise SegmentError(f"{path}.campaign_throttle_per_minute", "must be a whole number from 1 to 10000000")
     return DeliverySettings(providers, parse_rules(raw.get("caps", []), f"{path}.caps"), quiet, default_tz,
                             _retry(raw.get("retry", {}), f"{path}.retry"),
-                            _tracking(raw.get("tracking", {}), f"{path}.tracking"))
+                            _tracking(raw.get("tracking", {}), f"{path}.tracking"), throttle)
 
 
 def _quiet(raw: Any, path: str) -> QuietWindow:

@@ -11,6 +11,7 @@ A segment is one condition; conditions nest through `all`, `any` and `not`:
     {"last_time": "Charged", "within": {"from": "60d", "to": "30d"}}
     {"sequence": ["Added To Cart", "Charged"], "gap": "1h", "within": "7d"}
     {"all": [...]}, {"any": [...]}, {"not": {...}}
+    {"everyone": true}                              every user (a campaign to the whole base)
 
 Every error names the path of the offending part (`segment.all[2].within`), so a
 400 tells the author exactly what to fix. The semantics of each operator are in the
@@ -233,7 +234,7 @@ def parse_instant(text: str, path: str) -> int:
 
 # --- conditions ----------------------------------------------------------------------
 
-_KINDS = ("profile", "did", "did_not", "first_time", "last_time", "sequence", "all", "any", "not")
+_KINDS = ("profile", "did", "did_not", "first_time", "last_time", "sequence", "all", "any", "not", "everyone")
 
 
 def _condition(raw: Any, path: str, depth: int, counter: list[int]) -> Condition:
@@ -249,6 +250,11 @@ def _condition(raw: Any, path: str, depth: int, counter: list[int]) -> Condition
         found = f"both {kinds[0]!r} and {kinds[1]!r}" if kinds else "none"
         raise SegmentError(path, f"must have exactly one of {', '.join(repr(k) for k in _KINDS)} (found {found})")
     kind = kinds[0]
+    if kind == "everyone":
+        no_extra_fields(raw, {"everyone"}, path)
+        if raw["everyone"] is not True:
+            raise SegmentError(f"{path}.everyone", "must be true")
+        return AllOf(())  # every live user
     if kind in ("all", "any"):
         no_extra_fields(raw, {kind}, path)
         items = raw[kind]

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from gateway.app import ADMISSION, create_app
 from kairos.accounts import Accounts
+from kairos.campaigns.catalog import CampaignCatalog
 from kairos.channels.in_app import Inbox
 from kairos.journeys.clock import SystemClock
 from kairos.config import load_settings
@@ -45,6 +46,9 @@ class StalledBackend:
     async def call_journey(self, index: int, method: str, *args: Any) -> Any:
         raise AssertionError("not used")
 
+    async def call_campaign(self, index: int, method: str, *args: Any) -> Any:
+        raise AssertionError("not used")
+
     async def user_of(self, account: str, identifier: str) -> str | None:
         return "1"  # the identity graph answers; only ingest has fallen behind
 
@@ -57,7 +61,8 @@ async def stalled_gateway(redis_server: Any) -> AsyncIterator[tuple[str, Stalled
     accounts = Accounts(client)
     backend = StalledBackend()
     app = create_app(settings, backend, accounts, SegmentCatalog(client), SignalLog(client), JourneyCatalog(client),
-                     client, Inbox(client, SystemClock()), Tracker(bytes(32), "http://127.0.0.1"))
+                     CampaignCatalog(client, SystemClock()), client, Inbox(client, SystemClock()),
+                     Tracker(bytes(32), "http://127.0.0.1"))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", settings.port).start()

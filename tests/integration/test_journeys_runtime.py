@@ -51,7 +51,7 @@ class Journeys:
         await self.refresh()
 
     async def refresh(self) -> None:
-        await asyncio.gather(*(h.refresh_journeys.remote(self.account) for h in self.kairos.deployment.shards),
+        await asyncio.gather(*(h.refresh_triggers.remote(self.account) for h in self.kairos.deployment.shards),
                              *(h.refresh.remote(self.account) for h in self.kairos.deployment.journeys))
 
     async def collect(self, until: Callable[[list[SendRequest]], bool], timeout_s: float = 20.0) -> list[SendRequest]:

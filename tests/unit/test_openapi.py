@@ -28,13 +28,16 @@ class NoBackend:
     async def call_journey(self, index: int, method: str, *args: Any) -> Any:
         raise AssertionError("not called")
 
+    async def call_campaign(self, index: int, method: str, *args: Any) -> Any:
+        raise AssertionError("not called")
+
 
 def test_the_document_is_valid_openapi() -> None:
     validate(openapi_spec())
 
 
 def test_every_api_route_is_documented() -> None:
-    app = create_app(load_settings(env={}), NoBackend(), None, None, None, None, None,  # type: ignore[arg-type]
+    app = create_app(load_settings(env={}), NoBackend(), None, None, None, None, None, None,  # type: ignore[arg-type]
                      Inbox(None, SystemClock()), Tracker(bytes(32), "http://127.0.0.1:8080"))  # type: ignore[arg-type]
     served = {
         (re.sub(r"\{(\w+)\}", r"{\1}", route.resource.canonical), route.method.lower())

@@ -1,0 +1,347 @@
+"""A campaign scheduler's loop: start the runs that come due, queue each user's message
+when it is due, and answer trigger events; make each step durable before the next.
+
+Scheduler i serves the partitions that shard i owns: it asks that shard for its part of
+each run's audience, so a run to a million users goes out shard by shard, every
+scheduler at once. A run's users are queued in a fixed order - by when each is due (a
+local-time run sends zone by zone), then by user key - a chunk per step, and the step's
+commit records the last one queued. A scheduler that restarts mid-run takes the
+audience again and goes on after that user: no one is queued twice. (Someone who joins
+the audience meanwhile and sorts before that point waits for the next run.)
+
+Stopping a campaign is the routers' business as much as the scheduler's: they drop
+whatever of it is still queued (see kairos.routing.router).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import time
+from typing import Any, Callable, Protocol
+
+from kairos import keys
+from kairos.campaigns import planning
+from kairos.campaigns.catalog import CampaignCatalog
+from kairos.campaigns.definition import Campaign, LocalTime, Triggered
+from kairos.campaigns.model import ACTIVE, SavedCampaign
+from kairos.campaigns.store import CampaignStore, Commit, RunCursor, run_field
+from kairos.journeys.clock import Clock
+from kairos.journeys.engine import MAX_ENTRY_AGE_MS
+from kairos.journeys.event_filters import all_pass
+from kairos.journeys.model import CATALOG_RESYNC_S, trigger_list_decoder
+from kairos.log import stream_id_order
+from kairos.models import Trigger
+from kairos.routing.delivery_events import HELD_OUT, SentMessage, notification_event
+
+logger = logging.getLogger(__name__)
+
+# Users queued per step, over all runs: a step's commit stays a few megabytes, and
+# trigger events keep flowing between the chunks of a big run.
+CHUNK = 20_000
+INBOX_READ = 500
+TRIM_EVERY_S = 10.0
+
+
+class Audience(Protocol):
+    """The users of this scheduler's partitions, as the shard that holds them sees them."""
+
+    async def segment_users(self, account: str, definition: Any, now_ms: int, tz: str) -> list[str]: ...
+
+    async def time_zones(self, account: str, users: list[str]) -> list[str | None]: ...
+
+
+class SegmentSource(Protocol):
+    async def get(self, account: str, name: str) -> Any: ...
+
+
+class _Run:
+    """A run under way: its users in queue order, and how many are queued."""
+
+    __slots__ = ("account", "campaign_id", "run_ms", "queue", "pos")
+
+    def __init__(self, account: str, campaign_id: int, run_ms: int, queue: list[tuple[int, str]], pos: int) -> None:
+        self.account, self.campaign_id, self.run_ms = account, campaign_id, run_ms
+        self.queue, self.pos = queue, pos
+
+
+class CampaignScheduler:
+    def __init__(self, store: CampaignStore, catalog: CampaignCatalog, segments: SegmentSource, audience: Audience,
+                 clock: Clock, scheduler_index: int = 0, poll_ms: int = 200,
+                 on_failure: Callable[[BaseException], None] | None = None) -> None:
+        self.store = store
+        self.catalog = catalog
+        self.segments = segments
+        self.audience = audience
+        self.clock = clock
+        self.index = scheduler_index
+        self.poll_ms = poll_ms
+        self._lock = asyncio.Lock()
+        self._campaigns: dict[tuple[str, int], tuple[SavedCampaign, Campaign]] = {}  # the active ones
+        self._by_event: dict[tuple[str, str], list[tuple[int, Campaign]]] = {}
+        self._cursors: dict[str, RunCursor] = {}
+        self._runs: dict[str, _Run] = {}
+        self._inbox_at = {keys.campaign_inbox(p): "0-0" for p in store.partitions}
+        self._inbox_partition = {keys.campaign_inbox(p): p for p in store.partitions}
+        self._on_failure = on_failure
+        self._task: asyncio.Task[None] | None = None
+        self._loaded = False
+        self.steps = 0
+        self.failure: BaseException | None = None
+
+    # --- start ----------------------------------------------------------------------------
+
+    async def load(self) -> None:
+        if self._loaded:
+            return
+        async with self._lock:
+            if self._loaded:
+                return
+            try:
+                self._cursors, inbox = await self.store.load_cursors()
+                for stream, partition in self._inbox_partition.items():
+                    self._inbox_at[stream] = inbox.get(partition, "0-0")
+                for account, saved in (await self.catalog.everything()).items():
+                    self._take(account, saved)
+            except Exception as exc:
+                self._fail(exc)
+                raise
+            self._loaded = True
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.ensure_future(self._run_forever())
+
+    def _fail(self, exc: BaseException) -> None:
+        # Memory may be ahead of Redis now: the actor must restart and reload.
+        logger.error("campaign scheduler failed: %r", exc)
+        self.failure = exc
+        if self._on_failure is not None:
+            self._on_failure(exc)
+
+    async def _run_forever(self) -> None:
+        await self.load()
+        last_sync = last_trim = time.monotonic()
+        while True:
+            try:
+                await self.step()
+                if time.monotonic() - last_sync >= CATALOG_RESYNC_S:
+                    last_sync = time.monotonic()
+                    for account in await self.catalog.accounts():
+                        await self.refresh(account)
+                if time.monotonic() - last_trim >= TRIM_EVERY_S:
+                    last_trim = time.monotonic()
+                    for stream, last in self._inbox_at.items():
+                        if last != "0-0":
+                            await self.store.trim_through(stream, last)
+            except Exception as exc:
+                logger.exception("campaign step failed")
+                if self.failure is None:
+                    self._fail(exc)
+                return
+
+    # --- the catalog ----------------------------------------------------------------------
+
+    async def refresh(self, account: str) -> None:
+        """Take up the account's campaigns as saved now (new ones, stops)."""
+        await self.load()
+        async with self._lock:
+            self._take(account, await self.catalog.all(account))
+
+    def _take(self, account: str, saved: list[SavedCampaign]) -> None:
+        for key in [k for k in self._campaigns if k[0] == account]:
+            del self._campaigns[key]
+        for item in saved:
+            if item.status == ACTIVE:
+                self._campaigns[(account, item.id)] = (item, item.parsed())
+        for field in [f for f, run in self._runs.items()
+                      if run.account == account and (account, run.campaign_id) not in self._campaigns]:
+            del self._runs[field]  # stopped part-way: the rest of its users are not queued
+        for key in [k for k in self._by_event if k[0] == account]:
+            del self._by_event[key]
+        for (acct, campaign_id), (_, campaign) in self._campaigns.items():
+            if acct == account and isinstance(campaign.schedule, Triggered):
+                self._by_event.setdefault((account, campaign.schedule.event), []).append((campaign_id, campaign))
+
+    # --- steps ----------------------------------------------------------------------------
+
+    async def step(self) -> int:
+        """One round: trigger events read since the last, then the runs' users now due;
+        returns how many users it queued (or held out)."""
+        now = await self.clock.now_ms()
+        block = None if self._queued_due(now) else self.poll_ms
+        found = await self.store.read_inbox(dict(self._inbox_at), INBOX_READ, block)
+        async with self._lock:
+            now = await self.clock.now_ms()
+            commit = Commit()
+            taken = await self._triggered(found, commit, now)
+            taken += await self._run_step(commit, now)
+            try:
+                await self.store.commit(commit)
+            except Exception as exc:
+                self._fail(exc)
+                raise
+            self._cursors.update(commit.cursors)
+            for partition, last in commit.inbox.items():
+                self._inbox_at[keys.campaign_inbox(partition)] = last
+            self.steps += 1
+            return taken
+
+    def _queued_due(self, now: int) -> bool:
+        """Whether some run has users due now (so the step must not wait for events), or
+        some campaign's next run is due."""
+        if any(run.pos < len(run.queue) and run.queue[run.pos][0] <= now for run in self._runs.values()):
+            return True
+        return any(self._due_run(account, campaign_id, now) is not None
+                   for account, campaign_id in self._campaigns if run_field(account, campaign_id) not in self._runs)
+
+    def _due_run(self, account: str, campaign_id: int, now: int) -> int | None:
+        saved, campaign = self._campaigns[(account, campaign_id)]
+        key = planning.latest_run(campaign, saved.created_ms, now)
+        if key is None:
+            return None
+        cursor = self._cursors.get(run_field(account, campaign_id))
+        if cursor is not None and (cursor.run_ms > key or (cursor.run_ms == key and cursor.done)):
+            return None
+        return key
+
+    async def _run_step(self, commit: Commit, now: int) -> int:
+        budget = CHUNK
+        for (account, campaign_id), (saved, campaign) in list(self._campaigns.items()):
+            if budget <= 0:
+                break
+            if isinstance(campaign.schedule, Triggered):
+                continue
+            field = run_field(account, campaign_id)
+            run = self._runs.get(field)
+            if run is None:
+                key = self._due_run(account, campaign_id, now)
+                if key is None:
+                    continue
+                run = self._runs[field] = await self._start_run(account, saved, campaign, key, commit, now)
+            end = run.pos
+            while end < len(run.queue) and end - run.pos < budget and run.queue[end][0] <= now:
+                end += 1
+            for due_ms, user in run.queue[run.pos:end]:
+                self._queue(commit, account, campaign_id, campaign, user,
+                            planning.send_id(campaign_id, run.run_ms, user), due_ms)
+            budget -= end - run.pos
+            run.pos = end
+            if run.pos == len(run.queue):
+                commit.cursors[field] = RunCursor(run.run_ms, done=True)
+                commit.count(account, campaign_id, f"done|{run.run_ms}")
+                del self._runs[field]
+            elif end > 0:
+                due_ms, user = run.queue[end - 1]
+                commit.cursors[field] = RunCursor(run.run_ms, due_ms, user)
+        return CHUNK - budget
+
+    async def _start_run(self, account: str, saved: SavedCampaign, campaign: Campaign, run_ms: int,
+                         commit: Commit, now: int) -> _Run:
+        """Takes the run's audience (the part in this scheduler's partitions) in queue
+        order, and goes on after the last user queued if the run was under way."""
+        field = run_field(account, saved.id)
+        members = await self._members(account, saved, campaign, now)
+        schedule = campaign.schedule
+        missed = 0
+        if isinstance(schedule, LocalTime):
+            queue: list[tuple[int, str]] = []
+            zones = await self.audience.time_zones(account, members) if members else []
+            for user, tz in zip(members, zones):
+                slot = planning.local_slot(schedule, run_ms, tz, campaign.tz)
+                if slot is None:
+                    missed += 1
+                else:
+                    queue.append((slot, user))
+        else:
+            queue = [(run_ms, user) for user in members]
+        queue.sort()
+        cursor = self._cursors.get(field)
+        if cursor is not None and cursor.run_ms == run_ms:
+            pos = bisect.bisect_right(queue, (cursor.due_ms, cursor.user))
+        else:
+            pos = 0
+            # Counted when the run starts, once: a run taken up again after a restart is not new.
+            commit.count(account, saved.id, "audience", len(members))
+            commit.count(account, saved.id, "runs")
+            if missed:
+                commit.count(account, saved.id, "missed_slot", missed)
+            commit.cursors[field] = RunCursor(run_ms)
+        return _Run(account, saved.id, run_ms, queue, pos)
+
+    async def _members(self, account: str, saved: SavedCampaign, campaign: Campaign, now: int) -> list[str]:
+        if campaign.audience_segment is None:
+            return await self.audience.segment_users(account, campaign.audience_where, now, campaign.tz)
+        segment = await self.segments.get(account, campaign.audience_segment)
+        if segment is None:
+            logger.error("campaign %s of %s: its segment %r does not exist any more; nobody to send to",
+                         saved.id, account, campaign.audience_segment)
+            return []
+        return await self.audience.segment_users(account, segment.definition, now, campaign.tz)
+
+    def _queue(self, commit: Commit, account: str, campaign_id: int, campaign: Campaign, user: str, request_id: str,
+               due_ms: int, event: dict[str, Any] | None = None) -> None:
+        """The user's message goes to the outbox, or (in the control group) a
+        `Notification Held Out` event to their stream: when they would have been sent it."""
+        variant = planning.assign(campaign_id, campaign, user)
+        partition = self.store.partition_of(account, user)
+        if variant == planning.CONTROL:
+            # The user's key is one of their identifiers: ingest resolves it back to them.
+            held = SentMessage(account, user, request_id, campaign.variants[0].send.channel, planning.SOURCE_KIND,
+                               str(campaign_id), planning.CONTROL, planning.CONTROL)
+            commit.events.setdefault((partition, account), []).append(notification_event(held, HELD_OUT, due_ms))
+            commit.count(account, campaign_id, "control")
+            return
+        commit.sends.append((partition, planning.send_request(account, campaign_id, campaign, variant, user,
+                                                              request_id, due_ms, event)))
+        commit.count(account, campaign_id, f"queued|{variant}")
+
+    async def _triggered(self, found: list[tuple[str, list[Any]]], commit: Commit, now: int) -> int:
+        """Trigger events that match a triggered campaign: each gets its message, due
+        `delay` after the shard took the event (the router holds it until then)."""
+        matches: list[tuple[int, Campaign, str, Trigger, str]] = []  # campaign, its id, send id, trigger, account
+        for stream, entries in found:
+            commit.inbox[self._inbox_partition[stream]] = entries[-1][0].decode()
+            for entry_id, fields in entries:
+                inbox_id = entry_id.decode()
+                ingested_ms = stream_id_order(inbox_id)[0]
+                for i, trigger in enumerate(trigger_list_decoder.decode(fields[b"t"])):
+                    for campaign_id, campaign in self._by_event.get((trigger.account, trigger.event), ()):
+                        saved, _ = self._campaigns[(trigger.account, campaign_id)]
+                        schedule = campaign.schedule
+                        assert isinstance(schedule, Triggered)
+                        # Not for what users did before the campaign existed, nor for a
+                        # backfill of old history.
+                        if ingested_ms < saved.created_ms or ingested_ms - trigger.ts_ms > MAX_ENTRY_AGE_MS:
+                            continue
+                        if all_pass(schedule.where, trigger.props, now):
+                            trigger.ingested_ms = ingested_ms
+                            matches.append((campaign_id, campaign, planning.triggered_send_id(campaign_id, inbox_id, i),
+                                            trigger, trigger.account))
+        taken = 0
+        once: dict[tuple[str, int], list[int]] = {}
+        for n, (campaign_id, campaign, _, trigger, account) in enumerate(matches):
+            assert isinstance(campaign.schedule, Triggered)
+            if campaign.schedule.per_user == "once":
+                once.setdefault((account, campaign_id), []).append(n)
+        skip: set[int] = set()
+        for (account, campaign_id), positions in once.items():
+            users = [matches[n][3].user for n in positions]
+            seen: set[str] = set()
+            for n, user, reached in zip(positions, users, await self.store.reached(account, campaign_id, users)):
+                if reached or user in seen:
+                    skip.add(n)
+                else:
+                    seen.add(user)
+                    partition = self.store.partition_of(account, user)
+                    commit.reached.setdefault((account, campaign_id, partition), []).append(user)
+        for n, (campaign_id, campaign, request_id, trigger, account) in enumerate(matches):
+            if n in skip:
+                continue
+            assert isinstance(campaign.schedule, Triggered)
+            due_ms = trigger.ingested_ms + campaign.schedule.delay_ms
+            self._queue(commit, account, campaign_id, campaign, trigger.user, request_id, due_ms, trigger.props)
+            commit.count(account, campaign_id, "triggered")
+            taken += 1
+        return taken

@@ -1,0 +1,190 @@
+"""Campaigns on the real runtime: created through `/api/campaigns` and CleverTap's
+`/1/targets`, run by the campaign schedulers, delivered by the channel routers to the
+in-app inbox, reported per variant; stopped mid-send with nothing more going out."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Awaitable, Callable
+
+import pytest
+import redis.asyncio as aioredis
+
+from kairos.journeys.clock import ManualClock
+from tests.integration.conftest import Api, Kairos
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+
+MINUTE = 60_000
+INBOX = {"channel": "in_app", "message": {"title": "Hello {{ profile.Name }}"}}
+
+
+async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 30.0) -> Any:
+    """Polls `check` until it returns something truthy (the runtime is asynchronous)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        found = await check()
+        if found:
+            return found
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.2)
+
+
+async def upload_users(api: Api, clock: ManualClock, count: int, prefix: str = "user") -> list[str]:
+    now_s = await clock.now_ms() // 1000
+    users = [f"{prefix}-{i}" for i in range(count)]
+    records = [{"identity": u, "type": "profile", "ts": now_s, "profileData": {"Name": u, "Tz": "UTC"}} for u in users]
+    for start in range(0, len(records), 1000):
+        status, body = await api.upload(records[start:start + 1000])
+        assert status == 200 and body["processed"] == len(records[start:start + 1000]), body
+    return users
+
+
+async def create(api: Api, definition: dict[str, Any], name: str = "c") -> dict[str, Any]:
+    status, body = await api.request("POST", "/api/campaigns", {"name": name, "definition": definition})
+    assert status == 201, body
+    return body
+
+
+async def campaign(api: Api, campaign_id: int) -> dict[str, Any]:
+    status, body = await api.request("GET", f"/api/campaigns/{campaign_id}")
+    assert status == 200, body
+    return body
+
+
+async def results(api: Api, campaign_id: int) -> dict[str, Any]:
+    status, body = await api.request("GET", f"/api/campaigns/{campaign_id}/results")
+    assert status == 200, body
+    return body
+
+
+async def inbox_of(api: Api, user: str) -> list[Any]:
+    status, body = await api.request("GET", f"/1/inbox?identity={user}")
+    assert status == 200, body
+    return body["messages"]
+
+
+@pytest.fixture
+async def clock(kairos: Kairos) -> Any:
+    client = aioredis.Redis.from_url(kairos.settings.redis_url)
+    yield ManualClock(client)
+    await client.aclose()
+
+
+async def test_a_campaign_sent_now_splits_its_audience_and_reports_per_variant(
+        make_api: Callable[[], Awaitable[Api]], clock: ManualClock) -> None:
+    api = await make_api()
+    users = await upload_users(api, clock, 300)
+    created = await create(api, {
+        "audience": {"where": {"everyone": True}}, "schedule": "now", "control_percent": 20,
+        "variants": [{"name": "A", "percent": 50, **INBOX},
+                     {"name": "B", "percent": 50, "channel": "in_app", "message": {"title": "Psst {{ profile.Name }}"}}],
+        "conversion_goal": {"event": "Charged", "within": "1d"}})
+    campaign_id = created["id"]
+
+    async def completed() -> dict[str, Any] | None:
+        found = await campaign(api, campaign_id)
+        return found if found["status"] == "completed" else None
+
+    done = await eventually(completed)
+    counters = done["counters"]
+    assert counters["audience"] == 300
+    assert counters["queued|A"] + counters["queued|B"] + counters["control"] == 300
+    assert 30 <= counters["control"] <= 90  # 20% of 300, give or take chance
+
+    async def all_sent() -> dict[str, Any] | None:
+        found = await results(api, campaign_id)
+        rows = found["variants"]
+        exposed = sum(row["exposed"] for row in rows.values())
+        return found if exposed == 300 and rows["A"]["sent"] + rows["B"]["sent"] == 300 - counters["control"] else None
+
+    found = await eventually(all_sent)
+    assert found["variants"]["control"]["exposed"] == counters["control"]
+    assert found["variants"]["A"]["sent"] == counters["queued|A"]
+    # Everyone in a variant has the message in their inbox; the control group has nothing.
+    messages = {u: await inbox_of(api, u) for u in users[:40]}
+    with_message = {u for u, found_messages in messages.items() if found_messages}
+    assert 0 < len(with_message) < 40
+    assert all(m[0]["message"]["title"] in (f"Hello {u}", f"Psst {u}") for u, m in messages.items() if m)
+
+    # Conversions: users who buy within the goal's day after their message count for their variant.
+    now_s = await clock.now_ms() // 1000
+    buyers = sorted(with_message)[:5]
+    status, body = await api.upload([{"identity": u, "type": "event", "evtName": "Charged", "ts": now_s + 60,
+                                      "evtData": {"Amount": 10}} for u in buyers])
+    assert status == 200, body
+
+    async def converted() -> dict[str, Any] | None:
+        found = await results(api, campaign_id)
+        total = sum(row["converted"] for row in found["variants"].values())
+        return found if total == len(buyers) else None
+
+    found = await eventually(converted)
+    assert found["variants"]["control"]["converted"] == 0
+    for row in found["variants"].values():
+        low, high = row["conversion_rate_ci95"]
+        assert low <= row["conversion_rate"] <= high
+
+
+async def test_a_stopped_campaign_sends_nothing_more(make_api: Callable[[], Awaitable[Api]],
+                                                      clock: ManualClock) -> None:
+    api = await make_api()
+    await upload_users(api, clock, 50)
+    # Ten a minute: the rest wait in the routers' delayed set for later minutes.
+    created = await create(api, {"audience": {"where": {"everyone": True}}, "schedule": "now",
+                                 "message": INBOX, "throttle_per_minute": 10})
+    campaign_id = created["id"]
+
+    async def first_minute_sent() -> dict[str, Any] | None:
+        found = await results(api, campaign_id)
+        return found if found["variants"]["A"]["sent"] >= 10 else None
+
+    await eventually(first_minute_sent)
+    status, body = await api.request("POST", "/1/targets/stop.json", {"id": campaign_id})
+    assert status == 200 and body == {"status": "success"}, body
+    sent_at_stop = (await results(api, campaign_id))["variants"]["A"]["sent"]
+    await clock.advance(10 * MINUTE)  # every throttled message comes due
+
+    async def all_dropped() -> dict[str, Any] | None:
+        found = await results(api, campaign_id)
+        row = found["variants"]["A"]
+        return found if row["sent"] + row["stopped"] == 50 else None
+
+    found = await eventually(all_dropped)
+    assert found["status"] == "stopped"
+    assert found["variants"]["A"]["sent"] == sent_at_stop
+
+
+async def test_the_clevertap_targets_api_creates_lists_estimates_and_reports(
+        make_api: Callable[[], Awaitable[Api]], clock: ManualClock) -> None:
+    api = await make_api()
+    users = await upload_users(api, clock, 20)
+    now_s = await clock.now_ms() // 1000
+    status, body = await api.upload([{"identity": u, "type": "event", "evtName": "Product Viewed", "ts": now_s,
+                                      "evtData": {"Category": "Shoes"}} for u in users[:8]])
+    assert status == 200, body
+    day = time.strftime("%Y%m%d", time.gmtime(now_s))
+    target = {"name": "Shoe lovers", "target_mode": "notificationinbox",
+              "where": {"event_name": "Product Viewed", "from": int(day), "to": int(day)},
+              "content": {"title": "New shoes", "body": "In your size"}, "when": "now"}
+    status, body = await api.request("POST", "/1/targets/estimate.json", target)
+    assert status == 200 and body == {"status": "success", "estimates": {"total": 8}}, body
+    status, body = await api.request("POST", "/1/targets/create.json", target)
+    assert status == 200 and body["status"] == "success", body
+    campaign_id = body["id"]
+    status, listed = await api.request("POST", "/1/targets/list.json", {"from": int(day), "to": int(day)})
+    assert status == 200 and [t["id"] for t in listed["targets"]] == [campaign_id], listed
+
+    async def reported() -> dict[str, Any] | None:
+        status, body = await api.request("POST", "/1/targets/result.json", {"id": campaign_id})
+        assert status == 200, body
+        return body if body["result"]["sent"] == 8 else None
+
+    await eventually(reported)
+    assert [m["message"]["title"] for m in await inbox_of(api, users[0])] == ["New shoes"]
+    assert await inbox_of(api, users[10]) == []
+    status, body = await api.request("POST", "/1/targets/create.json", {**target, "segment": "x"})
+    assert status == 400 and body["status"] == "fail" and "not both" in body["error"], body
+    status, body = await api.request("POST", "/1/targets/result.json", {"id": 999_999})
+    assert status == 400 and body["status"] == "fail", body
