@@ -99,7 +99,9 @@ class World:
 
 @pytest_asyncio.fixture
 async def client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_server.url, db=3)
+    # The URL names database 0 (the deployment's): a `db` argument would not override it.
+    client = aioredis.Redis.from_url(redis_server.url.rsplit("/", 1)[0] + "/3")
+    assert client.connection_pool.connection_kwargs["db"] == 3
     await client.flushdb()
     yield client
     await client.aclose()

@@ -217,6 +217,7 @@ async def test_sends_are_exactly_once_when_a_journey_actor_dies_mid_step(journey
 async def test_the_inbox_keeps_one_entry_per_log_batch_when_a_replay_writes_it_again(kairos: Kairos) -> None:
     client = aioredis.Redis.from_url(kairos.settings.redis_url)
     forwarding = JourneyForwarding(JourneyCatalog(client), client)
+    forwarding.journey_interest = {"ACC-INBOX": frozenset({"Charged"})}
     # A partition the deployment does not have: its stream is this test's alone.
     partition = 10_000 + kairos.settings.partitions
     stream = keys.journey_inbox(partition)
@@ -229,6 +230,24 @@ async def test_the_inbox_keeps_one_entry_per_log_batch_when_a_replay_writes_it_a
     assert [(i.decode(), trigger_list_decoder.decode(f[b"t"])[0].user) for i, f in stored] == [
         (f"{base_ms}-0", "u0"), (f"{base_ms}-1", "u1"), (f"{base_ms}-2", "u2")]
     await client.delete(stream)
+    await client.aclose()
+
+
+async def test_shards_forward_each_event_to_the_inboxes_that_want_it(kairos: Kairos) -> None:
+    client = aioredis.Redis.from_url(kairos.settings.redis_url)
+    forwarding = JourneyForwarding(JourneyCatalog(client), client)
+    forwarding.journey_interest = {"ACC-FWD": frozenset({"Charged"})}
+    forwarding.campaign_interest = {"ACC-FWD": frozenset({"Charged", "Signed Up"})}
+    partition = 20_000 + kairos.settings.partitions  # this test's alone
+    inboxes = [keys.journey_inbox(partition), keys.campaign_inbox(partition)]
+    await client.delete(*inboxes)
+    triggers = [Trigger("ACC-FWD", "u", name, 0, {}) for name in ("Charged", "Signed Up", "App Launched")]
+    await forwarding.write([(partition, "1790000000000-0", triggers)])
+    found = []
+    for stream in inboxes:
+        found.append([t.event for _, f in await client.xrange(stream) for t in trigger_list_decoder.decode(f[b"t"])])
+    assert found == [["Charged"], ["Charged", "Signed Up"]]
+    await client.delete(*inboxes)
     await client.aclose()
 
 
