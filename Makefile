@@ -30,6 +30,7 @@ bench: $(STAMP)
 	$(PY) bench/analytics_bench.py
 	$(PY) bench/journey_bench.py
 	$(PY) bench/delivery_bench.py
+	$(PY) bench/campaign_bench.py
 
 clean:
 	rm -rf $(VENV) .kairos

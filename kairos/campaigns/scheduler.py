@@ -40,6 +40,9 @@ logger = logging.getLogger(__name__)
 # Users queued per step, over all runs: a step's commit stays a few megabytes, and
 # trigger events keep flowing between the chunks of a big run.
 CHUNK = 20_000
+# A run's first chunk is small, and each after it twice the one before (up to CHUNK): the
+# first messages reach the routers within milliseconds, not after a 20,000-request commit.
+FIRST_CHUNK = 500
 INBOX_READ = 500
 TRIM_EVERY_S = 10.0
 
@@ -59,11 +62,12 @@ class SegmentSource(Protocol):
 class _Run:
     """A run under way: its users in queue order, and how many are queued."""
 
-    __slots__ = ("account", "campaign_id", "run_ms", "queue", "pos")
+    __slots__ = ("account", "campaign_id", "run_ms", "queue", "pos", "chunk")
 
     def __init__(self, account: str, campaign_id: int, run_ms: int, queue: list[tuple[int, str]], pos: int) -> None:
         self.account, self.campaign_id, self.run_ms = account, campaign_id, run_ms
         self.queue, self.pos = queue, pos
+        self.chunk = min(FIRST_CHUNK, CHUNK)
 
 
 class CampaignScheduler:
@@ -220,9 +224,11 @@ class CampaignScheduler:
                 if key is None:
                     continue
                 run = self._runs[field] = await self._start_run(account, saved, campaign, key, commit, now)
-            end = run.pos
-            while end < len(run.queue) and end - run.pos < budget and run.queue[end][0] <= now:
+            end, most = run.pos, min(budget, run.chunk)
+            while end < len(run.queue) and end - run.pos < most and run.queue[end][0] <= now:
                 end += 1
+            if end > run.pos:
+                run.chunk = min(CHUNK, run.chunk * 2)
             for due_ms, user in run.queue[run.pos:end]:
                 self._queue(commit, account, campaign_id, campaign, user,
                             planning.send_id(campaign_id, run.run_ms, user), due_ms)
