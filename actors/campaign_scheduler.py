@@ -23,6 +23,13 @@ from kairos.segments.catalog import SegmentCatalog
 logger = logging.getLogger(__name__)
 
 
+class CampaignShardLookups(ShardLookups):
+    """The audience, zones and identifiers of the users, from the shard that holds them."""
+
+    async def identifiers(self, account: str, users: list[str]) -> list[str | None]:
+        return await self._shard.identifiers_of.remote(account, users)
+
+
 class CampaignSchedulerActor:
     def __init__(self, index: int, settings: Settings) -> None:
         redis = aioredis.Redis.from_url(settings.redis_url)
@@ -32,7 +39,7 @@ class CampaignSchedulerActor:
         clock = clock_for(settings.clock, redis)
         self.scheduler = CampaignScheduler(CampaignStore(redis, partition_map, partitions),
                                            CampaignCatalog(redis, clock), SegmentCatalog(redis),
-                                           ShardLookups(shard, partitions), clock, index, on_failure=self._exit)
+                                           CampaignShardLookups(shard, partitions), clock, index, on_failure=self._exit)
 
     @staticmethod
     def _exit(failure: BaseException) -> None:

@@ -103,6 +103,9 @@ class UserShardActor:
     async def time_zones(self, account: str, users: list[str]) -> list[str | None]:
         return await self._guard(self.core.time_zones(account, users))
 
+    async def identifiers_of(self, account: str, users: list[str]) -> list[str | None]:
+        return await self._guard(self.core.identifiers_of(account, users))
+
     async def delivery_profiles(self, account: str, users: list[str]) -> list[tuple[dict[str, Any], str] | None]:
         return await self._guard(self.core.delivery_profiles(account, users))
 

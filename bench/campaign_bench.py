@@ -79,6 +79,9 @@ class PartitionAudience:
     async def time_zones(self, account: str, users: list[str]) -> list[str | None]:
         return [None] * len(users)
 
+    async def identifiers(self, account: str, users: list[str]) -> list[str | None]:
+        return [f"identity:{u}" for u in users]
+
 
 def users_of(index: int, users: int) -> list[str]:
     partition_map = PartitionMap(PARTITIONS, ROUTERS)

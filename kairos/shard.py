@@ -464,6 +464,18 @@ class UserShard:
             zones.append(value if isinstance(value, str) else None)
         return zones
 
+    async def identifiers_of(self, account: str, users: list[str]) -> list[str | None]:
+        """One identifier of each user (None for a user not here, or merged away): the name
+        events about them go in under."""
+        await self.ready()
+        found: list[str | None] = []
+        for user in users:
+            store = self._state(self.partition_map.partition_of(account, user)).account(account)
+            slot = store.find_user(user) if store is not None else None
+            identifiers = store.identifiers(slot) if store is not None and slot is not None else []
+            found.append(identifiers[0] if identifiers else None)
+        return found
+
     async def delivery_profiles(self, account: str, users: list[str]) -> list[tuple[dict[str, Any], str] | None]:
         """Each user's profile properties and one of their identifiers (None for a user
         not here, or merged away): what the channel router reads for consent, addresses,

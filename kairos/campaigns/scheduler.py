@@ -54,6 +54,10 @@ class Audience(Protocol):
 
     async def time_zones(self, account: str, users: list[str]) -> list[str | None]: ...
 
+    async def identifiers(self, account: str, users: list[str]) -> list[str | None]:
+        """One identifier of each user (None: gone), for the events that go in under it."""
+        ...
+
 
 class SegmentSource(Protocol):
     async def get(self, account: str, name: str) -> Any: ...
@@ -229,9 +233,9 @@ class CampaignScheduler:
                 end += 1
             if end > run.pos:
                 run.chunk = min(CHUNK, run.chunk * 2)
-            for due_ms, user in run.queue[run.pos:end]:
-                self._queue(commit, account, campaign_id, campaign, user,
-                            planning.send_id(campaign_id, run.run_ms, user), due_ms)
+            await self._queue(commit, account, campaign_id, campaign,
+                              [(user, planning.send_id(campaign_id, run.run_ms, user), due_ms, None)
+                               for due_ms, user in run.queue[run.pos:end]])
             budget -= end - run.pos
             run.pos = end
             if run.pos == len(run.queue):
@@ -286,22 +290,34 @@ class CampaignScheduler:
             return []
         return await self.audience.segment_users(account, segment.definition, now, campaign.tz)
 
-    def _queue(self, commit: Commit, account: str, campaign_id: int, campaign: Campaign, user: str, request_id: str,
-               due_ms: int, event: dict[str, Any] | None = None) -> None:
-        """The user's message goes to the outbox, or (in the control group) a
-        `Notification Held Out` event to their stream: when they would have been sent it."""
-        variant = planning.assign(campaign_id, campaign, user)
-        partition = self.store.partition_of(account, user)
-        if variant == planning.CONTROL:
-            # The user's key is one of their identifiers: ingest resolves it back to them.
-            held = SentMessage(account, user, request_id, campaign.variants[0].send.channel, planning.SOURCE_KIND,
-                               str(campaign_id), planning.CONTROL, planning.CONTROL)
-            commit.events.setdefault((partition, account), []).append(notification_event(held, HELD_OUT, due_ms))
-            commit.count(account, campaign_id, "control")
+    async def _queue(self, commit: Commit, account: str, campaign_id: int, campaign: Campaign,
+                     items: list[tuple[str, str, int, dict[str, Any] | None]]) -> None:
+        """Each (user, request id, due, trigger event): the message goes to the outbox, or
+        (in the control group) a `Notification Held Out` event to the user's stream, at
+        the time they would have been sent it."""
+        held_out: list[tuple[str, str, int]] = []
+        for user, request_id, due_ms, event in items:
+            variant = planning.assign(campaign_id, campaign, user)
+            if variant == planning.CONTROL:
+                held_out.append((user, request_id, due_ms))
+                continue
+            partition = self.store.partition_of(account, user)
+            commit.sends.append((partition, planning.send_request(account, campaign_id, campaign, variant, user,
+                                                                  request_id, due_ms, event)))
+            commit.count(account, campaign_id, f"queued|{variant}")
+        if not held_out:
             return
-        commit.sends.append((partition, planning.send_request(account, campaign_id, campaign, variant, user,
-                                                              request_id, due_ms, event)))
-        commit.count(account, campaign_id, f"queued|{variant}")
+        commit.count(account, campaign_id, "control", len(held_out))
+        # Events go in under one of the user's identifiers (ingest resolves it back to them).
+        identifiers = await self.audience.identifiers(account, [user for user, _, _ in held_out])
+        channel = campaign.variants[0].send.channel
+        for (user, request_id, due_ms), identifier in zip(held_out, identifiers):
+            if identifier is None:
+                continue  # deleted meanwhile: no stream to add to
+            held = SentMessage(account, identifier, request_id, channel, planning.SOURCE_KIND, str(campaign_id),
+                               planning.CONTROL, planning.CONTROL)
+            commit.events.setdefault((self.store.partition_of(account, user), account), []).append(
+                notification_event(held, HELD_OUT, due_ms))
 
     async def _triggered(self, found: list[tuple[str, list[Any]]], commit: Commit, now: int) -> int:
         """Trigger events that match a triggered campaign: each gets its message, due
@@ -325,7 +341,6 @@ class CampaignScheduler:
                             trigger.ingested_ms = ingested_ms
                             matches.append((campaign_id, campaign, planning.triggered_send_id(campaign_id, inbox_id, i),
                                             trigger, trigger.account))
-        taken = 0
         once: dict[tuple[str, int], list[int]] = {}
         for n, (campaign_id, campaign, _, trigger, account) in enumerate(matches):
             assert isinstance(campaign.schedule, Triggered)
@@ -342,12 +357,15 @@ class CampaignScheduler:
                     seen.add(user)
                     partition = self.store.partition_of(account, user)
                     commit.reached.setdefault((account, campaign_id, partition), []).append(user)
+        by_campaign: dict[tuple[str, int], list[tuple[str, str, int, dict[str, Any] | None]]] = {}
         for n, (campaign_id, campaign, request_id, trigger, account) in enumerate(matches):
             if n in skip:
                 continue
             assert isinstance(campaign.schedule, Triggered)
             due_ms = trigger.ingested_ms + campaign.schedule.delay_ms
-            self._queue(commit, account, campaign_id, campaign, trigger.user, request_id, due_ms, trigger.props)
-            commit.count(account, campaign_id, "triggered")
-            taken += 1
-        return taken
+            by_campaign.setdefault((account, campaign_id), []).append((trigger.user, request_id, due_ms, trigger.props))
+        for (account, campaign_id), items in by_campaign.items():
+            _, campaign = self._campaigns[(account, campaign_id)]
+            await self._queue(commit, account, campaign_id, campaign, items)
+            commit.count(account, campaign_id, "triggered", len(items))
+        return sum(len(items) for items in by_campaign.values())

@@ -64,6 +64,9 @@ class Shard:
     async def time_zones(self, account: str, users: list[str]) -> list[str | None]:
         return [self.zones.get(u) for u in users]
 
+    async def identifiers(self, account: str, users: list[str]) -> list[str | None]:
+        return [f"identity:{u}" for u in users]
+
 
 class World:
     def __init__(self, client: aioredis.Redis, clock: SteppedClock, shard: Shard) -> None:
@@ -244,5 +247,6 @@ async def held_out_users(client: aioredis.Redis) -> list[str]:
     users = []
     for partition in PARTITIONS.partitions_of(0):
         for _, fields in await client.xrange(keys.delivery_events(partition)):
-            users += [r.user for r in decoder.decode(fields[b"r"]) if getattr(r, "name", "") == HELD_OUT]
+            users += [r.user.removeprefix("identity:") for r in decoder.decode(fields[b"r"])
+                      if getattr(r, "name", "") == HELD_OUT]
     return users

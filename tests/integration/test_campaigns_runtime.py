@@ -5,7 +5,10 @@ in-app inbox, reported per variant; stopped mid-send with nothing more going out
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
+from datetime import datetime, timezone
 from typing import Any, Awaitable, Callable
 
 import pytest
@@ -13,6 +16,7 @@ import redis.asyncio as aioredis
 
 from kairos.journeys.clock import ManualClock
 from tests.integration.conftest import Api, Kairos
+from tests.integration.test_journeys_runtime import serving_again
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -122,6 +126,11 @@ async def test_a_campaign_sent_now_splits_its_audience_and_reports_per_variant(
 
     found = await eventually(converted)
     assert found["variants"]["control"]["converted"] == 0
+    # The delivery and held-out events went to the users themselves: no one new appeared.
+    status, body = await api.request("POST", "/api/campaigns/estimate",
+                                     {"definition": {"audience": {"where": {"everyone": True}}, "schedule": "now",
+                                                     "message": INBOX}})
+    assert status == 200 and body == {"audience": 300}, body
     for row in found["variants"].values():
         low, high = row["conversion_rate_ci95"]
         assert low <= row["conversion_rate"] <= high
@@ -188,3 +197,41 @@ async def test_the_clevertap_targets_api_creates_lists_estimates_and_reports(
     assert status == 400 and body["status"] == "fail" and "not both" in body["error"], body
     status, body = await api.request("POST", "/1/targets/result.json", {"id": 999_999})
     assert status == 400 and body["status"] == "fail", body
+
+
+async def test_schedulers_killed_mid_send_go_on_without_sending_anyone_twice(
+        kairos: Kairos, make_api: Callable[[], Awaitable[Api]], clock: ManualClock) -> None:
+    api = await make_api()
+    now_ms = await clock.now_ms()
+    zones = {f"tokyo-{i}": "Asia/Tokyo" for i in range(15)} | {f"la-{i}": "America/Los_Angeles" for i in range(15)}
+    status, body = await api.upload([{"identity": u, "type": "profile", "ts": now_ms // 1000,
+                                      "profileData": {"Name": u, "Tz": tz}} for u, tz in zones.items()])
+    assert status == 200, body
+    day = datetime.fromtimestamp(now_ms / 1000 + 2 * 86_400, timezone.utc).date()
+    created = await create(api, {"audience": {"where": {"everyone": True}}, "message": INBOX,
+                                 "schedule": {"local_time": "12:00", "date": day.isoformat()}})
+    campaign_id = created["id"]
+    # Noon in Tokyo (03:00 UTC): the Tokyo half goes out; Los Angeles waits for its noon.
+    await clock.set(int(datetime.combine(day, datetime.min.time(), timezone.utc).timestamp() * 1000) + 3 * 3_600_000
+                    + MINUTE)
+
+    async def tokyo_sent() -> dict[str, Any] | None:
+        found = await results(api, campaign_id)
+        return found if found["variants"]["A"]["sent"] == 15 else None
+
+    await eventually(tokyo_sent)
+    pids = await asyncio.gather(*(c.pid.remote() for c in kairos.deployment.campaigns))
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    await serving_again(kairos.deployment)
+    await clock.set(int(datetime.combine(day, datetime.min.time(), timezone.utc).timestamp() * 1000)
+                    + 20 * 3_600_000 + MINUTE)
+
+    async def all_sent() -> dict[str, Any] | None:
+        found = await results(api, campaign_id)
+        return found if found["variants"]["A"]["sent"] >= 30 and found["status"] == "completed" else None
+
+    found = await eventually(all_sent, timeout_s=90)
+    assert found["variants"]["A"]["sent"] == 30 and found["audience"] == 30
+    for user in zones:
+        assert len(await inbox_of(api, user)) == 1, user
