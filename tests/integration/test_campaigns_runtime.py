@@ -197,6 +197,21 @@ async def test_the_clevertap_targets_api_creates_lists_estimates_and_reports(
     assert status == 400 and body["status"] == "fail" and "not both" in body["error"], body
     status, body = await api.request("POST", "/1/targets/result.json", {"id": 999_999})
     assert status == 400 and body["status"] == "fail", body
+    # Later, in each user's zone; a slot already passed is sent the next day.
+    status, body = await api.request("POST", "/1/targets/create.json", {
+        **target, "when": {"type": "later", "delivery_date_time": ["20301124 09:30"], "delivery_timezone": "user",
+                           "user_timezone_wrap_around": False},
+        "control_group": {"type": "campaign", "percentage": 10}, "ttl": 120,
+        "conversion_goal": {"event_name": "Charged", "conversion_time": "2D", "filter_type": {"event_property": [
+            {"property_name": "Amount", "operator": "greater_than", "property_value": 10}]}}})
+    assert status == 200, body
+    later = await campaign(api, body["id"])
+    assert later["status"] == "scheduled" and later["schedule"] == "local_time"
+    definition = later["definition"]
+    assert definition["schedule"] == {"date": "2030-11-24", "local_time": "09:30", "if_passed": "drop"}
+    assert definition["control_percent"] == 10 and definition["ttl"] == "120m"
+    assert definition["conversion_goal"] == {"event": "Charged", "within": "2d",
+                                             "where": [{"property": "Amount", "op": "gt", "value": 10}]}
 
 
 async def test_schedulers_killed_mid_send_go_on_without_sending_anyone_twice(
@@ -235,3 +250,35 @@ async def test_schedulers_killed_mid_send_go_on_without_sending_anyone_twice(
     assert found["variants"]["A"]["sent"] == 30 and found["audience"] == 30
     for user in zones:
         assert len(await inbox_of(api, user)) == 1, user
+
+
+async def test_a_triggered_campaign_answers_the_event_after_its_delay(
+        make_api: Callable[[], Awaitable[Api]], clock: ManualClock) -> None:
+    api = await make_api()
+    await upload_users(api, clock, 3)
+    created = await create(api, {"schedule": {"trigger": {"event": "Added To Cart", "where": [
+        {"property": "Value", "op": "gte", "value": 50}]}, "delay": "1h", "per_user": "once"},
+        "message": {"channel": "in_app", "message": {"title": "Still thinking about {{ event.Item }}?"}}})
+    campaign_id = created["id"]
+    now_s = await clock.now_ms() // 1000
+    status, body = await api.upload([
+        {"identity": "user-0", "type": "event", "evtName": "Added To Cart", "ts": now_s, "evtData": {"Value": 80, "Item": "boots"}},
+        {"identity": "user-1", "type": "event", "evtName": "Added To Cart", "ts": now_s, "evtData": {"Value": 5, "Item": "socks"}},
+    ])
+    assert status == 200, body
+
+    async def triggered() -> dict[str, Any] | None:
+        found = await campaign(api, campaign_id)
+        return found if found["counters"].get("triggered") == 1 else None
+
+    await eventually(triggered)
+    await asyncio.sleep(0.5)
+    assert await inbox_of(api, "user-0") == []  # not before its hour
+    await clock.advance(61 * MINUTE)
+
+    async def delivered() -> list[Any]:
+        return await inbox_of(api, "user-0")
+
+    [message] = await eventually(delivered)
+    assert message["message"]["title"] == "Still thinking about boots?"
+    assert await inbox_of(api, "user-1") == []
