@@ -91,3 +91,11 @@ def test_a_template_that_cannot_render_fails_the_message() -> None:
     decision = decide({"Phone": "+14155550100"}, req=request(channel="sms", message={"text": "{{ profile.Name }}"},
                                                              fallback=[]))
     assert decision.action == planning.FAIL and decision.reason.startswith("render:")
+
+
+def test_a_message_waits_for_its_time_and_is_dropped_past_its_expiry() -> None:
+    later = decide(ANN, req=request(at_ms=NOON + 3_600_000))
+    assert (later.action, later.until_ms, later.reason) == (planning.DELAY, NOON + 3_600_000, "scheduled")
+    expired = decide(ANN, req=request(at_ms=NOON - 7_200_000, expires_ms=NOON - 1))
+    assert (expired.action, expired.reason) == (planning.DROP, "expired")
+    assert decide(ANN, req=request(expires_ms=NOON)).action == planning.SEND

@@ -54,6 +54,8 @@ FIXED: list[dict[str, Any]] = [
                   "Charged"], "gap": "2d", "within": "30d"},
     {"all": [{"did": "Charged"}, {"not": {"profile": "City", "op": "eq", "value": "Lyon"}}]},
     {"any": [{"did": "Charged", "within": "3d"}, {"profile": "Score", "op": "gt", "value": 20}]},
+    {"everyone": True},
+    {"not": {"everyone": True}},
 ]
 
 
