@@ -39,7 +39,7 @@ class CampaignSchedulerActor:
         clock = clock_for(settings.clock, redis)
         self.scheduler = CampaignScheduler(CampaignStore(redis, partition_map, partitions),
                                            CampaignCatalog(redis, clock), SegmentCatalog(redis),
-                                           CampaignShardLookups(shard, partitions), clock, index, on_failure=self._exit)
+                                           CampaignShardLookups(shard, partitions), clock, on_failure=self._exit)
 
     @staticmethod
     def _exit(failure: BaseException) -> None:

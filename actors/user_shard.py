@@ -12,7 +12,7 @@ from kairos.campaigns.catalog import CampaignCatalog
 from kairos.config import Settings
 from kairos.journeys.catalog import JourneyCatalog
 from kairos.journeys.clock import clock_for
-from kairos.journeys.forwarding import JourneyForwarding
+from kairos.journeys.forwarding import TriggerForwarding
 from kairos.log import RedisPartitionLog
 from kairos.models import ShardBlob, UserExport
 from kairos.segments.catalog import SegmentCatalog
@@ -28,7 +28,7 @@ class UserShardActor:
     def __init__(self, shard_id: int, settings: Settings) -> None:
         self._redis = aioredis.Redis.from_url(settings.redis_url)
         live = LiveSegmentRunner(SegmentCatalog(self._redis), SignalLog(self._redis), settings.live_segment_tick_s)
-        forwarding = JourneyForwarding(JourneyCatalog(self._redis), self._redis,
+        forwarding = TriggerForwarding(JourneyCatalog(self._redis), self._redis,
                                        CampaignCatalog(self._redis, clock_for(settings.clock, self._redis)))
         self.core = UserShard(shard_id, settings, RedisPartitionLog(self._redis), live=live, forwarding=forwarding)
 

@@ -98,7 +98,7 @@ def scheduler_process(index: int, redis_url: str, users: int, shift_ms: int, res
         clock = SharedClock(shift_ms)
         store = CampaignStore(client, partition_map, partition_map.partitions_of(index))
         scheduler = CampaignScheduler(store, CampaignCatalog(client, clock), SegmentCatalog(client), audience, clock,
-                                      index, poll_ms=10)
+                                      poll_ms=10)
         await scheduler.load()
         while not await client.exists(GO):
             await asyncio.sleep(0.001)

@@ -9,11 +9,12 @@ set the routers read before any send once it has returned.
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from gateway.backend import Backend
+from gateway.backend import Backend, BackendUnavailable
 from kairos import keys
 from kairos.analytics.campaign_results import ResultsQuery, combine_results
 from kairos.campaigns import planning
@@ -25,6 +26,7 @@ from kairos.query_coordinator import QueryCoordinator
 from kairos.segments.catalog import SegmentCatalog
 from kairos.timefmt import iso_ms
 
+logger = logging.getLogger(__name__)
 SCHEDULED, RUNNING, COMPLETED = "scheduled", "running", "completed"
 
 
@@ -38,9 +40,19 @@ class CampaignService:
         self.redis = client
 
     async def _refresh(self, account: str) -> None:
+        """Schedulers first, then shards: a trigger event a shard forwards for a new
+        campaign must find every scheduler knowing it. An actor that cannot be reached
+        now takes the change up on its own re-read (every CATALOG_RESYNC_S): the
+        campaign is saved, and answering an error would make the client create it again."""
         shards = range(self.backend.partition_map.shards)
-        await asyncio.gather(*(self.backend.call_shard(i, "refresh_triggers", account) for i in shards),
-                             *(self.backend.call_campaign(i, "refresh", account) for i in shards))
+        for calls in ([self.backend.call_campaign(i, "refresh", account) for i in shards],
+                      [self.backend.call_shard(i, "refresh_triggers", account) for i in shards]):
+            for outcome in await asyncio.gather(*calls, return_exceptions=True):
+                if isinstance(outcome, BackendUnavailable):
+                    logger.warning("campaigns of %s: an actor will take the change up on its re-read: %s",
+                                   account, outcome)
+                elif isinstance(outcome, BaseException):
+                    raise outcome
 
     async def create(self, account: str, name: str, definition: Any, api: str, labels: list[str] | None = None,
                      description: str = "") -> SavedCampaign:
@@ -74,8 +86,11 @@ class CampaignService:
     async def status(self, saved: SavedCampaign, campaign: Campaign, counters: dict[str, int]) -> str:
         if saved.status == STOPPED:
             return STOPPED
-        if isinstance(campaign.schedule, (Triggered, Recurring)):
+        if isinstance(campaign.schedule, Triggered):
             return RUNNING
+        if isinstance(campaign.schedule, Recurring):
+            end_ms = campaign.schedule.end_ms
+            return COMPLETED if end_ms is not None and await self.catalog.clock.now_ms() >= end_ms else RUNNING
         now = await self.catalog.clock.now_ms()
         run_ms = planning.latest_run(campaign, saved.created_ms, now)
         if run_ms is None:

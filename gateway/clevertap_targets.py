@@ -124,7 +124,7 @@ class CleverTapTargets:
         if not isinstance(body.get("name"), str) or not body["name"].strip():
             raise ApiError(400, "Field name is empty")
         mode = body.get("target_mode")
-        if mode not in TARGET_MODES:
+        if not isinstance(mode, str) or mode not in TARGET_MODES:
             raise ApiError(400, f"target_mode {str(mode)[:40]!r} is not one of {', '.join(TARGET_MODES)}")
         for flag in ("estimate_only", "respect_frequency_caps", "respect_throttle", "system_control_group_include"):
             if flag in body and not isinstance(body[flag], bool):
@@ -132,6 +132,15 @@ class CleverTapTargets:
         if body.get("provider_nick_name") is not None:
             raise ApiError(400, "provider_nick_name: Kairos sends each channel through the one provider in the"
                                 " account's delivery settings")
+        if body.get("devices") is not None:
+            raise ApiError(400, "devices: Kairos sends a push to the user's one push token, whatever the device;"
+                                " leave 'devices' out")
+        if body.get("system_control_group_include"):
+            raise ApiError(400, "system_control_group_include: Kairos has no system control group; use"
+                                " control_group")
+        labels = body.get("labels")
+        if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
+            raise ApiError(400, "labels must be a list of names")
         definition: dict[str, Any] = {
             "audience": _audience(body),
             "message": {"channel": TARGET_MODES[mode], "message": _content(mode, body.get("content"))},
@@ -155,8 +164,9 @@ class CleverTapTargets:
         raw = await self.service.redis.get(keys.delivery_settings(account))
         if raw is None:
             return None
+        # Validated when the settings were saved: a whole number, or absent.
         value = msgspec.json.decode(raw).get("campaign_throttle_per_minute")
-        return value if isinstance(value, int) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 async def _campaign_id(request: web.Request) -> int:
@@ -304,7 +314,8 @@ def _conversion_goal(raw: Any) -> dict[str, Any]:
     filters = (raw.get("filter_type") or {}).get("event_property", []) if isinstance(raw.get("filter_type"), dict) \
         else []
     for i, item in enumerate(filters if isinstance(filters, list) else [None]):
-        if not isinstance(item, dict) or item.get("operator", "equals") not in OPERATORS:
+        operator = item.get("operator", "equals") if isinstance(item, dict) else None
+        if not isinstance(operator, str) or operator not in OPERATORS:
             raise ApiError(400, f"conversion_goal.filter_type.event_property[{i}] must be"
                                 " {property_name, operator, property_value}")
         where.append({"name": item.get("property_name"), "operator": item.get("operator", "equals"),

@@ -141,8 +141,9 @@ def campaigns_stopped(account_id: str) -> str:
 
 
 def campaign_stats(account_id: str, campaign_id: int) -> str:
-    """Hash of what a campaign's schedulers did: `audience`, `queued|<variant>`, `control`,
-    `missed_slot`, `runs`, `done|<scheduler>|<run>` (see kairos.campaigns.progress)."""
+    """Hash of what a campaign's schedulers did: `audience`, `runs`, `queued|<variant>`,
+    `control`, `missed_slot`, `triggered`, and `done|<run>` (how many schedulers finished
+    that run; see kairos.campaigns.scheduler)."""
     return f"{PREFIX}a:{account_id}:campaign-stats:{campaign_id}"
 
 

@@ -20,7 +20,7 @@ from typing import Any, Callable, TypeVar
 
 
 from kairos.config import Settings
-from kairos.journeys.forwarding import JourneyForwarding
+from kairos.journeys.forwarding import TriggerForwarding
 from kairos.log import PartitionLog
 from kairos.models import (
     AbsorbEntry, LogBatch, LogEntry, SealEntry, ShardBlob, UserExport, log_entry_decoder, record_list_encoder,
@@ -56,7 +56,7 @@ class UserShard:
         log: PartitionLog,
         clock: Callable[[], float] = time.monotonic,
         live: LiveSegmentRunner | None = None,
-        forwarding: JourneyForwarding | None = None,
+        forwarding: TriggerForwarding | None = None,
     ) -> None:
         self.shard_id = shard_id
         self.settings = settings

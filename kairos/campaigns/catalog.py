@@ -29,17 +29,18 @@ class CampaignCatalog:
         self._redis = client
         self.clock = clock
 
-    async def create(self, account: str, name: str, definition: Any, api: str = "kairos",
-                     labels: list[str] | None = None, description: str = "") -> tuple[SavedCampaign, Campaign]:
+    async def create(self, account: str, name: Any, definition: Any, api: str = "kairos",
+                     labels: Any = None, description: Any = "") -> tuple[SavedCampaign, Campaign]:
         """Validates and saves the campaign; its id is the account's next number."""
         check_name(name)
         now = await self.clock.now_ms()
         campaign = parse_campaign(definition, now)
         await self.check_audience(account, campaign)
-        labels = labels or []
-        if len(labels) > MAX_LABELS or not all(isinstance(x, str) and 0 < len(x) <= 100 for x in labels):
+        labels = [] if labels is None else labels
+        if not isinstance(labels, list) or len(labels) > MAX_LABELS \
+                or not all(isinstance(x, str) and 0 < len(x) <= 100 for x in labels):
             raise CampaignError("labels", f"must be a list of at most {MAX_LABELS} names of 1-100 characters")
-        if len(description) > 1000:
+        if not isinstance(description, str) or len(description) > 1000:
             raise CampaignError("description", "is longer than 1000 characters")
         key = keys.campaigns(account)
 

@@ -24,18 +24,18 @@ the campaign's `tz`. Errors name their path, as the other definition languages' 
 
 from __future__ import annotations
 
-from datetime import date, time
+from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Union
 
 import msgspec
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
-from kairos.journeys.definition import NODE_ID, JourneyError, Send, parse_percent, parse_send
+from kairos.journeys.definition import NODE_ID, Send, parse_percent, parse_send, parse_throttle
 from kairos.segments.definition import (
-    PropertyFilter, SegmentError, event_name, no_extra_fields, parse_duration, parse_instant, parse_segment,
-    parse_time_of_day, parse_where,
+    FIRST_YEAR, LAST_YEAR, PropertyFilter, SegmentError, event_name, no_extra_fields, parse_duration, parse_instant,
+    parse_segment, parse_time_of_day, parse_where,
 )
-from kairos.segments.timing import zone
+from kairos.segments.timing import local_instant, zone
 from kairos.templates import event_properties
 
 CampaignError = SegmentError  # one error shape (path + message) for every definition language
@@ -49,6 +49,10 @@ WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # cron's day numbe
 IF_PASSED = ("next_day", "drop")
 PER_USER = ("once", "always")
 NOW = "now"
+# The zone whose clocks are furthest behind (UTC-12): the last to reach a local time.
+LATEST_ZONE = "Etc/GMT+12"
+# An `at` this far in the past is taken as meaning now (the author's clock, the request's trip).
+PAST_GRACE_MS = 5 * 60_000
 
 
 class Variant(msgspec.Struct, frozen=True):
@@ -133,10 +137,7 @@ def parse_campaign(raw: Any, saved_ms: int, path: str = "definition") -> Campaig
     segment, where = _audience(raw.get("audience"), schedule, f"{path}.audience")
     defaults = {k: raw[k] for k in ("respect_caps", "quiet_hours") if k in raw}
     variants = _variants(raw, defaults, path)
-    throttle = raw.get("throttle_per_minute")
-    if throttle is not None and (isinstance(throttle, bool) or not isinstance(throttle, int)
-                                 or not 1 <= throttle <= 10_000_000):
-        raise CampaignError(f"{path}.throttle_per_minute", "must be a whole number of messages from 1 to 10000000")
+    throttle = parse_throttle(raw.get("throttle_per_minute"), f"{path}.throttle_per_minute")
     ttl = None
     if raw.get("ttl") is not None:
         ttl = parse_duration(raw["ttl"], f"{path}.ttl")
@@ -222,12 +223,18 @@ def _schedule(raw: Any, saved_ms: int, tz: str, path: str) -> Schedule:
             parsed_day = date.fromisoformat(day) if isinstance(day, str) and len(day) == 10 else None
         except ValueError:
             parsed_day = None
-        if parsed_day is None:
+        if parsed_day is None or not FIRST_YEAR <= parsed_day.year <= LAST_YEAR:
             raise CampaignError(f"{path}.date", "must be a date such as '2026-12-01'")
         if_passed = raw.get("if_passed", "next_day")
         if if_passed not in IF_PASSED:
             raise CampaignError(f"{path}.if_passed", f"must be one of {', '.join(IF_PASSED)}")
-        return LocalTime(parsed_day, parse_time_of_day(raw.get("local_time"), f"{path}.local_time"), if_passed)
+        local = LocalTime(parsed_day, parse_time_of_day(raw.get("local_time"), f"{path}.local_time"), if_passed)
+        # The last zone on earth (UTC-12) reaches the slot last, the next day's too.
+        last = local_instant(parsed_day + timedelta(days=1 if if_passed == "next_day" else 0), local.at,
+                             zone(LATEST_ZONE))
+        if last < saved_ms:
+            raise CampaignError(f"{path}.date", "has passed in every time zone: no one would get the message")
+        return local
     if "every" in raw or "cron" in raw:
         return _recurring(raw, saved_ms, path)
     if "at" in raw:
@@ -236,7 +243,10 @@ def _schedule(raw: Any, saved_ms: int, tz: str, path: str) -> Schedule:
             return SendAt(saved_ms)
         if not isinstance(raw["at"], str):
             raise CampaignError(f"{path}.at", "must be 'now' or an ISO-8601 datetime with an offset")
-        return SendAt(parse_instant(raw["at"], f"{path}.at"))
+        at_ms = parse_instant(raw["at"], f"{path}.at")
+        if at_ms < saved_ms - PAST_GRACE_MS:
+            raise CampaignError(f"{path}.at", "is in the past: give a later time, or 'now'")
+        return SendAt(at_ms)
     raise CampaignError(path, "must be 'now', {'at'}, {'local_time', 'date'}, {'every'}, {'cron'} or {'trigger'}")
 
 
@@ -266,6 +276,12 @@ def _recurring(raw: dict[str, Any], saved_ms: int, path: str) -> Recurring:
     end = _instant(raw.get("end"), f"{path}.end") if raw.get("end") is not None else None
     if end is not None and end <= start:
         raise CampaignError(f"{path}.end", "must be after 'start'")
+    try:
+        # A valid expression may still never fire ('0 9 30 2 *': February 30th).
+        base = datetime.fromtimestamp(max(start, saved_ms) // 1000, timezone.utc)
+        croniter(cron, base).get_next(datetime)
+    except (CroniterBadDateError, ValueError, OverflowError):
+        raise CampaignError(f"{path}.cron" if "cron" in raw else path, "never fires") from None
     return Recurring(cron, start, end)
 
 

@@ -23,6 +23,8 @@ SOURCE_KIND = "campaign"
 # The zone whose clocks are furthest ahead (Kiribati, UTC+14): a local-time run starts
 # when its time comes there, the first place on earth it does.
 EARLIEST_ZONE = "Pacific/Kiritimati"
+# A recurring run that could not start within this long of its time is skipped.
+RECURRING_LATE_MS = 3 * 3_600_000
 
 
 def _bucket(*parts: str) -> int:
@@ -47,7 +49,8 @@ def assign(campaign_id: int, campaign: Campaign, user: str) -> str:
 
 def latest_run(campaign: Campaign, created_ms: int, now_ms: int) -> int | None:
     """The key of the latest run due at or before `now_ms` (runs missed while no scheduler
-    ran collapse into the latest); None if none is due yet, or ever (triggered)."""
+    ran collapse into the latest, if it is not too late); None if none is due yet, or
+    ever (triggered)."""
     schedule = campaign.schedule
     if isinstance(schedule, SendAt):
         return schedule.at_ms if now_ms >= schedule.at_ms else None
@@ -62,7 +65,11 @@ def latest_run(campaign: Campaign, created_ms: int, now_ms: int) -> int | None:
         # A second past `until`, so a run due exactly now is found; croniter fires on whole seconds.
         base = datetime.fromtimestamp(until // 1000 + 1, timezone.utc).astimezone(tz)
         fired = int(croniter(schedule.cron, base).get_prev(datetime).timestamp() * 1000)
-        return fired if schedule.start_ms <= fired <= until else None
+        # Not a run from before the campaign existed, nor one so late it would surprise
+        # (a scheduler down over 09:00 sends the 09:00 run at 10:00, not at midnight).
+        if fired < max(schedule.start_ms, created_ms) or now_ms - fired > RECURRING_LATE_MS:
+            return None
+        return fired if fired <= until else None
     return None
 
 

@@ -69,7 +69,7 @@ def _winner(table: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The group whose rate beats every other group's significantly; None until one does."""
     groups = [name for name, row in table.items() if row["exposed"] > 0]
     if len(groups) < 2:
-        return {"winner": None, "p_values": {}}
+        return {"winner": None, "leader": groups[0] if groups else None, "p_values": {}}
     best = max(groups, key=lambda name: table[name]["conversion_rate"])
     p_values = {other: two_proportion_p_value(table[best]["converted"], table[best]["exposed"],
                                               table[other]["converted"], table[other]["exposed"])

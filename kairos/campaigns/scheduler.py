@@ -6,8 +6,11 @@ each run's audience, so a run to a million users goes out shard by shard, every
 scheduler at once. A run's users are queued in a fixed order - by when each is due (a
 local-time run sends zone by zone), then by user key - a chunk per step, and the step's
 commit records the last one queued. A scheduler that restarts mid-run takes the
-audience again and goes on after that user: no one is queued twice. (Someone who joins
-the audience meanwhile and sorts before that point waits for the next run.)
+audience again and goes on after that user: no one is queued twice. Someone who joins
+the audience meanwhile and sorts before that point is left out of the run; in a
+local-time run, so is a user whose `Tz` moved their slot before that point, and one
+whose `Tz` moved it after is queued again (the routers deliver a send id once, so
+they still get it once).
 
 Stopping a campaign is the routers' business as much as the scheduler's: they drop
 whatever of it is still queued (see kairos.routing.router).
@@ -76,14 +79,13 @@ class _Run:
 
 class CampaignScheduler:
     def __init__(self, store: CampaignStore, catalog: CampaignCatalog, segments: SegmentSource, audience: Audience,
-                 clock: Clock, scheduler_index: int = 0, poll_ms: int = 200,
+                 clock: Clock, poll_ms: int = 200,
                  on_failure: Callable[[BaseException], None] | None = None) -> None:
         self.store = store
         self.catalog = catalog
         self.segments = segments
         self.audience = audience
         self.clock = clock
-        self.index = scheduler_index
         self.poll_ms = poll_ms
         self._lock = asyncio.Lock()
         self._campaigns: dict[tuple[str, int], tuple[SavedCampaign, Campaign]] = {}  # the active ones
@@ -236,13 +238,14 @@ class CampaignScheduler:
             await self._queue(commit, account, campaign_id, campaign,
                               [(user, planning.send_id(campaign_id, run.run_ms, user), due_ms, None)
                                for due_ms, user in run.queue[run.pos:end]])
-            budget -= end - run.pos
+            queued_now = end - run.pos
+            budget -= queued_now
             run.pos = end
             if run.pos == len(run.queue):
                 commit.cursors[field] = RunCursor(run.run_ms, done=True)
                 commit.count(account, campaign_id, f"done|{run.run_ms}")
                 del self._runs[field]
-            elif end > 0:
+            elif queued_now:  # else nothing moved: no write while a run waits for later zones
                 due_ms, user = run.queue[end - 1]
                 commit.cursors[field] = RunCursor(run.run_ms, due_ms, user)
         return CHUNK - budget
@@ -321,7 +324,7 @@ class CampaignScheduler:
 
     async def _triggered(self, found: list[tuple[str, list[Any]]], commit: Commit, now: int) -> int:
         """Trigger events that match a triggered campaign: each gets its message, due
-        `delay` after the shard took the event (the router holds it until then)."""
+        `delay` from now (the router holds it until then)."""
         matches: list[tuple[int, Campaign, str, Trigger, str]] = []  # campaign, its id, send id, trigger, account
         for stream, entries in found:
             commit.inbox[self._inbox_partition[stream]] = entries[-1][0].decode()
@@ -335,10 +338,10 @@ class CampaignScheduler:
                         assert isinstance(schedule, Triggered)
                         # Not for what users did before the campaign existed, nor for a
                         # backfill of old history.
-                        if ingested_ms < saved.created_ms or ingested_ms - trigger.ts_ms > MAX_ENTRY_AGE_MS:
+                        if max(ingested_ms, trigger.ts_ms) < saved.created_ms \
+                                or ingested_ms - trigger.ts_ms > MAX_ENTRY_AGE_MS:
                             continue
                         if all_pass(schedule.where, trigger.props, now):
-                            trigger.ingested_ms = ingested_ms
                             matches.append((campaign_id, campaign, planning.triggered_send_id(campaign_id, inbox_id, i),
                                             trigger, trigger.account))
         once: dict[tuple[str, int], list[int]] = {}
@@ -362,7 +365,9 @@ class CampaignScheduler:
             if n in skip:
                 continue
             assert isinstance(campaign.schedule, Triggered)
-            due_ms = trigger.ingested_ms + campaign.schedule.delay_ms
+            # From now (on the scheduler's clock, as a journey's waits): moments after the
+            # shard took the event, unless the scheduler is catching up after a restart.
+            due_ms = now + campaign.schedule.delay_ms
             by_campaign.setdefault((account, campaign_id), []).append((trigger.user, request_id, due_ms, trigger.props))
         for (account, campaign_id), items in by_campaign.items():
             _, campaign = self._campaigns[(account, campaign_id)]

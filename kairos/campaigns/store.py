@@ -126,14 +126,6 @@ class CampaignStore:
                     pipe.hset(keys.campaign_cursors(partition), mapping=mapping)  # type: ignore[arg-type]
             await pipe.execute()
 
-    async def forget(self, names: list[str]) -> None:
-        """Drop the cursors of campaigns that will never run again."""
-        if names:
-            async with self.redis.pipeline(transaction=True) as pipe:
-                for partition in self.partitions:
-                    pipe.hdel(keys.campaign_cursors(partition), *names)
-                await pipe.execute()
-
     async def read_inbox(self, after: dict[str, str], count: int, block_ms: int | None) -> list[tuple[str, list[Any]]]:
         found = await self.redis.xread(after, count=count, block=block_ms)  # type: ignore[arg-type]
         return [(stream.decode(), entries) for stream, entries in found or []]

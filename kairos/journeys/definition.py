@@ -222,10 +222,7 @@ def parse_journey(raw: Any, path: str = "definition") -> Journey:
     matched += [f"{path}.nodes.{k}" for k, n in nodes.items() if isinstance(n, WaitForEvent) and n.match]
     if matched and (match_property is None or not isinstance(entry, EventEntry)):
         raise JourneyError(matched[0], "'match' needs an event entry and the journey's 'match_property'")
-    throttle = raw.get("throttle_per_minute")
-    if throttle is not None and (isinstance(throttle, bool) or not isinstance(throttle, int)
-                                 or not 1 <= throttle <= 10_000_000):
-        raise JourneyError(f"{path}.throttle_per_minute", "must be a whole number of messages from 1 to 10000000")
+    throttle = parse_throttle(raw.get("throttle_per_minute"), f"{path}.throttle_per_minute")
     messages = [m for n in nodes.values() if isinstance(n, Send) for m in [n.message, *(f.message for f in n.fallback)]]
     return Journey(entry, start, nodes, goal, goal_within, tuple(exits), exit_on_segment_exit,
                    _reentry(raw.get("reentry", "once"), f"{path}.reentry"),
@@ -405,6 +402,13 @@ def _variants(raw: Any, path: str) -> tuple[Variant, ...]:
     if sum(v.percent for v in variants) != 100:
         raise JourneyError(path, f"percents add up to {sum(v.percent for v in variants)}, not 100")
     return tuple(variants)
+
+
+def parse_throttle(raw: Any, path: str) -> int | None:
+    """Messages a minute from one journey or campaign (None: no limit)."""
+    if raw is not None and (isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 10_000_000):
+        raise JourneyError(path, "must be a whole number of messages from 1 to 10000000")
+    return raw
 
 
 def parse_percent(raw: Any, path: str, most: int) -> int:

@@ -53,7 +53,7 @@ def campaign_events(saved: list[SavedCampaign]) -> frozenset[str]:
     return frozenset(names)
 
 
-class JourneyForwarding:
+class TriggerForwarding:
     def __init__(self, source: JourneySource, client: aioredis.Redis, campaigns: CampaignSource | None = None) -> None:
         self._source = source
         self._campaigns = campaigns

@@ -34,6 +34,10 @@ CONSENT_FLAGS = {"push": ("MSG-push", "MSG-push-all"), "email": ("MSG-email",), 
 QUIET_CHANNELS = frozenset({"push", "sms", "email", "whatsapp"})
 _OFF = frozenset({"false", "no", "n", "0", "off"})
 
+# A request due this little ahead goes now: the clocks of the machines that made it
+# and that send it may differ by that much.
+SCHEDULED_SLACK_MS = 1000
+
 # What a plan says.
 SEND, DELAY, DROP, FAIL = "send", "delay", "drop", "fail"
 
@@ -73,7 +77,7 @@ def plan(request: SendRequest, first_channel: int, profile: Mapping[str, Any] | 
     """The plan for `request`, trying its channels from `first_channel` on."""
     if request.expires_ms and now_ms > request.expires_ms:
         return Plan(DROP, first_channel, request.channel, reason="expired")
-    if request.at_ms > now_ms:
+    if request.at_ms > now_ms + SCHEDULED_SLACK_MS:
         # A campaign's message queued ahead of its time (a triggered campaign's delay).
         return Plan(DELAY, first_channel, request.channel, until_ms=request.at_ms, reason="scheduled")
     if profile is None:

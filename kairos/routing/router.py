@@ -32,6 +32,7 @@ from typing import Any, Awaitable, Protocol
 
 import msgspec
 
+from kairos.campaigns.planning import SOURCE_KIND as CAMPAIGN_KIND
 from kairos.channels.base import DELIVERED, REJECTED, BatchProvider, Delivery, Outcome, Provider, transient
 from kairos.journeys.clock import Clock
 from kairos.journeys.model import SendRequest
@@ -51,7 +52,6 @@ from kairos.routing.tracking import TrackedLink, Tracker
 logger = logging.getLogger(__name__)
 
 MAX_BATCH = 2000
-CAMPAIGN = "campaign"
 # Rounds go on while earlier batches wait for their providers, up to this many batches
 # (a bound on memory), and this many of one account's (so a slow provider cannot take up
 # all of them: that account's further messages wait in the delayed set instead).
@@ -269,12 +269,12 @@ class ChannelRouter:
         histories = round_.histories
         stopped = await self.store.stopped_campaigns(
             {(w.pending.request.account, w.pending.request.journey) for w in fresh
-             if w.pending.request.source_kind == CAMPAIGN})
+             if w.pending.request.source_kind == CAMPAIGN_KIND})
         # Sends planned earlier in this round count against the caps of later ones.
         planned: dict[UserRef, list[HistoryEntry]] = {}
         for work in fresh:
             request, ref = work.pending.request, work.ref
-            if request.source_kind == CAMPAIGN and (request.account, request.journey) in stopped:
+            if request.source_kind == CAMPAIGN_KIND and (request.account, request.journey) in stopped:
                 work.plan = planning.Plan(planning.DROP, work.pending.channel_index, request.channel, reason="stopped")
                 continue
             # Not the message's own earlier channel: a fallback is the same message.

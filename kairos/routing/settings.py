@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import msgspec
 
 from kairos.channels import fcm, ses, smtp, sns, webhook
+from kairos.journeys.definition import parse_throttle
 from kairos.routing.caps import CapRule, parse_rules
 from kairos.routing.quiet_hours import QuietHours
 from kairos.segments.definition import SegmentError, no_extra_fields, parse_duration
@@ -80,8 +81,6 @@ class DeliverySettings(msgspec.Struct, frozen=True):
     default_tz: str = "UTC"
     retry: RetryPolicy = RetryPolicy()
     tracking: TrackingSettings = TrackingSettings()
-    # The throttle of campaigns created with CleverTap's `respect_throttle` (None: none).
-    campaign_throttle_per_minute: int | None = None
 
 
 NO_SETTINGS = DeliverySettings({})
@@ -111,13 +110,11 @@ def parse_delivery_settings(raw: Any, path: str = "settings") -> DeliverySetting
     if not isinstance(default_tz, str):
         raise SegmentError(f"{path}.default_tz", "must be an IANA time zone name")
     zone(default_tz, f"{path}.default_tz")
-    throttle = raw.get("campaign_throttle_per_minute")
-    if throttle is not None and (isinstance(throttle, bool) or not isinstance(throttle, int)
-                                 or not 1 <= throttle <= 10_000_000):
-        raise SegmentError(f"{path}.campaign_throttle_per_minute", "must be a whole number from 1 to 10000000")
+    # Read (from the stored JSON) when CleverTap's targets API creates a campaign.
+    parse_throttle(raw.get("campaign_throttle_per_minute"), f"{path}.campaign_throttle_per_minute")
     return DeliverySettings(providers, parse_rules(raw.get("caps", []), f"{path}.caps"), quiet, default_tz,
                             _retry(raw.get("retry", {}), f"{path}.retry"),
-                            _tracking(raw.get("tracking", {}), f"{path}.tracking"), throttle)
+                            _tracking(raw.get("tracking", {}), f"{path}.tracking"))
 
 
 def _quiet(raw: Any, path: str) -> QuietWindow:

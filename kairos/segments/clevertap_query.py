@@ -55,7 +55,7 @@ def _filters(raw: Any, path: str, key: str) -> list[dict[str, Any]]:
         if not isinstance(item, dict) or set(item) - {"name", "operator", "value"}:
             raise SegmentError(where, "must be an object with 'name', 'operator' and 'value'")
         operator = item.get("operator", "equals")
-        if operator not in OPERATORS:
+        if not isinstance(operator, str) or operator not in OPERATORS:
             raise SegmentError(f"{where}.operator", f"{operator!r} is not one of {', '.join(OPERATORS)}")
         op = OPERATORS[operator]
         value = item.get("value")

@@ -19,7 +19,7 @@ from kairos import keys
 from kairos.identity_graph import IdentityGraph
 from kairos.journeys.catalog import JourneyCatalog
 from kairos.journeys.clock import ManualClock
-from kairos.journeys.forwarding import JourneyForwarding
+from kairos.journeys.forwarding import TriggerForwarding
 from kairos.journeys.engine import next_local_time
 from kairos.journeys.model import SendRequest, Trigger, position_decoder, trigger_list_decoder
 from kairos.journeys.outbox import OutboxReader
@@ -216,7 +216,7 @@ async def test_sends_are_exactly_once_when_a_journey_actor_dies_mid_step(journey
 
 async def test_the_inbox_keeps_one_entry_per_log_batch_when_a_replay_writes_it_again(kairos: Kairos) -> None:
     client = aioredis.Redis.from_url(kairos.settings.redis_url)
-    forwarding = JourneyForwarding(JourneyCatalog(client), client)
+    forwarding = TriggerForwarding(JourneyCatalog(client), client)
     forwarding.journey_interest = {"ACC-INBOX": frozenset({"Charged"})}
     # A partition the deployment does not have: its stream is this test's alone.
     partition = 10_000 + kairos.settings.partitions
@@ -235,7 +235,7 @@ async def test_the_inbox_keeps_one_entry_per_log_batch_when_a_replay_writes_it_a
 
 async def test_shards_forward_each_event_to_the_inboxes_that_want_it(kairos: Kairos) -> None:
     client = aioredis.Redis.from_url(kairos.settings.redis_url)
-    forwarding = JourneyForwarding(JourneyCatalog(client), client)
+    forwarding = TriggerForwarding(JourneyCatalog(client), client)
     forwarding.journey_interest = {"ACC-FWD": frozenset({"Charged"})}
     forwarding.campaign_interest = {"ACC-FWD": frozenset({"Charged", "Signed Up"})}
     partition = 20_000 + kairos.settings.partitions  # this test's alone

@@ -126,15 +126,33 @@ def test_local_slots_move_to_the_next_day_or_drop_when_passed() -> None:
 def test_recurring_runs_fire_in_the_campaign_zone_across_clock_changes() -> None:
     daily = campaign(schedule={"every": "day", "at": "09:00"}, tz="Europe/Paris")
     # Paris moved to winter time on 2026-10-25: 09:00 is 07:00 UTC before, 08:00 after.
-    assert planning.latest_run(daily, 0, at("2026-10-24T12:00:00+00:00")) == at("2026-10-24T07:00:00+00:00")
-    assert planning.latest_run(daily, 0, at("2026-10-26T12:00:00+00:00")) == at("2026-10-26T08:00:00+00:00")
+    assert planning.latest_run(daily, 0, at("2026-10-24T08:00:00+00:00")) == at("2026-10-24T07:00:00+00:00")
+    assert planning.latest_run(daily, 0, at("2026-10-26T09:30:00+00:00")) == at("2026-10-26T08:00:00+00:00")
     assert planning.latest_run(daily, 0, at("2026-10-26T08:00:00+00:00")) == at("2026-10-26T08:00:00+00:00")
     assert planning.next_run(daily, 0, at("2026-10-26T08:00:00+00:00")) == at("2026-10-27T08:00:00+00:00")
+    # A run more than 3 hours late is skipped (the next one goes at its time)...
+    assert planning.latest_run(daily, 0, at("2026-10-26T11:01:00+00:00")) is None
+    # ... as is one from before the campaign was saved.
+    assert planning.latest_run(daily, at("2026-10-26T08:30:00+00:00"), at("2026-10-26T09:00:00+00:00")) is None
     ending = campaign(schedule={"every": "day", "at": "09:00", "start": "2026-11-01T00:00:00Z",
                                 "end": "2026-11-03T00:00:00Z"})
-    assert planning.latest_run(ending, 0, at("2026-10-31T12:00:00+00:00")) is None
-    assert planning.latest_run(ending, 0, at("2026-11-09T12:00:00+00:00")) == at("2026-11-02T09:00:00+00:00")
+    assert planning.latest_run(ending, 0, at("2026-10-31T09:30:00+00:00")) is None
+    assert planning.latest_run(ending, 0, at("2026-11-02T10:00:00+00:00")) == at("2026-11-02T09:00:00+00:00")
+    assert planning.latest_run(ending, 0, at("2026-11-03T09:30:00+00:00")) is None
     assert planning.next_run(ending, 0, at("2026-11-02T10:00:00+00:00")) is None
+
+
+def test_cron_that_never_fires_and_dates_passed_everywhere_are_refused() -> None:
+    with pytest.raises(CampaignError, match="never fires"):
+        campaign(schedule={"cron": "0 9 30 2 *"})
+    with pytest.raises(CampaignError, match="passed in every time zone"):
+        parse_campaign({"audience": EVERYONE, "message": INBOX,
+                        "schedule": {"local_time": "09:00", "date": "2026-11-20"}}, at("2026-11-24T00:00:00+00:00"))
+    with pytest.raises(CampaignError, match="in the past"):
+        parse_campaign({"audience": EVERYONE, "message": INBOX, "schedule": {"at": "2026-11-20T00:00:00Z"}},
+                       at("2026-11-24T00:00:00+00:00"))
+    with pytest.raises(CampaignError, match="date"):
+        campaign(schedule={"local_time": "09:00", "date": "0001-01-01"})
 
 
 def test_a_campaign_ttl_and_variant_travel_with_its_requests() -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from kairos.config import Settings
 from kairos.journeys.engine import JourneyEngine, UserKey
-from kairos.journeys.forwarding import JourneyForwarding
+from kairos.journeys.forwarding import TriggerForwarding
 from kairos.journeys.model import Position, SavedJourney, SegmentSignalIn, Trigger
 from kairos.models import EventRecord, ProfileRecord, ShardBlob, record_list_encoder
 from kairos.shard import UserShard
@@ -409,7 +409,7 @@ def test_shards_forward_every_event_any_version_reacts_to() -> None:
     v2 = copy.deepcopy(ABANDONED_CART)
     v2["exit"] = [{"event": "Unsubscribed"}]
     saved = [SavedJourney("cart", 2, "active", {1: ABANDONED_CART, 2: v2}), SavedJourney("drip", 1, "paused", {1: ONBOARDING})]
-    forwarding = JourneyForwarding(None, None)  # type: ignore[arg-type]
+    forwarding = TriggerForwarding(None, None)  # type: ignore[arg-type]
     assert forwarding.events_for(ACCOUNT, saved) == {"Added To Cart", "Charged", "Unsubscribed", "Signed Up"}
 
 

@@ -20,7 +20,7 @@ T0 = 1_790_000_000_000
 
 
 class Inbox:
-    """JourneyForwarding's shard-facing side, with the inbox as a dict keyed like the stream."""
+    """TriggerForwarding's shard-facing side, with the inbox as a dict keyed like the stream."""
 
     def __init__(self) -> None:
         self.interest: dict[str, frozenset[str]] = {ACCOUNT: frozenset({"Added To Cart", "Charged"})}
