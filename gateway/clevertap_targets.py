@@ -34,6 +34,7 @@ from gateway.auth import ACCOUNT
 from gateway.campaign_service import CampaignService
 from gateway.errors import ApiError, json_response
 from kairos import keys
+from kairos.campaigns.catalog import check_name
 from kairos.campaigns.definition import CampaignError
 from kairos.segments.clevertap_query import OPERATORS, event_filters, profile_condition
 from kairos.segments.definition import SegmentError
@@ -123,6 +124,10 @@ class CleverTapTargets:
             raise ApiError(400, f"{unknown[0]!r} is not a field of targets/create.json")
         if not isinstance(body.get("name"), str) or not body["name"].strip():
             raise ApiError(400, "Field name is empty")
+        try:
+            check_name(body["name"])
+        except CampaignError as exc:
+            raise ApiError(400, str(exc)) from None
         mode = body.get("target_mode")
         if not isinstance(mode, str) or mode not in TARGET_MODES:
             raise ApiError(400, f"target_mode {str(mode)[:40]!r} is not one of {', '.join(TARGET_MODES)}")
@@ -195,6 +200,8 @@ def _audience(body: dict[str, Any]) -> dict[str, Any]:
         raise ApiError(400, "where must be an object with 'event_name', 'from', 'to' and/or"
                             " 'common_profile_properties'")
     conditions: list[Any] = []
+    if where.get("event_name") is None and any(where.get(k) is not None for k in ("from", "to", "event_properties")):
+        raise ApiError(400, "where: 'from', 'to' and 'event_properties' need 'event_name'")
     try:
         if where.get("event_name") is not None:
             if not isinstance(where["event_name"], str) or not where["event_name"]:

@@ -24,6 +24,7 @@ the campaign's `tz`. Errors name their path, as the other definition languages' 
 
 from __future__ import annotations
 
+import re
 from datetime import date, datetime, time, timedelta, timezone
 from typing import Any, Union
 
@@ -49,6 +50,8 @@ WEEKDAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")  # cron's day numbe
 IF_PASSED = ("next_day", "drop")
 PER_USER = ("once", "always")
 NOW = "now"
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_LONG_NUMBER = re.compile(r"\d{3}")  # no cron field counts past 59
 # The zone whose clocks are furthest behind (UTC-12): the last to reach a local time.
 LATEST_ZONE = "Etc/GMT+12"
 # An `at` this far in the past is taken as meaning now (the author's clock, the request's trip).
@@ -220,11 +223,12 @@ def _schedule(raw: Any, saved_ms: int, tz: str, path: str) -> Schedule:
         no_extra_fields(raw, {"local_time", "date", "if_passed"}, path)
         day = raw.get("date")
         try:
-            parsed_day = date.fromisoformat(day) if isinstance(day, str) and len(day) == 10 else None
+            parsed_day = date.fromisoformat(day) if isinstance(day, str) and _DATE.fullmatch(day) else None
         except ValueError:
             parsed_day = None
         if parsed_day is None or not FIRST_YEAR <= parsed_day.year <= LAST_YEAR:
-            raise CampaignError(f"{path}.date", "must be a date such as '2026-12-01'")
+            raise CampaignError(f"{path}.date", f"must be a date such as '2026-12-01', in the years {FIRST_YEAR}"
+                                                f"-{LAST_YEAR}")
         if_passed = raw.get("if_passed", "next_day")
         if if_passed not in IF_PASSED:
             raise CampaignError(f"{path}.if_passed", f"must be one of {', '.join(IF_PASSED)}")
@@ -255,7 +259,8 @@ def _recurring(raw: dict[str, Any], saved_ms: int, path: str) -> Recurring:
         no_extra_fields(raw, {"cron", "start", "end"}, path)
         cron = raw["cron"]
         # Five fields: cron's own minute resolution (croniter would take a sixth, seconds).
-        if not isinstance(cron, str) or len(cron.split()) != 5 or not croniter.is_valid(cron):
+        if not isinstance(cron, str) or len(cron.split()) != 5 or _LONG_NUMBER.search(cron) \
+                or not croniter.is_valid(cron):
             raise CampaignError(f"{path}.cron", "must be a cron expression of five fields, e.g. '0 9 * * 1-5'")
     else:
         no_extra_fields(raw, {"every", "at", "on", "start", "end"}, path)

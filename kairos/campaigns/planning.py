@@ -12,7 +12,7 @@ import zlib
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from kairos.campaigns.definition import Campaign, LocalTime, Recurring, SendAt
 from kairos.journeys.model import SendRequest
@@ -64,7 +64,10 @@ def latest_run(campaign: Campaign, created_ms: int, now_ms: int) -> int | None:
         tz = zone(campaign.tz)
         # A second past `until`, so a run due exactly now is found; croniter fires on whole seconds.
         base = datetime.fromtimestamp(until // 1000 + 1, timezone.utc).astimezone(tz)
-        fired = int(croniter(schedule.cron, base).get_prev(datetime).timestamp() * 1000)
+        try:
+            fired = int(croniter(schedule.cron, base).get_prev(datetime).timestamp() * 1000)
+        except (CroniterBadDateError, OverflowError):
+            return None  # no run at all (at the edges of what dates can hold)
         # Not a run from before the campaign existed, nor one so late it would surprise
         # (a scheduler down over 09:00 sends the 09:00 run at 10:00, not at midnight).
         if fired < max(schedule.start_ms, created_ms) or now_ms - fired > RECURRING_LATE_MS:
@@ -82,7 +85,10 @@ def next_run(campaign: Campaign, created_ms: int, after_ms: int) -> int | None:
     if isinstance(schedule, Recurring):
         base_ms = max(after_ms, schedule.start_ms - 1)
         base = datetime.fromtimestamp(base_ms // 1000, timezone.utc).astimezone(zone(campaign.tz))
-        fired = int(croniter(schedule.cron, base).get_next(datetime).timestamp() * 1000)
+        try:
+            fired = int(croniter(schedule.cron, base).get_next(datetime).timestamp() * 1000)
+        except (CroniterBadDateError, OverflowError):
+            return None
         return fired if schedule.end_ms is None or fired < schedule.end_ms else None
     return None
 

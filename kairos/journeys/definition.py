@@ -38,6 +38,8 @@ JourneyError = SegmentError  # one error shape (path + message) for every defini
 QUIET_HOURS_MODES = ("drop", "delay", "ignore")
 MAX_NODES = 100
 MAX_MESSAGE_BYTES = 32 * 1024
+# Templates are read by walking the message: no payload needs more levels than this.
+MAX_MESSAGE_DEPTH = 32
 NODE_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
 MAX_WAIT_MS = 366 * 86_400_000
 MIN_DELIVER_WITHIN_MS, MAX_DELIVER_WITHIN_MS = 60_000, 3 * 86_400_000
@@ -302,9 +304,24 @@ def _channel_message(raw: dict[str, Any], path: str) -> tuple[str, dict[str, Any
         raise JourneyError(f"{path}.message", "holds a number beyond 64 bits") from None
     if size is None or size > MAX_MESSAGE_BYTES:
         raise JourneyError(f"{path}.message", f"must be an object of at most {MAX_MESSAGE_BYTES} bytes")
+    if _depth(message) > MAX_MESSAGE_DEPTH:
+        raise JourneyError(f"{path}.message", f"nests deeper than {MAX_MESSAGE_DEPTH} levels")
     check_content(channel, message, f"{path}.message")
     check_message(message, f"{path}.message")
     return channel, message
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and objects nest in `value`, without recursing (it may be deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else None
+        if children is not None:
+            deepest = max(deepest, level)
+            if level <= MAX_MESSAGE_DEPTH:
+                stack.extend((child, level + 1) for child in children)
+    return deepest
 
 
 def _deliver_within(raw: dict[str, Any], channels: list[str], path: str) -> int:

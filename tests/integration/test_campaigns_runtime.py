@@ -195,6 +195,9 @@ async def test_the_clevertap_targets_api_creates_lists_estimates_and_reports(
     assert await inbox_of(api, users[10]) == []
     status, body = await api.request("POST", "/1/targets/create.json", {**target, "segment": "x"})
     assert status == 400 and body["status"] == "fail" and "not both" in body["error"], body
+    status, body = await api.request("POST", "/1/targets/estimate.json", {
+        **target, "where": {"event_properties": [{"name": "Category", "value": "Hats"}]}})
+    assert status == 400 and "need 'event_name'" in body["error"], body  # not everyone, silently
     status, body = await api.request("POST", "/1/targets/result.json", {"id": 999_999})
     assert status == 400 and body["status"] == "fail", body
     # Later, in each user's zone; a slot already passed is sent the next day.

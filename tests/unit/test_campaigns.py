@@ -19,6 +19,9 @@ from kairos.segments.evaluate import EventRows
 pytestmark = pytest.mark.timeout(30)
 
 INBOX = {"channel": "in_app", "message": {"title": "Hi"}}
+DEEP: Any = []
+for _ in range(600):
+    DEEP = [DEEP]  # deeper than templates are walked: refused, not a RecursionError
 EVERYONE = {"where": {"everyone": True}}
 
 
@@ -67,6 +70,9 @@ def test_each_schedule_kind_parses() -> None:
     ({"conversion_goal": {"event": "Charged"}}, "definition.conversion_goal.within"),
     ({"ttl": "60d"}, "definition.ttl"),
     ({"message": {"channel": "in_app", "message": {"title": "{{ event.Item }}"}}}, "definition.message"),
+    ({"message": {"channel": "webhook", "message": {"payload": DEEP}}}, "definition.message.message"),
+    ({"schedule": {"local_time": "09:00", "date": "2099-W01-1"}}, "definition.schedule.date"),
+    ({"schedule": {"cron": "*/99999999999999999999 * * * *"}}, "definition.schedule.cron"),
 ])
 def test_bad_definitions_name_the_field_at_fault(fields: dict[str, Any], path: str) -> None:
     body = {"audience": EVERYONE, "schedule": "now", "message": INBOX, **fields}
