@@ -6,7 +6,8 @@ A round:
 1. read what is due: delayed requests, then new outbox entries;
 2. drop the ids the user's history already has (upstream retries, a re-read after a
    crash): a message reaches a user once;
-3. plan each one on its first usable channel, apply the journey's throttle;
+3. drop those of stopped campaigns; plan each other one on its first usable channel,
+   apply its journey's or campaign's throttle;
 4. write the decisions (history marks, delays, failures, the outbox cursor) in one
    transaction, then call the providers: the batch goes on by itself while the next
    rounds start, so a slow provider (an account's webhook taking its full timeout)
