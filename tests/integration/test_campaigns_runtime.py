@@ -16,23 +16,13 @@ import redis.asyncio as aioredis
 
 from kairos.journeys.clock import ManualClock
 from tests.integration.conftest import Api, Kairos
+from tests.integration.test_delivery_runtime import eventually
 from tests.integration.test_journeys_runtime import serving_again
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
 MINUTE = 60_000
 INBOX = {"channel": "in_app", "message": {"title": "Hello {{ profile.Name }}"}}
-
-
-async def eventually(check: Callable[[], Awaitable[Any]], timeout_s: float = 30.0) -> Any:
-    """Polls `check` until it returns something truthy (the runtime is asynchronous)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        found = await check()
-        if found:
-            return found
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.2)
 
 
 async def upload_users(api: Api, clock: ManualClock, count: int, prefix: str = "user") -> list[str]:
