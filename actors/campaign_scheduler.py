@@ -4,14 +4,12 @@ scheduler asking only its own shard."""
 
 from __future__ import annotations
 
-import logging
-import os
-
 import ray
 import redis.asyncio as aioredis
 
 from actors import names
 from actors.journey import ShardLookups
+from actors.step_loop_actor import StepLoopActor
 from kairos.campaigns.catalog import CampaignCatalog
 from kairos.campaigns.scheduler import CampaignScheduler
 from kairos.campaigns.store import CampaignStore
@@ -19,8 +17,6 @@ from kairos.config import Settings
 from kairos.journeys.clock import clock_for
 from kairos.partitions import PartitionMap
 from kairos.segments.catalog import SegmentCatalog
-
-logger = logging.getLogger(__name__)
 
 
 class CampaignShardLookups(ShardLookups):
@@ -30,7 +26,7 @@ class CampaignShardLookups(ShardLookups):
         return await self._shard.identifiers_of.remote(account, users)
 
 
-class CampaignSchedulerActor:
+class CampaignSchedulerActor(StepLoopActor):
     def __init__(self, index: int, settings: Settings) -> None:
         redis = aioredis.Redis.from_url(settings.redis_url)
         partition_map = PartitionMap(settings.partitions, settings.shards)
@@ -40,28 +36,4 @@ class CampaignSchedulerActor:
         self.scheduler = CampaignScheduler(CampaignStore(redis, partition_map, partitions),
                                            CampaignCatalog(redis, clock), SegmentCatalog(redis),
                                            CampaignShardLookups(shard, partitions), clock, on_failure=self._exit)
-
-    @staticmethod
-    def _exit(failure: BaseException) -> None:
-        # Memory is ahead of what Redis holds: Ray restarts us, and we reload from Redis.
-        logger.error("campaign scheduler exiting to reload its state: %r", failure)
-        os._exit(1)
-
-    def _check(self) -> None:
-        if self.scheduler.failure is not None:
-            self._exit(self.scheduler.failure)
-
-    async def start(self) -> None:
-        self._check()
-        await self.scheduler.load()
-        self.scheduler.start()
-
-    async def refresh(self, account: str) -> None:
-        self._check()
-        await self.scheduler.refresh(account)
-
-    def steps(self) -> int:
-        return self.scheduler.steps
-
-    def pid(self) -> int:
-        return os.getpid()
+        super().__init__(self.scheduler)

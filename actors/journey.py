@@ -4,14 +4,13 @@ profile lookups go to one shard."""
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any
 
 import ray
 import redis.asyncio as aioredis
 
 from actors import names
+from actors.step_loop_actor import StepLoopActor
 from kairos.config import Settings
 from kairos.journeys.catalog import JourneyCatalog
 from kairos.journeys.clock import clock_for
@@ -19,8 +18,6 @@ from kairos.journeys.runner import JourneyRunner
 from kairos.journeys.state_store import JourneyStateStore
 from kairos.partitions import PartitionMap
 from kairos.segments.catalog import SegmentCatalog
-
-logger = logging.getLogger(__name__)
 
 
 class ShardLookups:
@@ -40,7 +37,7 @@ class ShardLookups:
         return await self._shard.segment_user_keys.remote(account, definition, now_ms, tz, self._partitions)
 
 
-class JourneyActor:
+class JourneyActor(StepLoopActor):
     def __init__(self, index: int, settings: Settings) -> None:
         redis = aioredis.Redis.from_url(settings.redis_url)
         partition_map = PartitionMap(settings.partitions, settings.shards)
@@ -50,25 +47,7 @@ class JourneyActor:
         self.runner = JourneyRunner(JourneyStateStore(redis, partition_map, partitions), JourneyCatalog(redis),
                                     SegmentCatalog(redis), ShardLookups(shard, partitions), clock,
                                     on_failure=self._exit)
-
-    @staticmethod
-    def _exit(failure: BaseException) -> None:
-        # Memory is ahead of what Redis holds: Ray restarts us, and we reload from Redis.
-        logger.error("journey actor exiting to reload its state: %r", failure)
-        os._exit(1)
-
-    def _check(self) -> None:
-        if self.runner.failure is not None:
-            self._exit(self.runner.failure)
-
-    async def start(self) -> None:
-        self._check()
-        await self.runner.load()
-        self.runner.start()
-
-    async def refresh(self, account: str) -> None:
-        self._check()
-        await self.runner.refresh(account)
+        super().__init__(self.runner)
 
     async def move(self, account: str, name: str, from_version: int, nodes: dict[str, str]) -> int:
         self._check()
@@ -79,6 +58,3 @@ class JourneyActor:
         found["waiting_in_memory"] = self.runner.engine.waiting()
         found["steps"] = self.runner.steps
         return found
-
-    def pid(self) -> int:
-        return os.getpid()

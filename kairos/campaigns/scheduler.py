@@ -18,10 +18,8 @@ whatever of it is still queued (see kairos.routing.router).
 
 from __future__ import annotations
 
-import asyncio
 import bisect
 import logging
-import time
 from typing import Any, Callable, Protocol
 
 from kairos import keys
@@ -33,10 +31,11 @@ from kairos.campaigns.store import CampaignStore, Commit, RunCursor, run_field
 from kairos.journeys.clock import Clock
 from kairos.journeys.engine import MAX_ENTRY_AGE_MS
 from kairos.journeys.event_filters import all_pass
-from kairos.journeys.model import CATALOG_RESYNC_S, trigger_list_decoder
+from kairos.journeys.model import trigger_list_decoder
 from kairos.log import stream_id_order
 from kairos.models import Trigger
 from kairos.routing.delivery_events import HELD_OUT, SentMessage, notification_event
+from kairos.step_loop import StepLoop
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +46,6 @@ CHUNK = 20_000
 # first messages reach the routers within milliseconds, not after a 20,000-request commit.
 FIRST_CHUNK = 500
 INBOX_READ = 500
-TRIM_EVERY_S = 10.0
 
 
 class Audience(Protocol):
@@ -77,79 +75,39 @@ class _Run:
         self.chunk = min(FIRST_CHUNK, CHUNK)
 
 
-class CampaignScheduler:
+class CampaignScheduler(StepLoop):
+    name = "campaign scheduler"
+
     def __init__(self, store: CampaignStore, catalog: CampaignCatalog, segments: SegmentSource, audience: Audience,
                  clock: Clock, poll_ms: int = 200,
                  on_failure: Callable[[BaseException], None] | None = None) -> None:
+        super().__init__(on_failure)
         self.store = store
         self.catalog = catalog
         self.segments = segments
         self.audience = audience
         self.clock = clock
         self.poll_ms = poll_ms
-        self._lock = asyncio.Lock()
         self._campaigns: dict[tuple[str, int], tuple[SavedCampaign, Campaign]] = {}  # the active ones
         self._by_event: dict[tuple[str, str], list[tuple[int, Campaign]]] = {}
         self._cursors: dict[str, RunCursor] = {}
         self._runs: dict[str, _Run] = {}
         self._inbox_at = {keys.campaign_inbox(p): "0-0" for p in store.partitions}
         self._inbox_partition = {keys.campaign_inbox(p): p for p in store.partitions}
-        self._on_failure = on_failure
-        self._task: asyncio.Task[None] | None = None
-        self._loaded = False
-        self.steps = 0
-        self.failure: BaseException | None = None
 
     # --- start ----------------------------------------------------------------------------
 
-    async def load(self) -> None:
-        if self._loaded:
-            return
-        async with self._lock:
-            if self._loaded:
-                return
-            try:
-                self._cursors, inbox = await self.store.load_cursors()
-                for stream, partition in self._inbox_partition.items():
-                    self._inbox_at[stream] = inbox.get(partition, "0-0")
-                for account, saved in (await self.catalog.everything()).items():
-                    self._take(account, saved)
-            except Exception as exc:
-                self._fail(exc)
-                raise
-            self._loaded = True
+    async def _load(self) -> None:
+        self._cursors, inbox = await self.store.load_cursors()
+        for stream, partition in self._inbox_partition.items():
+            self._inbox_at[stream] = inbox.get(partition, "0-0")
+        for account, saved in (await self.catalog.everything()).items():
+            self._take(account, saved)
 
-    def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._run_forever())
-
-    def _fail(self, exc: BaseException) -> None:
-        # Memory may be ahead of Redis now: the actor must restart and reload.
-        logger.error("campaign scheduler failed: %r", exc)
-        self.failure = exc
-        if self._on_failure is not None:
-            self._on_failure(exc)
-
-    async def _run_forever(self) -> None:
-        await self.load()
-        last_sync = last_trim = time.monotonic()
-        while True:
-            try:
-                await self.step()
-                if time.monotonic() - last_sync >= CATALOG_RESYNC_S:
-                    last_sync = time.monotonic()
-                    for account in await self.catalog.accounts():
-                        await self.refresh(account)
-                if time.monotonic() - last_trim >= TRIM_EVERY_S:
-                    last_trim = time.monotonic()
-                    for stream, last in self._inbox_at.items():
-                        if last != "0-0":
-                            await self.store.trim_through(stream, last)
-            except Exception as exc:
-                logger.exception("campaign step failed")
-                if self.failure is None:
-                    self._fail(exc)
-                return
+    async def _trim(self) -> None:
+        for stream, last in self._inbox_at.items():
+            if last != "0-0":
+                await self.store.trim_through(stream, last)
 
     # --- the catalog ----------------------------------------------------------------------
 
@@ -160,11 +118,16 @@ class CampaignScheduler:
             self._take(account, await self.catalog.all(account))
 
     def _take(self, account: str, saved: list[SavedCampaign]) -> None:
-        for key in [k for k in self._campaigns if k[0] == account]:
+        # A campaign never changes once saved: parse only the new ones (a resync every
+        # CATALOG_RESYNC_S would otherwise parse every template of every campaign again).
+        held = {key: value for key, value in self._campaigns.items() if key[0] == account}
+        for key in held:
             del self._campaigns[key]
         for item in saved:
             if item.status == ACTIVE:
-                self._campaigns[(account, item.id)] = (item, item.parsed())
+                known = held.get((account, item.id))
+                parsed = known[1] if known is not None and known[0].created_ms == item.created_ms else item.parsed()
+                self._campaigns[(account, item.id)] = (item, parsed)
         for field in [f for f, run in self._runs.items()
                       if run.account == account and (account, run.campaign_id) not in self._campaigns]:
             del self._runs[field]  # stopped part-way: the rest of its users are not queued

@@ -42,16 +42,6 @@ class CampaignSource(Protocol):
     async def everything(self) -> dict[str, list[SavedCampaign]]: ...
 
 
-def campaign_events(saved: list[SavedCampaign]) -> frozenset[str]:
-    """The events that trigger the account's active campaigns."""
-    names = set()
-    for campaign in saved:
-        if campaign.status == ACTIVE:
-            schedule = campaign.parsed().schedule
-            if isinstance(schedule, Triggered):
-                names.add(schedule.event)
-    return frozenset(names)
-
 
 class TriggerForwarding:
     def __init__(self, source: JourneySource, client: aioredis.Redis, campaigns: CampaignSource | None = None) -> None:
@@ -69,6 +59,8 @@ class TriggerForwarding:
         self._lock = asyncio.Lock()
         # (account, journey, created, version) -> its events: a resync parses only what is new.
         self._names: dict[tuple[str, str, int, int], frozenset[str]] = {}
+        # (account, campaign id, created) -> the event that triggers it (None: not triggered).
+        self._triggers: dict[tuple[str, int, int], str | None] = {}
 
     def events_for(self, account: str, saved: list[SavedJourney]) -> frozenset[str]:
         """The events any version of the account's journeys reacts to."""
@@ -79,6 +71,19 @@ class TriggerForwarding:
                 if key not in self._names:
                     self._names[key] = frozenset(parse_journey(definition).event_names())
                 names |= self._names[key]
+        return frozenset(names)
+
+    def campaign_events(self, account: str, saved: list[SavedCampaign]) -> frozenset[str]:
+        """The events that trigger the account's active campaigns."""
+        names = set()
+        for campaign in saved:
+            key = (account, campaign.id, campaign.created_ms)
+            if key not in self._triggers:  # campaigns never change once saved: parse each once
+                schedule = campaign.parsed().schedule
+                self._triggers[key] = schedule.event if isinstance(schedule, Triggered) else None
+            event = self._triggers[key]
+            if campaign.status == ACTIVE and event is not None:
+                names.add(event)
         return frozenset(names)
 
     async def load(self) -> None:
@@ -92,7 +97,8 @@ class TriggerForwarding:
             everything = await self._source.everything()
             campaigns = await self._campaigns.everything() if self._campaigns is not None else {}
             self.journey_interest = {account: self.events_for(account, saved) for account, saved in everything.items()}
-            self.campaign_interest = {account: campaign_events(saved) for account, saved in campaigns.items()}
+            self.campaign_interest = {account: self.campaign_events(account, saved)
+                                      for account, saved in campaigns.items()}
             self._merge(set(everything) | set(campaigns), clear=True)
 
     def _merge(self, accounts: set[str], clear: bool = False) -> None:
@@ -120,7 +126,7 @@ class TriggerForwarding:
         async with self._lock:
             self.journey_interest[account] = self.events_for(account, await self._source.all(account))
             if self._campaigns is not None:
-                self.campaign_interest[account] = campaign_events(await self._campaigns.all(account))
+                self.campaign_interest[account] = self.campaign_events(account, await self._campaigns.all(account))
             self._merge({account})
             return sorted(self.interest.get(account, ()))
 

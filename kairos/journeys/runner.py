@@ -9,9 +9,7 @@ step at a time, under a lock that operator actions (refresh, move) share.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import time
 from typing import Any, Callable, Protocol
 
 from kairos import keys
@@ -19,9 +17,10 @@ from kairos.journeys.catalog import JourneyCatalog
 from kairos.journeys.clock import Clock
 from kairos.journeys.definition import ScheduleEntry
 from kairos.journeys.engine import JourneyEngine, Lookups
-from kairos.journeys.model import CATALOG_RESYNC_S, SegmentSignalIn, Trigger, trigger_list_decoder
+from kairos.journeys.model import SegmentSignalIn, Trigger, trigger_list_decoder
 from kairos.journeys.state_store import SEP, JourneyStateStore
 from kairos.log import stream_id_order
+from kairos.step_loop import StepLoop
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,6 @@ READ_COUNT = 500  # stream entries per stream per step
 # Members of a schedule run entered per step: a run over a million members goes in
 # steps whose commits stay small, between which events keep flowing.
 SCHEDULE_CHUNK = 20_000
-TRIM_EVERY_S = 10.0
 
 
 class SegmentSource(Protocol):
@@ -48,10 +46,13 @@ def _sched_field(account: str, name: str) -> str:
     return f"sched{SEP}{account}{SEP}{name}"
 
 
-class JourneyRunner:
+class JourneyRunner(StepLoop):
+    name = "journey runner"
+
     def __init__(self, store: JourneyStateStore, catalog: JourneyCatalog, segments: SegmentSource,
                  lookups: ScheduleLookups, clock: Clock, poll_ms: int = 200,
                  on_failure: Callable[[BaseException], None] | None = None) -> None:
+        super().__init__(on_failure)
         self.store = store
         self.catalog = catalog
         self.segments = segments
@@ -60,7 +61,6 @@ class JourneyRunner:
         self.poll_ms = poll_ms
         self.engine = JourneyEngine(lookups, store)
         self.partitions = store.partitions
-        self._lock = asyncio.Lock()
         self._inboxes = {keys.journey_inbox(p): p for p in self.partitions}
         # Signal streams read: stream -> (account, segment) of a live segment journeys enter on.
         self._signal_streams: dict[str, tuple[str, str]] = {}
@@ -68,28 +68,8 @@ class JourneyRunner:
         self._schedules_done: dict[str, int] = {}
         # Schedule runs under way: cursor field -> (run time, members not yet entered).
         self._schedule_runs: dict[str, tuple[int, list[str]]] = {}
-        self._on_failure = on_failure
-        self._task: asyncio.Task[None] | None = None
-        self._loaded = False
-        self.steps = 0
-        self.failure: BaseException | None = None
 
     # --- start --------------------------------------------------------------------------
-
-    async def load(self) -> None:
-        """Journeys, positions and cursors from Redis, once. A failure part-way leaves the
-        engine half-loaded, so it fails the runner (its actor restarts) rather than retry."""
-        if self._loaded:
-            return
-        async with self._lock:
-            if self._loaded:
-                return
-            try:
-                await self._load()
-            except Exception as exc:
-                self._fail(exc)
-                raise
-            self._loaded = True
 
     async def _load(self) -> None:
         for account, saved in (await self.catalog.everything()).items():
@@ -110,42 +90,12 @@ class JourneyRunner:
                 self._schedules_done[name] = min(int(v) for v in values)
         await self._sync_signal_streams()
 
-    def start(self) -> None:
-        if self._task is None or self._task.done():
-            self._task = asyncio.ensure_future(self._run_forever())
-
-    def _fail(self, exc: BaseException) -> None:
-        # Memory may be ahead of Redis now: the actor must restart and reload.
-        logger.error("journey runner failed: %r", exc)
-        self.failure = exc
-        if self._on_failure is not None:
-            self._on_failure(exc)
-
     async def _commit(self, cursors: dict[int, dict[str, str]]) -> None:
         try:
             await self.store.commit(self.engine.take_changes(), cursors)
         except Exception as exc:
             self._fail(exc)
             raise
-
-    async def _run_forever(self) -> None:
-        await self.load()
-        last_sync = last_trim = time.monotonic()
-        while True:
-            try:
-                await self.step()
-                if time.monotonic() - last_sync >= CATALOG_RESYNC_S:
-                    last_sync = time.monotonic()
-                    for account in await self.catalog.accounts():
-                        await self.refresh(account)
-                if time.monotonic() - last_trim >= TRIM_EVERY_S:
-                    last_trim = time.monotonic()
-                    await self._trim_inboxes()
-            except Exception as exc:
-                logger.exception("journey step failed")
-                if self.failure is None:
-                    self._fail(exc)
-                return
 
     # --- steps --------------------------------------------------------------------------
 
@@ -279,7 +229,7 @@ class JourneyRunner:
         if fresh:
             await self._commit(self._cursor_fields(fresh, {}))
 
-    async def _trim_inboxes(self) -> None:
+    async def _trim(self) -> None:
         for stream in self._inboxes:
             await self.store.trim_through(stream, self._read_at[stream])
 
