@@ -25,7 +25,9 @@ from kairos.journeys.model import SendRequest
 from kairos.models import EventRecord, ProfileRecord, Record
 from kairos.partitions import PartitionMap
 from kairos.redis_server import EmbeddedRedis
+from kairos.routing import feedback
 from kairos.routing.delivery_store import DeliveryStore, received
+from kairos.routing.feedback import FeedbackForwarder
 from kairos.routing.router import ChannelRouter
 from kairos.routing.tracking import Tracker
 from tests.loopback.aws import MotoLoopback
@@ -713,3 +715,30 @@ async def test_the_sweep_leaves_the_users_of_batches_still_out_alone(harness: Ha
     await harness.run()
     await router.sweep(await harness.clock.now_ms())
     assert [e.state for e in (await harness.store.histories([ref]))[ref]] == ["d"]
+
+
+async def test_delivery_events_go_to_ingest_in_one_call_per_account_and_leave_the_queue(
+        router_redis: EmbeddedRedis) -> None:
+    client = aioredis.Redis.from_url(router_redis.url)
+    partitions = [0, 1, 2]
+    try:
+        for partition in partitions:
+            await client.delete(keys.delivery_events(partition))
+        handed: list[tuple[str, list[str]]] = []
+
+        async def ingest(account: str, records: list[Record]) -> None:
+            handed.append((account, sorted(r.message_id or "" for r in records)))
+
+        def event(n: int) -> EventRecord:
+            return EventRecord(user=f"i:u{n}", ts_ms=1, name="Notification Sent", props={}, message_id=f"m{n}")
+
+        for n, (partition, account) in enumerate([(0, "acc-a"), (1, "acc-a"), (2, "acc-b"), (2, "acc-a")]):
+            await feedback.append(client, partition, account, [event(n)])
+        forwarder = FeedbackForwarder(client, partitions, ingest)
+        assert await forwarder.step() == 4
+        assert sorted(handed) == [("acc-a", ["m0", "m1", "m3"]), ("acc-b", ["m2"])]
+        assert [await client.xlen(keys.delivery_events(p)) for p in partitions] == [0, 0, 0]
+        assert await forwarder.step(block_ms=10) == 0
+        assert len(handed) == 2
+    finally:
+        await client.aclose()
