@@ -37,39 +37,63 @@ def append(client: aioredis.Redis | Pipeline, partition: int, account: str, reco
 class FeedbackForwarder:
     # After a round that found events, wait this long before the next: each hand-over is
     # an ingest call plus a shard append, far dearer than the events it carries, and one
-    # every few sends would cost more CPU than the sends. Delivery events reach profiles
-    # this much later, which nobody notices; the sends themselves are not delayed.
+    # every few sends would cost more CPU than the sends. The sends are not delayed; their
+    # delivery events reach profiles, segments and results up to this much later.
     LINGER_MS = 100
+    # Records per ingest call: one account's backlog goes in calls of bounded size.
+    MAX_RECORDS_PER_CALL = 10_000
 
     def __init__(self, client: aioredis.Redis, partitions: list[int], sink: Sink, linger_ms: int = LINGER_MS) -> None:
         self._redis = client
         self._streams = {keys.delivery_events(p): "0-0" for p in partitions}
         self._sink = sink
         self._linger_s = linger_ms / 1000
+        self.backlog = False  # the last round left entries behind (a stream came back full)
 
     async def step(self, count: int = 5000, block_ms: int | None = None) -> int:
-        """Forwards what is waiting, in one ingest call per account; how many entries went."""
+        """Forwards what is waiting, in as few ingest calls per account as the size bound
+        allows; how many entries went. An account whose call fails keeps its entries
+        queued; the other accounts' go, and the first error is raised after."""
         # Always from the start: forwarded entries are deleted, so what is left is due.
         found = await self._redis.xread(self._streams, count=count, block=block_ms)  # type: ignore[arg-type]
+        self.backlog = any(len(entries) >= count for _, entries in found or [])
         if not found:
             return 0
-        by_account: dict[str, list[Record]] = {}
-        for _, entries in found:
-            for _, fields in entries:
-                by_account.setdefault(fields[b"a"].decode(), []).extend(_records_decoder.decode(fields[b"r"]))
-        for account, records in by_account.items():
-            await self._sink(account, records)
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for stream, entries in found:
-                pipe.xdel(stream, *[entry_id for entry_id, _ in entries])
-            await pipe.execute()
-        return sum(len(entries) for _, entries in found)
+        by_account: dict[str, tuple[list[Record], dict[bytes, list[bytes]]]] = {}
+        for stream, entries in found:
+            for entry_id, fields in entries:
+                records, ids = by_account.setdefault(fields[b"a"].decode(), ([], {}))
+                records.extend(_records_decoder.decode(fields[b"r"]))
+                ids.setdefault(stream, []).append(entry_id)
+        done: dict[bytes, list[bytes]] = {}
+        failure: Exception | None = None
+        try:
+            for account, (records, ids) in by_account.items():
+                try:
+                    for start in range(0, len(records), self.MAX_RECORDS_PER_CALL):
+                        await self._sink(account, records[start : start + self.MAX_RECORDS_PER_CALL])
+                except Exception as exc:  # this account's ingest actor is down; the others go on
+                    failure = failure or exc
+                    continue
+                for stream, entry_ids in ids.items():
+                    done.setdefault(stream, []).extend(entry_ids)
+        finally:
+            if done:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for stream, entry_ids in done.items():
+                        pipe.xdel(stream, *entry_ids)
+                    await pipe.execute()
+        if failure is not None:
+            raise failure
+        return sum(len(ids) for ids in done.values())
 
     async def run(self, stopping: asyncio.Event, idle_ms: int = 200) -> None:
+        loop = asyncio.get_running_loop()
         while not stopping.is_set():
             try:
-                if await self.step(block_ms=idle_ms):
-                    await asyncio.sleep(self._linger_s)
+                began = loop.time()
+                if await self.step(block_ms=idle_ms) and not self.backlog:
+                    await asyncio.sleep(max(0.0, self._linger_s - (loop.time() - began)))
             except asyncio.CancelledError:
                 raise
             except Exception:  # ingest restarting, Redis failing over: what is left stays queued

@@ -720,25 +720,45 @@ async def test_the_sweep_leaves_the_users_of_batches_still_out_alone(harness: Ha
 async def test_delivery_events_go_to_ingest_in_one_call_per_account_and_leave_the_queue(
         router_redis: EmbeddedRedis) -> None:
     client = aioredis.Redis.from_url(router_redis.url)
-    partitions = [0, 1, 2]
+    partitions = list(range(PARTITIONS))
     try:
         for partition in partitions:
             await client.delete(keys.delivery_events(partition))
         handed: list[tuple[str, list[str]]] = []
+        down: set[str] = set()
 
         async def ingest(account: str, records: list[Record]) -> None:
-            handed.append((account, sorted(r.message_id or "" for r in records)))
+            if account in down:
+                raise ConnectionError(f"the ingest actor of {account} is restarting")
+            handed.append((account, [r.message_id or "" for r in records]))
 
         def event(n: int) -> EventRecord:
             return EventRecord(user=f"i:u{n}", ts_ms=1, name="Notification Sent", props={}, message_id=f"m{n}")
+
+        async def queued() -> list[int]:
+            return [await client.xlen(keys.delivery_events(p)) for p in partitions]
 
         for n, (partition, account) in enumerate([(0, "acc-a"), (1, "acc-a"), (2, "acc-b"), (2, "acc-a")]):
             await feedback.append(client, partition, account, [event(n)])
         forwarder = FeedbackForwarder(client, partitions, ingest)
         assert await forwarder.step() == 4
-        assert sorted(handed) == [("acc-a", ["m0", "m1", "m3"]), ("acc-b", ["m2"])]
-        assert [await client.xlen(keys.delivery_events(p)) for p in partitions] == [0, 0, 0]
+        assert sorted(handed) == [("acc-a", ["m0", "m1", "m3"]), ("acc-b", ["m2"])]  # each stream in its order
+        assert await queued() == [0, 0, 0, 0]
         assert await forwarder.step(block_ms=10) == 0
         assert len(handed) == 2
+
+        # One account's ingest is down: the others' events still go, and only its own wait.
+        handed.clear()
+        down.add("acc-b")
+        for n, (partition, account) in enumerate([(0, "acc-a"), (2, "acc-b"), (2, "acc-a")], start=10):
+            await feedback.append(client, partition, account, [event(n)])
+        with pytest.raises(ConnectionError, match="acc-b"):
+            await forwarder.step()
+        assert handed == [("acc-a", ["m10", "m12"])]
+        assert await queued() == [0, 0, 1, 0]
+        down.clear()
+        assert await forwarder.step() == 1
+        assert handed == [("acc-a", ["m10", "m12"]), ("acc-b", ["m11"])]  # acc-a's not sent again
+        assert await queued() == [0, 0, 0, 0]
     finally:
         await client.aclose()
