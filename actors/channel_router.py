@@ -10,15 +10,13 @@ import uuid
 from typing import Any
 
 import ray
-import redis.asyncio as aioredis
 
 from actors import names
+from actors.shard_side import ShardSide
 from kairos.channels.in_app import InAppProvider, Inbox
 from kairos.channels.registry import AccountProviders
 from kairos.config import Settings
-from kairos.journeys.clock import clock_for
 from kairos.models import Record, encode_upload
-from kairos.partitions import PartitionMap
 from kairos.routing.delivery_store import DeliveryStore
 from kairos.routing.feedback import FeedbackForwarder
 from kairos.routing.router import ChannelRouter
@@ -36,16 +34,14 @@ class ShardProfiles:
 class ChannelRouterActor:
     def __init__(self, index: int, settings: Settings) -> None:
         self._settings = settings
-        self._redis = aioredis.Redis.from_url(settings.redis_url)
-        partition_map = PartitionMap(settings.partitions, settings.shards)
-        self._partitions = partition_map.partitions_of(index)
-        self._store = DeliveryStore(self._redis, partition_map, self._partitions)
-        self._shard = ray.get_actor(names.shard(index), namespace=names.NAMESPACE)
+        side = ShardSide.open(index, settings)
+        self._redis = side.redis
+        self._store = DeliveryStore(side.redis, side.partition_map, side.partitions)
+        self._shard = side.shard
         self._ingest = [ray.get_actor(names.ingest(i), namespace=names.NAMESPACE) for i in range(settings.ingest_actors)]
-        clock = clock_for(settings.clock, self._redis)
-        self._clock = clock
-        self.providers = AccountProviders(self._redis, InAppProvider(Inbox(self._redis, clock)))
-        self.feedback = FeedbackForwarder(self._redis, self._partitions, self._emit)
+        self._clock = side.clock
+        self.providers = AccountProviders(side.redis, InAppProvider(Inbox(side.redis, side.clock)))
+        self.feedback = FeedbackForwarder(side.redis, side.partitions, self._emit)
         self.router: ChannelRouter | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

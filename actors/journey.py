@@ -6,17 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import ray
-import redis.asyncio as aioredis
 
-from actors import names
+from actors.shard_side import ShardSide
 from actors.step_loop_actor import StepLoopActor
 from kairos.config import Settings
 from kairos.journeys.catalog import JourneyCatalog
-from kairos.journeys.clock import clock_for
 from kairos.journeys.runner import JourneyRunner
 from kairos.journeys.state_store import JourneyStateStore
-from kairos.partitions import PartitionMap
 from kairos.segments.catalog import SegmentCatalog
 
 
@@ -39,14 +35,10 @@ class ShardLookups:
 
 class JourneyActor(StepLoopActor):
     def __init__(self, index: int, settings: Settings) -> None:
-        redis = aioredis.Redis.from_url(settings.redis_url)
-        partition_map = PartitionMap(settings.partitions, settings.shards)
-        partitions = partition_map.partitions_of(index)
-        shard = ray.get_actor(names.shard(index), namespace=names.NAMESPACE)
-        clock = clock_for(settings.clock, redis)
-        self.runner = JourneyRunner(JourneyStateStore(redis, partition_map, partitions), JourneyCatalog(redis),
-                                    SegmentCatalog(redis), ShardLookups(shard, partitions), clock,
-                                    on_failure=self._exit)
+        side = ShardSide.open(index, settings)
+        self.runner = JourneyRunner(JourneyStateStore(side.redis, side.partition_map, side.partitions),
+                                    JourneyCatalog(side.redis), SegmentCatalog(side.redis),
+                                    ShardLookups(side.shard, side.partitions), side.clock, on_failure=self._exit)
         super().__init__(self.runner)
 
     async def move(self, account: str, name: str, from_version: int, nodes: dict[str, str]) -> int:

@@ -21,7 +21,7 @@ from kairos.campaigns import planning
 from kairos.campaigns.catalog import CampaignCatalog
 from kairos.campaigns.definition import Campaign, LocalTime, Recurring, SendAt, Triggered, parse_campaign
 from kairos.campaigns.model import STOPPED, SavedCampaign
-from kairos.campaigns.results import variant_results
+from kairos.campaigns.results import router_fields, variant_results
 from kairos.query_coordinator import QueryCoordinator
 from kairos.segments.catalog import SegmentCatalog
 from kairos.timefmt import iso_ms
@@ -115,9 +115,9 @@ class CampaignService:
     async def results(self, account: str, saved: SavedCampaign) -> dict[str, Any]:
         campaign = saved.parsed()
         counters = await self.catalog.stats(account, saved.id)
-        prefix = f"campaign:{saved.id}#"
-        delivery = {k.decode(): int(v) for k, v in (await self.redis.hgetall(keys.delivery_stats(account))).items()
-                    if k.startswith(prefix.encode())}
+        fields = router_fields(saved.id, [v.name for v in campaign.variants])
+        values = await self.redis.hmget(keys.delivery_stats(account), fields) if fields else []
+        delivery = {field: int(value) for field, value in zip(fields, values) if value is not None}
         goal = campaign.goal
         query = ResultsQuery(str(saved.id), goal.event if goal else None, list(goal.raw_where) if goal else [],
                              goal.within_ms if goal else 0)

@@ -25,6 +25,12 @@ def stream_id_order(stream_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+async def trim_through(client: aioredis.Redis, stream: str, last_read: str) -> None:
+    """Drop a stream's entries up to and including `last_read` (read and committed)."""
+    ms, seq = stream_id_order(last_read)
+    await client.xtrim(stream, minid=f"{ms}-{seq + 1}", approximate=True)
+
+
 class PartitionLog(Protocol):
     async def append(self, entries: list[tuple[int, str, bytes]]) -> list[str]:
         """Append (partition, batch id, payload) entries; return their log ids, in order."""

@@ -16,7 +16,7 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any, Callable, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 
 from kairos.config import Settings
@@ -34,6 +34,7 @@ from kairos.segments.live_runner import LiveSegmentRunner
 from kairos.segments.definition import parse_segment
 from kairos.segments.evaluate import StoreQuery
 from kairos.segments.timing import UTC
+from kairos.store.account_store import AccountStore
 from kairos.store.partition import PartitionState
 
 logger = logging.getLogger(__name__)
@@ -453,14 +454,19 @@ class UserShard:
         return partials.users_matching(self._states, lambda u: self.partition_map.partition_of(account, u), account,
                                        parse_segment(definition), users, now_ms, tz)
 
+    def _slots(self, account: str, users: list[str]) -> Iterator[tuple[AccountStore, int] | None]:
+        """Each user's account store and slot here (None for a user not here)."""
+        for user in users:
+            store = self._state(self.partition_map.partition_of(account, user)).account(account)
+            slot = store.find_user(user) if store is not None else None
+            yield (store, slot) if store is not None and slot is not None else None
+
     async def time_zones(self, account: str, users: list[str]) -> list[str | None]:
         """Each user's profile `Tz` (None when unset or not text)."""
         await self.ready()
         zones: list[str | None] = []
-        for user in users:
-            store = self._state(self.partition_map.partition_of(account, user)).account(account)
-            slot = store.find_user(user) if store is not None else None
-            value = store.profile_properties(slot).get("Tz") if store is not None and slot is not None else None
+        for found in self._slots(account, users):
+            value = found[0].profile_property(found[1], "Tz") if found is not None else None
             zones.append(value if isinstance(value, str) else None)
         return zones
 
@@ -469,10 +475,8 @@ class UserShard:
         events about them go in under."""
         await self.ready()
         found: list[str | None] = []
-        for user in users:
-            store = self._state(self.partition_map.partition_of(account, user)).account(account)
-            slot = store.find_user(user) if store is not None else None
-            identifiers = store.identifiers(slot) if store is not None and slot is not None else []
+        for slot in self._slots(account, users):
+            identifiers = slot[0].identifiers(slot[1]) if slot is not None else []
             found.append(identifiers[0] if identifiers else None)
         return found
 
@@ -482,11 +486,10 @@ class UserShard:
         time zone and templates, and the name its delivery events go back in under."""
         await self.ready()
         found: list[tuple[dict[str, Any], str] | None] = []
-        for user in users:
-            store = self._state(self.partition_map.partition_of(account, user)).account(account)
-            slot = store.find_user(user) if store is not None else None
-            identifiers = store.identifiers(slot) if store is not None and slot is not None else []
-            found.append((store.profile_properties(slot), identifiers[0]) if store and identifiers else None)
+        for slot in self._slots(account, users):
+            identifiers = slot[0].identifiers(slot[1]) if slot is not None else []
+            found.append((slot[0].profile_properties(slot[1]), identifiers[0]) if slot is not None and identifiers
+                         else None)
         return found
 
     async def segment_user_keys(self, account: str, definition: Any, now_ms: int, tz: str,

@@ -89,18 +89,26 @@ class CampaignCatalog:
         return saved_campaign_decoder.decode(raw) if raw else None
 
     async def all(self, account: str) -> list[SavedCampaign]:
-        raw = await self._redis.hvals(keys.campaigns(account))
-        return sorted((saved_campaign_decoder.decode(v) for v in raw), key=lambda c: c.id)
+        return _by_id(await self._redis.hvals(keys.campaigns(account)))
 
     async def accounts(self) -> list[str]:
         return sorted(a.decode() for a in await self._redis.smembers(keys.CAMPAIGN_ACCOUNTS))
 
     async def everything(self) -> dict[str, list[SavedCampaign]]:
-        return {account: await self.all(account) for account in await self.accounts()}
+        accounts = await self.accounts()
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for account in accounts:
+                pipe.hvals(keys.campaigns(account))
+            found = await pipe.execute()
+        return {account: _by_id(raw) for account, raw in zip(accounts, found)}
 
     async def stats(self, account: str, campaign_id: int) -> dict[str, int]:
         raw = await self._redis.hgetall(keys.campaign_stats(account, campaign_id))
         return {k.decode(): int(v) for k, v in raw.items()}
+
+
+def _by_id(raw: list[bytes]) -> list[SavedCampaign]:
+    return sorted((saved_campaign_decoder.decode(v) for v in raw), key=lambda c: c.id)
 
 
 def check_name(name: Any) -> str:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from kairos.campaigns.planning import CONTROL
+from kairos.campaigns.planning import CONTROL, SOURCE_KIND
+from kairos.routing.delivery_store import source_counters
 
 Z_95 = 1.959963984540054
 SIGNIFICANCE = 0.05
@@ -43,6 +44,15 @@ def two_proportion_p_value(s1: int, n1: int, s2: int, n2: int) -> float:
     return math.erfc(z / math.sqrt(2))
 
 
+def router_field(campaign_id: int, variant: str, outcome: str) -> str:
+    """The routers' counter (in the account's delivery stats) of one variant's outcome."""
+    return source_counters(SOURCE_KIND, str(campaign_id), variant, outcome)[-1]
+
+
+def router_fields(campaign_id: int, variants: list[str]) -> list[str]:
+    return [router_field(campaign_id, v, outcome) for v in variants for outcome in ROUTER_FIGURES.values()]
+
+
 def variant_results(campaign_id: int, variants: list[str], has_control: bool, counters: dict[str, int],
                     delivery: dict[str, int], engagement: dict[str, dict[str, int]]) -> dict[str, Any]:
     """The per-variant table and the winner. `counters`: the campaign's own (queued per
@@ -55,7 +65,7 @@ def variant_results(campaign_id: int, variants: list[str], has_control: bool, co
         row: dict[str, Any] = {"queued": counters.get("control" if name == CONTROL else f"queued|{name}", 0)}
         if name != CONTROL:
             for figure, outcome in ROUTER_FIGURES.items():
-                row[figure] = delivery.get(f"campaign:{campaign_id}#{name}|{outcome}", 0)
+                row[figure] = delivery.get(router_field(campaign_id, name, outcome), 0)
         for figure in ("exposed", "delivered", "viewed", "clicked", "converted"):
             row[figure] = users.get(figure, 0)
         low, high = wilson_interval(row["converted"], row["exposed"])

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 
 from kairos import keys
 from kairos.journeys.model import SendRequest
-from kairos.log import stream_id_order
+from kairos.log import trim_through
 from kairos.models import Record
 from kairos.partitions import PartitionMap
 from kairos.routing import feedback
@@ -75,8 +75,11 @@ class CampaignStore:
         each partition's inbox is read."""
         runs: dict[str, RunCursor] = {}
         inbox: dict[int, str] = {}
-        for partition in self.partitions:
-            raw = await self.redis.hgetall(keys.campaign_cursors(partition))
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for partition in self.partitions:
+                pipe.hgetall(keys.campaign_cursors(partition))
+            every = await pipe.execute()
+        for partition, raw in zip(self.partitions, every):
             for name, value in raw.items():
                 name = name.decode()
                 if name == "inbox":
@@ -131,8 +134,7 @@ class CampaignStore:
         return [(stream.decode(), entries) for stream, entries in found or []]
 
     async def trim_through(self, stream: str, last_read: str) -> None:
-        ms, seq = stream_id_order(last_read)
-        await self.redis.xtrim(stream, minid=f"{ms}-{seq + 1}", approximate=True)
+        await trim_through(self.redis, stream, last_read)
 
 
 def _order(cursor: RunCursor) -> tuple[int, bool, int, str]:

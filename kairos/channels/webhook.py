@@ -45,7 +45,7 @@ import msgspec
 from yarl import URL
 
 from kairos.channels.base import Delivery, Outcome, delivered, rejected, transient
-from kairos.channels.provider_common import MAX_TIMEOUT_S, settings_fields, timeout_field
+from kairos.channels.provider_common import settings_fields, timeout_field
 from kairos.segments.definition import SegmentError
 
 SIGNATURE_HEADER = "Kairos-Signature"

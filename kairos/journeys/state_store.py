@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from kairos import keys
 from kairos.journeys.engine import Changes, UserKey
 from kairos.journeys.model import Position, position_decoder
-from kairos.log import stream_id_order
+from kairos.log import trim_through
 from kairos.partitions import PartitionMap
 
 SEP = "\x00"
@@ -119,6 +119,4 @@ class JourneyStateStore:
         return newest[0][0].decode() if newest else "0-0"
 
     async def trim_through(self, stream: str, last_read: str) -> None:
-        """Drop a stream's entries up to and including `last_read` (read and committed)."""
-        ms, seq = stream_id_order(last_read)
-        await self._redis.xtrim(stream, minid=f"{ms}-{seq + 1}", approximate=True)
+        await trim_through(self._redis, stream, last_read)
