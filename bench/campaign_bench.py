@@ -33,7 +33,6 @@ import redis.asyncio as aioredis  # noqa: E402
 
 from bench.delivery_bench import ACCOUNT, PARTITIONS, ROUTERS, BenchProviders, MemoryProfiles, TimingProvider  # noqa: E402
 from bench.harness import embedded_redis, machine  # noqa: E402
-from kairos import keys  # noqa: E402
 from kairos.campaigns.catalog import CampaignCatalog  # noqa: E402
 from kairos.campaigns.definition import parse_campaign  # noqa: E402
 from kairos.campaigns.planning import CONTROL, assign  # noqa: E402

@@ -33,6 +33,11 @@ def partition_snapshot(partition: int) -> str:
     return f"{PREFIX}p:{partition}:snap"
 
 
+def partition_snapshot_staging(partition: int) -> str:
+    """A manifest being written, piece by piece, before it replaces `partition_snapshot`."""
+    return f"{PREFIX}p:{partition}:snap:staging"
+
+
 def partition_chunk(partition: int, chunk_id: str) -> str:
     """One sealed column chunk of a partition: written once, never changed."""
     return f"{PREFIX}p:{partition}:chunk:{chunk_id}"

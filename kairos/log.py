@@ -14,9 +14,12 @@ import redis.asyncio as aioredis
 from kairos import keys
 
 _READ_PAGE = 2000
-# Chunks are up to 512 KB. Redis is single-threaded: a few chunks per command keeps
-# each one short, so XADDs of live traffic are not stuck behind a snapshot.
+# Chunks are up to 512 KB. Redis is single-threaded, and with fsync `always` it syncs
+# each write before the next command: a few chunks per read, and one chunk or 512 KB of
+# manifest per write, keep each command short, so the XADDs of live traffic are not
+# stuck behind a snapshot's megabytes.
 _CHUNK_PAGE = 4
+_WRITE_PIECE = 512 * 1024
 
 
 def stream_id_order(stream_id: str) -> tuple[int, int]:
@@ -93,11 +96,17 @@ class RedisPartitionLog:
         return found
 
     async def save_snapshot(self, partition: int, manifest: bytes, covers_id: str, chunks: dict[str, bytes]) -> None:
-        ids = list(chunks)
-        for start in range(0, len(ids), _CHUNK_PAGE):
-            page = ids[start : start + _CHUNK_PAGE]
-            await self._redis.mset({keys.partition_chunk(partition, c): chunks[c] for c in page})
-        await self._redis.set(keys.partition_snapshot(partition), manifest)
+        for chunk_id, chunk in chunks.items():
+            await self._redis.set(keys.partition_chunk(partition, chunk_id), chunk)
+        # The manifest (megabytes for a partition of many users) is written in pieces to
+        # a staging key, which then replaces the current one at once: a crash midway
+        # leaves the previous manifest, and the next snapshot starts its staging over.
+        staging = keys.partition_snapshot_staging(partition)
+        view = memoryview(manifest)
+        await self._redis.set(staging, bytes(view[:_WRITE_PIECE]))
+        for start in range(_WRITE_PIECE, len(manifest), _WRITE_PIECE):
+            await self._redis.append(staging, bytes(view[start : start + _WRITE_PIECE]))
+        await self._redis.rename(staging, keys.partition_snapshot(partition))
         # MINID keeps entries >= covers_id, and replay starts after the covered id anyway.
         # Approximate trimming drops whole stream nodes only: far cheaper for Redis than
         # an exact trim, at the price of a few covered entries left until the next one.

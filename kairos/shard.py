@@ -35,7 +35,7 @@ from kairos.segments.definition import parse_segment
 from kairos.segments.evaluate import StoreQuery
 from kairos.segments.timing import UTC
 from kairos.store.account_store import AccountStore
-from kairos.store.partition import PartitionState
+from kairos.store.partition import ManifestEncoder, PartitionState
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -356,9 +356,14 @@ class UserShard:
             state = self._states[partition]
             persisted = self._persisted_chunks[partition]
             async with self._forward_lock:
-                manifest, new_chunks = state.snapshot(persisted)
+                copy, new_chunks = state.snapshot_copy(persisted)
                 covers, pending = state.last_log_id, state.records_since_snapshot
-            await self._log.save_snapshot(partition, manifest, covers, new_chunks)
+            encoder = ManifestEncoder(copy)
+            for _ in encoder.steps():
+                # Appends go on between the steps: encoding a partition of many users
+                # at once would hold them back for tens of milliseconds.
+                await asyncio.sleep(0)
+            await self._log.save_snapshot(partition, encoder.manifest, covers, new_chunks)
             persisted.update(new_chunks)
             state.records_since_snapshot -= pending
             self._snapshot_at[partition] = self._clock()

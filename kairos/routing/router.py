@@ -63,6 +63,11 @@ MAX_BATCHES_PER_ACCOUNT = 4
 MAX_CALLS_PER_ACCOUNT = 256
 # A request whose user's batch is still out is looked at again this much later.
 HELD_RECHECK_MS = 200
+# After a round that was not full, the next waits this long from the round's start. A
+# round costs a profile lookup on the shard (a Ray call) and several Redis round trips
+# whatever it carries: at a trickle of sends, each would make its own round and cost
+# more CPU than the sends themselves. At most this much is added to a send's delivery.
+LINGER_MS = 50
 # A push that went out and then fell back (not reported arriving) stays in the user's
 # history under its send id plus this, so it keeps counting against the caps.
 SENT_BEFORE_FALLBACK = "|sent-before-fallback:"
@@ -633,7 +638,8 @@ class ChannelRouter:
             forgotten += len(gone)
         return forgotten
 
-    async def run(self, stopping: asyncio.Event, idle_ms: int = 200) -> None:
+    async def run(self, stopping: asyncio.Event, idle_ms: int = 200, linger_ms: int = LINGER_MS) -> None:
+        loop = asyncio.get_running_loop()
         while not stopping.is_set():
             try:
                 if self._failed_ids:  # what a failed batch handed over is settled as `unknown`
@@ -644,7 +650,10 @@ class ChannelRouter:
                 if now >= self._next_sweep_ms:
                     self._next_sweep_ms = now + SWEEP_EVERY_MS
                     await self.sweep(now)
-                await self.step(block_ms=idle_ms)
+                began = loop.time()
+                taken = await self.step(block_ms=idle_ms)
+                if 0 < taken < MAX_BATCH:
+                    await asyncio.sleep(max(0.0, linger_ms / 1000 - (loop.time() - began)))
             except asyncio.CancelledError:
                 raise
             except Exception:

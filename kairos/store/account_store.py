@@ -425,16 +425,18 @@ class AccountStore:
             ids = [f"{prefix}/{name}/{i}" for i in range(len(column.sealed))]
             chunks.update(zip(ids, column.sealed))
             events[name] = [column.dtype.str, ids, column.tail().tobytes()]
+        # Copies, not views: the state is encoded a field at a time while the store goes on
+        # changing (constituents are replaced, never changed in place).
         return {
-            "users": self.user_keys,
+            "users": list(self.user_keys),
             "first_seen": self.first_seen.values.tobytes(),
             "last_seen": self.last_seen.values.tobytes(),
             "last_row": self.last_row.values.tobytes(),
-            "primary": self.primary,
-            "more_identifiers": self.more_identifiers,
-            "sealed": self.sealed,
-            "absorbed": self.absorbed,
-            "constituents": self.constituents,
+            "primary": list(self.primary),
+            "more_identifiers": {user: list(more) for user, more in self.more_identifiers.items()},
+            "sealed": dict(self.sealed),
+            "absorbed": {user: list(sources) for user, sources in self.absorbed.items()},
+            "constituents": {user: list(parts) for user, parts in self.constituents.items()},
             "profile": {
                 k: [c.tags.values.tobytes(), c.values.values.tobytes(), c.stamps.values.tobytes()]
                 for k, c in self.profile.items()

@@ -36,8 +36,9 @@ class BoundedIdSet:
     def to_list(self) -> list[str]:
         return list(self._ids)
 
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in self._ids.items() if v is not None}
+    def copy(self) -> dict[str, Any]:
+        """Every id with its note (None included), oldest first: a copy, cheap to take."""
+        return dict(self._ids)
 
 
 class MessageIdWindow:
@@ -103,8 +104,6 @@ class MessageIdWindow:
                 rows[row] = key.split("\x00", 3)[3]
         return rows
 
-    def to_list(self) -> list[str]:
-        return self._ids.to_list()
-
-    def rows(self) -> dict[str, int]:
-        return self._ids.to_dict()
+    def copy(self) -> dict[str, int | None]:
+        """Every remembered key with its row (None for none), oldest first."""
+        return self._ids.copy()

@@ -7,7 +7,7 @@ windows evict in insertion order, and profile writes apply in log order.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import msgspec
 import numpy as np
@@ -19,6 +19,40 @@ from kairos.store import merging
 from kairos.store.dedupe import BoundedIdSet, MessageIdWindow
 from kairos.store.account_store import AccountStore
 from kairos.store.columns import StringTable, ValueCodec
+
+
+class ManifestEncoder:
+    """Encodes a `PartitionState.snapshot_copy` into the snapshot manifest one field at a
+    time: a partition's manifest takes tens of milliseconds to encode, and the shard's
+    loop serves appends between the steps. The bytes are those of encoding it at once."""
+
+    def __init__(self, copy: dict[str, Any]) -> None:
+        self._copy = copy
+        self.manifest = b""
+
+    def steps(self) -> Iterator[None]:
+        """Encodes one field per step; `manifest` is set after the last."""
+        copy, encode = self._copy, msgspec.msgpack.encode
+        top: dict[str, Any] = {name: copy[name] for name in ("partition", "last_log_id", "chunks")}
+        for name in ("strings", "others"):
+            top[name] = msgspec.Raw(encode(copy[name]))
+            yield
+        for ids_name, notes_name, notes in (("batch_ids", "refusals", copy["batch_notes"]),
+                                            ("message_ids", "message_rows", copy["message_notes"])):
+            # The notes go whole, Nones too (a reader takes a missing note for None):
+            # filtering 200k of them in Python would be the longest step.
+            top[ids_name] = msgspec.Raw(encode(list(notes)))
+            top[notes_name] = msgspec.Raw(encode(notes))
+            yield
+        accounts: dict[str, msgspec.Raw] = {}
+        for account, state in copy["accounts"].items():
+            fields: dict[str, msgspec.Raw] = {}
+            for name, value in state.items():
+                fields[name] = msgspec.Raw(encode(value))
+                yield
+            accounts[account] = msgspec.Raw(encode(fields))
+        top["accounts"] = accounts
+        self.manifest = encode(top)
 
 
 class PartitionState:
@@ -216,21 +250,29 @@ class PartitionState:
         """The manifest (everything mutable, and the ids of every sealed chunk) and the
         sealed chunks not in `persisted`. The cost is the new chunks plus the mutable
         state, not the whole partition."""
+        copy, chunks = self.snapshot_copy(persisted)
+        encoder = ManifestEncoder(copy)
+        for _ in encoder.steps():
+            pass
+        return encoder.manifest, chunks
+
+    def snapshot_copy(self, persisted: set[str]) -> tuple[dict[str, Any], dict[str, bytes]]:
+        """What `snapshot` holds, copied but not encoded (lists, dicts and array bytes: a
+        few milliseconds), for a `ManifestEncoder` to encode while the partition goes on
+        changing; and the sealed chunks not in `persisted`."""
         arrays: dict[str, np.ndarray] = {}
         accounts = {a: s.to_state(a, arrays) for a, s in self.accounts.items()}
-        manifest = msgspec.msgpack.encode({
+        copy = {
             "partition": self.partition,
             "last_log_id": self.last_log_id,
-            "strings": self.codec.strings.values,
-            "others": self.codec.others,
-            "batch_ids": self.batch_ids.to_list(),
-            "refusals": self.batch_ids.to_dict(),
-            "message_ids": self.message_ids.to_list(),
-            "message_rows": self.message_ids.rows(),
+            "strings": list(self.codec.strings.values),
+            "others": list(self.codec.others),
+            "batch_notes": self.batch_ids.copy(),
+            "message_notes": self.message_ids.copy(),
             "accounts": accounts,
             "chunks": list(arrays),
-        })
-        return manifest, {cid: arr.tobytes() for cid, arr in arrays.items() if cid not in persisted}
+        }
+        return copy, {cid: arr.tobytes() for cid, arr in arrays.items() if cid not in persisted}
 
     @staticmethod
     def chunk_ids(manifest: bytes) -> list[str]:

@@ -58,11 +58,13 @@ class DictProfiles:
     def __init__(self) -> None:
         self.by_user: dict[tuple[str, str], dict[str, Any]] = {}
         self.failures = 0  # the next this many lookups fail, as a restarting shard's would
+        self.lookups: list[list[str]] = []  # the users of each lookup: one per round
 
     async def profiles(self, account: str, users: list[str]) -> list[tuple[dict[str, Any], str] | None]:
         if self.failures:
             self.failures -= 1
             raise RuntimeError("shard unavailable")
+        self.lookups.append(list(users))
         # A user here is named by their identifier, as ingest would resolve it.
         found = [self.by_user.get((account, u)) for u in users]
         return [(props, user) if props is not None else None for props, user in zip(found, users)]
@@ -554,6 +556,31 @@ async def test_a_crash_after_the_hand_over_is_counted_unknown_and_not_sent_again
     [letter] = await harness.dead_letters()
     assert letter["id"] == request.id and letter["reason"].startswith("unknown")
     assert not await harness.redis.hlen(keys.router_in_flight(harness.partition_map.partition_of(harness.account, lou)))
+
+
+async def test_a_trickle_of_sends_shares_rounds_after_a_light_one(harness: Harness) -> None:
+    # Each round costs a profile lookup (a Ray call to the shard) and several Redis round
+    # trips: after a round that was not full, the router lingers, and what arrives
+    # meanwhile goes out together in the next one.
+    await harness.start()
+    users = [harness.user(name, **{"Push Token": f"tok-{name}"}) for name in ("ann", "bob", "cy")]
+    stopping = asyncio.Event()
+    assert harness.router is not None
+    loop = asyncio.ensure_future(harness.router.run(stopping, idle_ms=10, linger_ms=600))
+    try:
+        await harness.send(users[0], "push", {"title": "first"})
+        while not harness.fcm.received:
+            await asyncio.sleep(0.005)
+        await harness.send(users[1], "push", {"title": "second"})
+        await asyncio.sleep(0.1)  # a round of its own, were there no linger
+        await harness.send(users[2], "push", {"title": "third"})
+        while len(harness.fcm.received) < 3:
+            await asyncio.sleep(0.005)
+    finally:
+        stopping.set()
+        await loop
+    assert [sorted(lookup) for lookup in harness.profiles.lookups] == [[users[0]], sorted(users[1:])]
+    assert sorted(m.message["token"] for m in harness.fcm.received) == ["tok-ann", "tok-bob", "tok-cy"]
 
 
 async def test_a_slow_provider_holds_up_only_its_own_batch(harness: Harness) -> None:

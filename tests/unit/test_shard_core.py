@@ -360,6 +360,12 @@ async def test_snapshot_is_taken_when_the_interval_passes(log: FakeLog, pmap: Pa
     assert log.snapshots == {}
     now[0] += 11
     await shard.append(blobs_for(pmap, "b", [ev(user)]))
+    # The snapshot is written off the append's path, in steps: it lands a few turns of
+    # the loop later.
+    for _ in range(1000):
+        if log.snapshots:
+            break
+        await asyncio.sleep(0)
     # Only the partition that received records is snapshotted.
     assert set(log.snapshots) == {partition}
 
