@@ -120,8 +120,10 @@ def router_process(index: int, redis_url: str, expected: int, shift_ms: int, res
         store = DeliveryStore(client, partition_map, partition_map.partitions_of(index))
         provider = TimingProvider()
         router = await ChannelRouter.open(store, MemoryProfiles(0.0), BenchProviders(provider), SharedClock(shift_ms))
+        loop = asyncio.get_running_loop()
         while len(provider.calls) < expected:
-            await router.step(block_ms=20)
+            began = loop.time()
+            await router.linger_after(await router.step(block_ms=20), began)  # as `ChannelRouter.run` does
         await router.drain()
         calls = [called for _, called in provider.calls]
         results.put({"router": index, "handed": len(calls), "first": min(calls), "last": max(calls)})

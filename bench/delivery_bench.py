@@ -160,8 +160,12 @@ def router_process(index: int, redis_url: str, expected: int, results: Any, quie
         router = await ChannelRouter.open(store, MemoryProfiles(quiet_share), BenchProviders(provider), AfternoonClock())
         started, cpu = time.monotonic(), time.process_time()
         idle_since = None
+        loop = asyncio.get_running_loop()
         while router.handled < expected:
-            if await router.step(block_ms=50):
+            began = loop.time()
+            taken = await router.step(block_ms=50)
+            await router.linger_after(taken, began)  # as `ChannelRouter.run` does
+            if taken:
                 idle_since = None
             elif idle_since is None:
                 idle_since = time.monotonic()
