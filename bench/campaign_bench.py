@@ -123,7 +123,8 @@ def router_process(index: int, redis_url: str, expected: int, shift_ms: int, res
         loop = asyncio.get_running_loop()
         while len(provider.calls) < expected:
             began = loop.time()
-            await router.linger_after(await router.step(block_ms=20), began)  # as `ChannelRouter.run` does
+            taken = await router.step(block_ms=20)
+            await asyncio.sleep(router.linger_left(taken, began))  # as `ChannelRouter.run` does
         await router.drain()
         calls = [called for _, called in provider.calls]
         results.put({"router": index, "handed": len(calls), "first": min(calls), "last": max(calls)})

@@ -103,9 +103,15 @@ class RedisPartitionLog:
         # leaves the previous manifest, and the next snapshot starts its staging over.
         staging = keys.partition_snapshot_staging(partition)
         view = memoryview(manifest)
-        await self._redis.set(staging, bytes(view[:_WRITE_PIECE]))
+        await self._redis.set(staging, view[:_WRITE_PIECE])
         for start in range(_WRITE_PIECE, len(manifest), _WRITE_PIECE):
-            await self._redis.append(staging, bytes(view[start : start + _WRITE_PIECE]))
+            await self._redis.append(staging, view[start : start + _WRITE_PIECE])
+        # Only a whole manifest replaces the last one: were a stale writer of the same
+        # partition (a process not yet gone after a restart) appending too, its pieces
+        # would make the length wrong, and this snapshot is dropped instead.
+        written = await self._redis.strlen(staging)
+        if written != len(manifest):
+            raise RuntimeError(f"partition {partition}: staged manifest is {written} bytes, not {len(manifest)}")
         await self._redis.rename(staging, keys.partition_snapshot(partition))
         # MINID keeps entries >= covers_id, and replay starts after the covered id anyway.
         # Approximate trimming drops whole stream nodes only: far cheaper for Redis than

@@ -363,6 +363,10 @@ class UserShard:
                 # Appends go on between the steps: encoding a partition of many users
                 # at once would hold them back for tens of milliseconds.
                 await asyncio.sleep(0)
+            if self._failure is not None:
+                # A flush failed: memory may disagree with the log, and may be half of a
+                # batch. Only a restart that replays the log is honest; no snapshot of it.
+                return
             await self._log.save_snapshot(partition, encoder.manifest, covers, new_chunks)
             persisted.update(new_chunks)
             state.records_since_snapshot -= pending

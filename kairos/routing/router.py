@@ -25,6 +25,7 @@ is read again from the last committed outbox position.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import uuid
@@ -642,12 +643,13 @@ class ChannelRouter:
         return forgotten
 
     @staticmethod
-    async def linger_after(taken: int, began: float, linger_ms: int = LINGER_MS) -> None:
-        """After a light round (it took `taken` requests), waits until `linger_ms` from
-        its start (`began`, on the loop's clock)."""
-        if 0 < taken < LINGER_BELOW:
-            elapsed = asyncio.get_running_loop().time() - began
-            await asyncio.sleep(max(0.0, linger_ms / 1000 - elapsed))
+    def linger_left(taken: int, began: float, linger_ms: int = LINGER_MS) -> float:
+        """Seconds to wait before the next round, after one that took `taken` requests
+        and began at `began` (the loop's clock): what is left of `linger_ms` after a
+        light round, else 0."""
+        if not 0 < taken < LINGER_BELOW:
+            return 0.0
+        return max(0.0, linger_ms / 1000 - (asyncio.get_running_loop().time() - began))
 
     async def run(self, stopping: asyncio.Event, idle_ms: int = 200, linger_ms: int = LINGER_MS) -> None:
         loop = asyncio.get_running_loop()
@@ -662,7 +664,10 @@ class ChannelRouter:
                     self._next_sweep_ms = now + SWEEP_EVERY_MS
                     await self.sweep(now)
                 began = loop.time()
-                await self.linger_after(await self.step(block_ms=idle_ms), began, linger_ms)
+                left = self.linger_left(await self.step(block_ms=idle_ms), began, linger_ms)
+                if left:
+                    with contextlib.suppress(asyncio.TimeoutError):  # a stop ends the linger
+                        await asyncio.wait_for(stopping.wait(), left)
             except asyncio.CancelledError:
                 raise
             except Exception:

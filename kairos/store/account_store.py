@@ -426,7 +426,7 @@ class AccountStore:
             chunks.update(zip(ids, column.sealed))
             events[name] = [column.dtype.str, ids, column.tail().tobytes()]
         # Copies, not views: the state is encoded a field at a time while the store goes on
-        # changing (constituents are replaced, never changed in place).
+        # changing. Copying the lists suffices: a Constituent never changes once made.
         return {
             "users": list(self.user_keys),
             "first_seen": self.first_seen.values.tobytes(),

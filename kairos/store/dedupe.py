@@ -33,9 +33,6 @@ class BoundedIdSet:
             return oldest
         return None
 
-    def to_list(self) -> list[str]:
-        return list(self._ids)
-
     def copy(self) -> dict[str, Any]:
         """Every id with its note (None included), oldest first: a copy, cheap to take."""
         return dict(self._ids)
@@ -49,7 +46,7 @@ class MessageIdWindow:
 
     __slots__ = ("_ids", "_by_user")
 
-    def __init__(self, capacity: int, ids: list[str] | None = None, rows: dict[str, int] | None = None) -> None:
+    def __init__(self, capacity: int, ids: list[str] | None = None, rows: dict[str, int | None] | None = None) -> None:
         self._ids = BoundedIdSet(capacity)
         self._by_user: dict[str, dict[str, None]] = {}
         rows = rows or {}

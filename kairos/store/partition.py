@@ -24,7 +24,8 @@ from kairos.store.columns import StringTable, ValueCodec
 class ManifestEncoder:
     """Encodes a `PartitionState.snapshot_copy` into the snapshot manifest one field at a
     time: a partition's manifest takes tens of milliseconds to encode, and the shard's
-    loop serves appends between the steps. The bytes are those of encoding it at once."""
+    loop serves appends between the steps. The pieces are spliced in verbatim (`Raw`), so
+    the manifest is the same bytes as encoding the nested dicts in one call."""
 
     def __init__(self, copy: dict[str, Any]) -> None:
         self._copy = copy
@@ -37,12 +38,10 @@ class ManifestEncoder:
         for name in ("strings", "others"):
             top[name] = msgspec.Raw(encode(copy[name]))
             yield
-        for ids_name, notes_name, notes in (("batch_ids", "refusals", copy["batch_notes"]),
-                                            ("message_ids", "message_rows", copy["message_notes"])):
-            # The notes go whole, Nones too (a reader takes a missing note for None):
-            # filtering 200k of them in Python would be the longest step.
-            top[ids_name] = msgspec.Raw(encode(list(notes)))
-            top[notes_name] = msgspec.Raw(encode(notes))
+        # Each id window goes as one ordered dict of notes, Nones included: filtering
+        # 200k of them in Python would be the longest step.
+        for name in ("batch_notes", "message_notes"):
+            top[name] = msgspec.Raw(encode(copy[name]))
             yield
         accounts: dict[str, msgspec.Raw] = {}
         for account, state in copy["accounts"].items():
@@ -53,6 +52,7 @@ class ManifestEncoder:
             accounts[account] = msgspec.Raw(encode(fields))
         top["accounts"] = accounts
         self.manifest = encode(top)
+        self._copy = {}  # about a manifest's worth of memory, not needed while it is saved
 
 
 class PartitionState:
@@ -283,9 +283,14 @@ class PartitionState:
         raw: dict[str, Any] = msgspec.msgpack.decode(manifest)
         state = cls(raw["partition"], dedupe_window)
         state.codec = ValueCodec(StringTable(raw["strings"]), list(raw["others"]))
-        refusals = raw["refusals"]
-        state.batch_ids = BoundedIdSet(cls.BATCH_ID_WINDOW, {b: refusals.get(b) for b in raw["batch_ids"]})
-        state.message_ids = MessageIdWindow(dedupe_window, raw["message_ids"], raw["message_rows"])
+        if "batch_notes" in raw:
+            batch_notes, message_notes = raw["batch_notes"], raw["message_notes"]
+        else:  # a manifest written before the notes went whole: ids, and the notes that were set
+            refusals, rows = raw["refusals"], raw["message_rows"]
+            batch_notes = {b: refusals.get(b) for b in raw["batch_ids"]}
+            message_notes = {m: rows.get(m) for m in raw["message_ids"]}
+        state.batch_ids = BoundedIdSet(cls.BATCH_ID_WINDOW, batch_notes)
+        state.message_ids = MessageIdWindow(dedupe_window, list(message_notes), message_notes)
         state.last_log_id = raw["last_log_id"]
         state.accounts = {a: AccountStore.from_state(state.codec, s, chunks) for a, s in raw["accounts"].items()}
         state.sealed_users = sum(len(s.sealed) for s in state.accounts.values())

@@ -24,7 +24,14 @@ _partitions = itertools.count(90_000)
 @pytest_asyncio.fixture
 async def client(redis_server: EmbeddedRedis) -> AsyncIterator[aioredis.Redis]:
     connection = aioredis.Redis.from_url(redis_server.url)
+    first = next(_partitions)
     yield connection
+    # The session's Redis is shared: leave none of these tests' megabytes in it.
+    for partition in range(first, next(_partitions)):
+        pattern = keys.partition_stream(partition).removesuffix("log") + "*"
+        found = [key async for key in connection.scan_iter(match=pattern)]
+        if found:
+            await connection.delete(*found)
     await connection.aclose()
 
 

@@ -135,7 +135,7 @@ def test_bounded_id_set() -> None:
     ids.add("c")
     ids.add("d")
     assert "a" not in ids
-    assert ids.to_list() == ["b", "c", "d"]
+    assert list(ids.copy()) == ["b", "c", "d"]
     assert len(ids) == 3
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 
@@ -472,7 +473,7 @@ def test_a_snapshot_copy_encoded_after_more_writes_restores_the_state_at_the_cop
     state.apply("b4", "4-0", log_batch("acct-a", [
         ev("identity:1", T0 + 20, "Charged", {"Color": "Red"}, "m-2"),
         ProfileRecord("identity:1", T0 + 20, {"Name": "Changed", "New": "x"}, {"FBID": "f1"}),
-        ev("identity:9", T0 + 21, "Signed Up", {"Plan": "new"}),
+        ev("identity:9", T0 + 21, "Signed Up", {"Plan": "new", "Tags": {"k": [2]}}),
     ]))
     state.apply("b5", "5-0", SealEntry("acct-a", ["identity:9"], ["identity:1"]))
     encoder = ManifestEncoder(copy)
@@ -481,6 +482,21 @@ def test_a_snapshot_copy_encoded_after_more_writes_restores_the_state_at_the_cop
     assert query_fingerprint(restored) == query_fingerprint(at_copy)
     assert restored.to_bytes() == at_copy.to_bytes()
     assert encoder.manifest == at_copy.snapshot(persisted=set())[0]
+
+
+def test_a_manifest_written_before_the_notes_went_whole_still_restores() -> None:
+    # Until 2026-11-24 a manifest held the ids of each window and, apart, the notes that
+    # were set; data directories written then must still load.
+    state = rich_state()
+    state.apply("b4", "4-0", log_batch("acct-a", [ev("identity:1", T0 + 30, "Charged", {}, "m-3")]))
+    manifest, chunks = state.snapshot(persisted=set())
+    raw = msgspec.msgpack.decode(manifest)
+    batch_notes, message_notes = raw.pop("batch_notes"), raw.pop("message_notes")
+    assert any(note is not None for note in message_notes.values())
+    raw.update(batch_ids=list(batch_notes), refusals={k: v for k, v in batch_notes.items() if v is not None},
+               message_ids=list(message_notes), message_rows={k: v for k, v in message_notes.items() if v is not None})
+    restored = PartitionState.restore(msgspec.msgpack.encode(raw), chunks, dedupe_window=100)
+    assert restored.to_bytes() == state.to_bytes()
 
 
 def test_restored_state_keeps_accepting_writes_like_the_original() -> None:
