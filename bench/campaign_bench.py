@@ -124,7 +124,7 @@ def router_process(index: int, redis_url: str, expected: int, shift_ms: int, res
         while len(provider.calls) < expected:
             began = loop.time()
             taken = await router.step(block_ms=20)
-            await asyncio.sleep(router.linger_left(taken, began))  # as `ChannelRouter.run` does
+            await router.linger_after(taken, began)  # as `ChannelRouter.run` does
         await router.drain()
         calls = [called for _, called in provider.calls]
         results.put({"router": index, "handed": len(calls), "first": min(calls), "last": max(calls)})

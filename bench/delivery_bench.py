@@ -164,7 +164,7 @@ def router_process(index: int, redis_url: str, expected: int, results: Any, quie
         while router.handled < expected:
             began = loop.time()
             taken = await router.step(block_ms=50)
-            await asyncio.sleep(router.linger_left(taken, began))  # as `ChannelRouter.run` does
+            await router.linger_after(taken, began)  # as `ChannelRouter.run` does
             if taken:
                 idle_since = None
             elif idle_since is None:

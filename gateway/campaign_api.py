@@ -45,8 +45,7 @@ class CampaignApi:
 
     async def list_campaigns(self, request: web.Request) -> web.Response:
         account = request[ACCOUNT]
-        return json_response({"campaigns": [await self.service.view(account, saved)
-                                            for saved in await self.service.catalog.all(account)]})
+        return json_response({"campaigns": await self.service.views(account, await self.service.catalog.all(account))})
 
     async def create(self, request: web.Request) -> web.Response:
         account = request[ACCOUNT]

@@ -90,12 +90,10 @@ class CleverTapTargets:
         except DateError as exc:
             raise ApiError(400, str(exc)) from None
         account = request[ACCOUNT]
-        targets = []
-        for saved in await self.service.catalog.all(account):
-            if from_ms <= saved.created_ms < to_ms:
-                view = await self.service.view(account, saved)
-                targets.append({"id": saved.id, "name": saved.name, "status": view["status"],
-                                "scheduled_on": ms_to_clevertap_ts(saved.created_ms), "created": view["created"]})
+        chosen = [saved for saved in await self.service.catalog.all(account) if from_ms <= saved.created_ms < to_ms]
+        targets = [{"id": saved.id, "name": saved.name, "status": view["status"],
+                    "scheduled_on": ms_to_clevertap_ts(saved.created_ms), "created": view["created"]}
+                   for saved, view in zip(chosen, await self.service.views(account, chosen))]
         return json_response({"status": "success", "targets": targets})
 
     async def result(self, request: web.Request) -> web.Response:

@@ -10,6 +10,7 @@ call's result.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, Awaitable, Callable, Generic, TypeVar
 
 T = TypeVar("T")
@@ -61,3 +62,17 @@ class Coalescer(Generic[T]):
         finally:
             self._in_flight -= 1
             self._pump()
+
+
+async def linger(began: float, seconds: float, stopping: asyncio.Event | None = None) -> None:
+    """Waits until `seconds` after `began` (the loop's clock), or until `stopping` is set:
+    the pause after a light round of a polling loop, so that the next one carries more
+    for the same fixed cost."""
+    left = seconds - (asyncio.get_running_loop().time() - began)
+    if left <= 0:
+        return
+    if stopping is None:
+        await asyncio.sleep(left)
+        return
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(stopping.wait(), left)

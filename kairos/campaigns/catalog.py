@@ -103,8 +103,15 @@ class CampaignCatalog:
         return {account: _by_id(raw) for account, raw in zip(accounts, found)}
 
     async def stats(self, account: str, campaign_id: int) -> dict[str, int]:
-        raw = await self._redis.hgetall(keys.campaign_stats(account, campaign_id))
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return (await self.stats_many(account, [campaign_id]))[0]
+
+    async def stats_many(self, account: str, campaign_ids: list[int]) -> list[dict[str, int]]:
+        """Each campaign's counters, in one round trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for campaign_id in campaign_ids:
+                pipe.hgetall(keys.campaign_stats(account, campaign_id))
+            found = await pipe.execute()
+        return [{k.decode(): int(v) for k, v in raw.items()} for raw in found]
 
 
 def _by_id(raw: list[bytes]) -> list[SavedCampaign]:

@@ -148,10 +148,11 @@ def parse_campaign(raw: Any, saved_ms: int, path: str = "definition") -> Campaig
             raise CampaignError(f"{path}.ttl", "must be at most 28d")
     control = parse_percent(raw.get("control_percent", 0), f"{path}.control_percent", MAX_CONTROL_PERCENT)
     messages = [m for v in variants for m in [v.send.message, *(f.message for f in v.send.fallback)]]
-    if not isinstance(schedule, Triggered) and event_properties(messages) != frozenset():
+    reads = event_properties(messages)
+    if not isinstance(schedule, Triggered) and reads != frozenset():
         raise CampaignError(f"{path}.message", "reads {{ event }}, but only a triggered campaign has an event")
     return Campaign(schedule, variants, control, tz, segment, where, _goal(raw.get("conversion_goal"),
-                    f"{path}.conversion_goal"), throttle, ttl, event_properties(messages))
+                    f"{path}.conversion_goal"), throttle, ttl, reads)
 
 
 def _variants(raw: dict[str, Any], defaults: dict[str, Any], path: str) -> tuple[Variant, ...]:

@@ -76,6 +76,21 @@ def latest_run(campaign: Campaign, created_ms: int, now_ms: int) -> int | None:
     return None
 
 
+def latest_run_holding(campaign: Campaign, created_ms: int, now_ms: int) -> tuple[int | None, int | None]:
+    """`latest_run` at `now_ms`, and until when (exclusive) it stays the same: None for
+    ever. A scheduler asks every step about every campaign; with this it asks croniter
+    only when the answer changes: at the next run, or when the latest becomes too late."""
+    latest = latest_run(campaign, created_ms, now_ms)
+    schedule = campaign.schedule
+    if isinstance(schedule, (SendAt, LocalTime)):
+        return latest, None if latest is not None else next_run(campaign, created_ms, now_ms)
+    if isinstance(schedule, Recurring):
+        changes = [t for t in (next_run(campaign, created_ms, now_ms),
+                               None if latest is None else latest + RECURRING_LATE_MS + 1) if t is not None]
+        return latest, min(changes) if changes else None
+    return latest, None
+
+
 def next_run(campaign: Campaign, created_ms: int, after_ms: int) -> int | None:
     """When the first run after `after_ms` falls (for display); None if there is none."""
     schedule = campaign.schedule

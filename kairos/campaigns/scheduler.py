@@ -92,6 +92,8 @@ class CampaignScheduler(StepLoop):
         self._by_event: dict[tuple[str, str], list[tuple[int, Campaign]]] = {}
         self._cursors: dict[str, RunCursor] = {}
         self._runs: dict[str, _Run] = {}
+        # Each campaign's latest run as last computed: (at, until, run), valid while at <= now < until.
+        self._latest: dict[tuple[str, int], tuple[int, int | None, int | None]] = {}
         self._inbox_at = {keys.campaign_inbox(p): "0-0" for p in store.partitions}
         self._inbox_partition = {keys.campaign_inbox(p): p for p in store.partitions}
 
@@ -128,13 +130,15 @@ class CampaignScheduler(StepLoop):
                 known = held.get((account, item.id))
                 parsed = known[1] if known is not None and known[0].created_ms == item.created_ms else item.parsed()
                 self._campaigns[(account, item.id)] = (item, parsed)
+        for key in [k for k in self._latest if k[0] == account and k not in self._campaigns]:
+            del self._latest[key]
         for field in [f for f, run in self._runs.items()
                       if run.account == account and (account, run.campaign_id) not in self._campaigns]:
             del self._runs[field]  # stopped part-way: the rest of its users are not queued
         for key in [k for k in self._by_event if k[0] == account]:
             del self._by_event[key]
         for (acct, campaign_id), (_, campaign) in self._campaigns.items():
-            if acct == account and isinstance(campaign.schedule, Triggered):
+            if acct == account and campaign.triggered:
                 self._by_event.setdefault((account, campaign.schedule.event), []).append((campaign_id, campaign))
 
     # --- steps ----------------------------------------------------------------------------
@@ -169,9 +173,17 @@ class CampaignScheduler(StepLoop):
         return any(self._due_run(account, campaign_id, now) is not None
                    for account, campaign_id in self._campaigns if run_field(account, campaign_id) not in self._runs)
 
-    def _due_run(self, account: str, campaign_id: int, now: int) -> int | None:
+    def _latest_run(self, account: str, campaign_id: int, now: int) -> int | None:
+        known = self._latest.get((account, campaign_id))
+        if known is not None and known[0] <= now and (known[1] is None or now < known[1]):
+            return known[2]
         saved, campaign = self._campaigns[(account, campaign_id)]
-        key = planning.latest_run(campaign, saved.created_ms, now)
+        latest, until = planning.latest_run_holding(campaign, saved.created_ms, now)
+        self._latest[(account, campaign_id)] = (now, until, latest)
+        return latest
+
+    def _due_run(self, account: str, campaign_id: int, now: int) -> int | None:
+        key = self._latest_run(account, campaign_id, now)
         if key is None:
             return None
         cursor = self._cursors.get(run_field(account, campaign_id))
@@ -184,7 +196,7 @@ class CampaignScheduler(StepLoop):
         for (account, campaign_id), (saved, campaign) in list(self._campaigns.items()):
             if budget <= 0:
                 break
-            if isinstance(campaign.schedule, Triggered):
+            if campaign.triggered:
                 continue
             field = run_field(account, campaign_id)
             run = self._runs.get(field)
@@ -224,8 +236,12 @@ class CampaignScheduler(StepLoop):
         if isinstance(schedule, LocalTime):
             queue: list[tuple[int, str]] = []
             zones = await self.audience.time_zones(account, members) if members else []
+            # A slot depends on the zone only: a few hundred zones for a whole audience.
+            slots: dict[str | None, int | None] = {}
             for user, tz in zip(members, zones):
-                slot = planning.local_slot(schedule, run_ms, tz, campaign.tz)
+                if tz not in slots:
+                    slots[tz] = planning.local_slot(schedule, run_ms, tz, campaign.tz)
+                slot = slots[tz]
                 if slot is None:
                     missed += 1
                 else:
@@ -309,7 +325,7 @@ class CampaignScheduler(StepLoop):
                                             trigger, trigger.account))
         once: dict[tuple[str, int], list[int]] = {}
         for n, (campaign_id, campaign, _, trigger, account) in enumerate(matches):
-            assert isinstance(campaign.schedule, Triggered)
+            assert campaign.triggered
             if campaign.schedule.per_user == "once":
                 once.setdefault((account, campaign_id), []).append(n)
         skip: set[int] = set()
@@ -327,7 +343,7 @@ class CampaignScheduler(StepLoop):
         for n, (campaign_id, campaign, request_id, trigger, account) in enumerate(matches):
             if n in skip:
                 continue
-            assert isinstance(campaign.schedule, Triggered)
+            assert campaign.triggered
             # From now (on the scheduler's clock, as a journey's waits): moments after the
             # shard took the event, unless the scheduler is catching up after a restart.
             due_ms = now + campaign.schedule.delay_ms

@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.client import Pipeline
 
 from kairos import keys
+from kairos.coalesce import linger
 from kairos.models import Record
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ class FeedbackForwarder:
             try:
                 began = loop.time()
                 if await self.step(block_ms=idle_ms) and not self.backlog:
-                    await asyncio.sleep(max(0.0, self._linger_s - (loop.time() - began)))
+                    await linger(began, self._linger_s, stopping)
             except asyncio.CancelledError:
                 raise
             except Exception:  # ingest restarting, Redis failing over: what is left stays queued

@@ -25,7 +25,6 @@ is read again from the last committed outbox position.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import uuid
@@ -36,6 +35,7 @@ import msgspec
 
 from kairos.campaigns.planning import SOURCE_KIND as CAMPAIGN_KIND
 from kairos.channels.base import DELIVERED, REJECTED, BatchProvider, Delivery, Outcome, Provider, transient
+from kairos.coalesce import linger
 from kairos.journeys.clock import Clock
 from kairos.journeys.model import SendRequest
 from kairos.journeys.outbox import OutboxReader
@@ -236,7 +236,9 @@ class ChannelRouter:
         # delayed set, which keeps it across a crash.
         taken: list[_Work] = []
         for work in works:
-            if self._must_wait(work.ref):
+            # Those from the delayed set were checked in `step`; since then batches can only
+            # have ended, not started.
+            if work.member is None and self._must_wait(work.ref):
                 member = encode_pending(msgspec.structs.replace(work.pending, held=True))
                 commit.delayed.setdefault(work.partition, []).append((member, now + HELD_RECHECK_MS))
             else:
@@ -629,11 +631,14 @@ class ChannelRouter:
             self._sweep_cursors[partition] = following
             gone: list[str] = []
             kept: dict[str, list[HistoryEntry]] = {}
+            horizons: dict[str, int] = {}
             for field, entries in page.items():
                 if field in busy:
                     continue
-                settings = await self.providers.settings(field.partition("\0")[0])
-                left = trimmed(entries, horizon_ms(settings.caps), now)
+                account = field.partition("\0")[0]
+                if account not in horizons:
+                    horizons[account] = horizon_ms((await self.providers.settings(account)).caps)
+                left = trimmed(entries, horizons[account], now)
                 if not left:
                     gone.append(field)
                 elif len(left) < len(entries):
@@ -643,13 +648,12 @@ class ChannelRouter:
         return forgotten
 
     @staticmethod
-    def linger_left(taken: int, began: float, linger_ms: int = LINGER_MS) -> float:
-        """Seconds to wait before the next round, after one that took `taken` requests
-        and began at `began` (the loop's clock): what is left of `linger_ms` after a
-        light round, else 0."""
-        if not 0 < taken < LINGER_BELOW:
-            return 0.0
-        return max(0.0, linger_ms / 1000 - (asyncio.get_running_loop().time() - began))
+    async def linger_after(taken: int, began: float, stopping: asyncio.Event | None = None,
+                           linger_ms: int = LINGER_MS) -> None:
+        """After a light round (it took `taken` requests and began at `began`, on the
+        loop's clock), waits out the rest of `linger_ms`, or until `stopping` is set."""
+        if 0 < taken < LINGER_BELOW:
+            await linger(began, linger_ms / 1000, stopping)
 
     async def run(self, stopping: asyncio.Event, idle_ms: int = 200, linger_ms: int = LINGER_MS) -> None:
         loop = asyncio.get_running_loop()
@@ -664,10 +668,7 @@ class ChannelRouter:
                     self._next_sweep_ms = now + SWEEP_EVERY_MS
                     await self.sweep(now)
                 began = loop.time()
-                left = self.linger_left(await self.step(block_ms=idle_ms), began, linger_ms)
-                if left:
-                    with contextlib.suppress(asyncio.TimeoutError):  # a stop ends the linger
-                        await asyncio.wait_for(stopping.wait(), left)
+                await self.linger_after(await self.step(block_ms=idle_ms), began, stopping, linger_ms)
             except asyncio.CancelledError:
                 raise
             except Exception:

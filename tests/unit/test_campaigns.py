@@ -148,6 +148,28 @@ def test_recurring_runs_fire_in_the_campaign_zone_across_clock_changes() -> None
     assert planning.next_run(ending, 0, at("2026-11-02T10:00:00+00:00")) is None
 
 
+@pytest.mark.parametrize("schedule", [
+    {"every": "day", "at": "09:00"},
+    {"every": "day", "at": "09:00", "start": "2026-10-25T00:00:00Z", "end": "2026-10-28T00:00:00Z"},
+    {"cron": "*/90 * * * *"},
+    {"at": "2026-10-26T10:00:00Z"},
+])
+def test_the_latest_run_holds_until_the_time_given_with_it(schedule: dict[str, Any]) -> None:
+    # Schedulers ask every step about every campaign, and ask croniter again only when the
+    # answer's time is up: it must be the answer croniter would have given at each moment.
+    made = campaign(schedule=schedule, tz="Europe/Paris")
+    created = at("2026-10-24T00:00:00+00:00")
+    cached: tuple[int, int | None, int | None] | None = None
+    computed = 0
+    for now in range(at("2026-10-24T00:00:00+00:00"), at("2026-10-30T00:00:00+00:00"), 7 * 60_000 + 13):
+        if cached is None or not (cached[1] is None or now < cached[1]):
+            latest, until = planning.latest_run_holding(made, created, now)
+            assert until is None or until > now
+            cached, computed = (now, until, latest), computed + 1
+        assert cached[2] == planning.latest_run(made, created, now), now
+    assert computed <= 2 * 6 * 24 * 60 // 90 + 2  # changes at runs and late edges, not every step
+
+
 def test_cron_that_never_fires_and_dates_passed_everywhere_are_refused() -> None:
     with pytest.raises(CampaignError, match="never fires"):
         campaign(schedule={"cron": "0 9 30 2 *"})
