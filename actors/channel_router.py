@@ -12,6 +12,7 @@ from typing import Any
 import ray
 
 from actors import names
+from actors.heap import freeze_startup_objects
 from actors.shard_side import ShardSide
 from kairos.channels.in_app import InAppProvider, Inbox
 from kairos.channels.registry import AccountProviders
@@ -61,6 +62,7 @@ class ChannelRouterActor:
                 task.cancel()
             self._tasks = [asyncio.ensure_future(self.router.run(self._stopping)),
                            asyncio.ensure_future(self.feedback.run(self._stopping))]
+        freeze_startup_objects()
 
     def pid(self) -> int:
         return os.getpid()

@@ -15,6 +15,7 @@ from ray.exceptions import RayError, RayTaskError
 from redis.exceptions import RedisError
 
 from actors import names
+from actors.heap import freeze_startup_objects
 from gateway.app import create_app
 from gateway.backend import BackendUnavailable
 from kairos.accounts import Accounts
@@ -119,6 +120,7 @@ class GatewayActor:
             await runner.setup()
             await web.TCPSite(runner, settings.host, settings.port, reuse_port=True).start()
             self._runner = runner
+        freeze_startup_objects()
         return self._settings.port
 
     def stats(self) -> dict[str, int]:

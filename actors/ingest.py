@@ -10,6 +10,7 @@ import ray
 import redis.asyncio as aioredis
 
 from actors import names
+from actors.heap import freeze_startup_objects
 from kairos.coalesce import Coalescer
 from kairos.config import Settings
 from kairos.identity_graph import IdentityGraph
@@ -74,6 +75,7 @@ class IngestActor:
 
     async def start(self) -> None:
         self._ensure_sweeper()
+        freeze_startup_objects()
 
     async def ingest(self, call_id: str, uploads: list[tuple[str, bytes]]) -> int:
         self._ensure_sweeper()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 
+from actors.heap import freeze_startup_objects
 from kairos.step_loop import StepLoop
 
 logger = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ class StepLoopActor:
         self._check()
         await self._loop.load()
         self._loop.start()
+        freeze_startup_objects()
 
     async def refresh(self, account: str) -> None:
         self._check()

@@ -8,6 +8,7 @@ from typing import Any, Awaitable, TypeVar
 
 import redis.asyncio as aioredis
 
+from actors.heap import freeze_startup_objects
 from kairos.campaigns.catalog import CampaignCatalog
 from kairos.config import Settings
 from kairos.journeys.catalog import JourneyCatalog
@@ -34,7 +35,10 @@ class UserShardActor:
 
     async def _guard(self, work: Awaitable[T]) -> T:
         try:
-            return await work
+            found = await work
+            # Every call recovers the shard first, so its state is loaded by now.
+            freeze_startup_objects()
+            return found
         finally:
             if self.core.failed:
                 # State and log disagree, or recovery failed: die so that Ray restarts us
