@@ -57,12 +57,12 @@ class ChannelRouterActor:
             tracker = Tracker(await tracking_key(self._redis), self._settings.public_base_url)
             self.router = await ChannelRouter.open(self._store, ShardProfiles(self._shard), self.providers, self._clock,
                                                    tracker)
+            freeze_startup_objects()
         if not self._tasks or any(t.done() for t in self._tasks):
             for task in self._tasks:
                 task.cancel()
             self._tasks = [asyncio.ensure_future(self.router.run(self._stopping)),
                            asyncio.ensure_future(self.feedback.run(self._stopping))]
-        freeze_startup_objects()
 
     def pid(self) -> int:
         return os.getpid()

@@ -118,9 +118,10 @@ class GatewayActor:
                              Tracker(await tracking_key(client), settings.public_base_url))
             runner = web.AppRunner(app, access_log=None)
             await runner.setup()
+            # Before the port opens: the one full collection holds no request.
+            freeze_startup_objects()
             await web.TCPSite(runner, settings.host, settings.port, reuse_port=True).start()
             self._runner = runner
-        freeze_startup_objects()
         return self._settings.port
 
     def stats(self) -> dict[str, int]:

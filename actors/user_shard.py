@@ -36,8 +36,9 @@ class UserShardActor:
     async def _guard(self, work: Awaitable[T]) -> T:
         try:
             found = await work
-            # Every call recovers the shard first, so its state is loaded by now.
-            freeze_startup_objects()
+            if not self.core.failed:
+                # Every call recovers the shard first, so its state is loaded by now.
+                freeze_startup_objects()
             return found
         finally:
             if self.core.failed:
