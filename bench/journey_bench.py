@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import json
 import subprocess
 import sys
@@ -33,6 +32,7 @@ import msgspec  # noqa: E402
 import ray  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
 
+from actors.heap import freeze_startup_objects  # noqa: E402
 from bench.analytics_bench import upload  # noqa: E402
 from bench.harness import ROOT, Running, embedded_redis, load_command, machine, running_kairos  # noqa: E402
 from kairos.identity_graph import IdentityGraph  # noqa: E402
@@ -111,8 +111,7 @@ async def latency_probe(running: Running, client: aioredis.Redis, seconds: float
     headers = {"X-CleverTap-Account-Id": account, "X-CleverTap-Passcode": running.creds.passcode,
                "Content-Type": "application/json"}
     # This process measures: its own collector's pauses would count as Kairos's latency.
-    gc.collect()
-    gc.freeze()
+    freeze_startup_objects()
     reading = asyncio.ensure_future(read())
     async with aiohttp.ClientSession(headers=headers) as session:
         async def one(identity: str) -> None:
