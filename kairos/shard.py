@@ -474,8 +474,11 @@ class UserShard:
         """Each user's profile `Tz` (None when unset or not text)."""
         await self.ready()
         zones: list[str | None] = []
-        for found in self._slots(account, users):
-            value = found[0].profile_property(found[1], "Tz") if found is not None else None
+        for here in self._slots(account, users):
+            value = None
+            if here is not None:
+                store, slot = here
+                value = store.profile_property(slot, "Tz")
             zones.append(value if isinstance(value, str) else None)
         return zones
 
@@ -484,8 +487,8 @@ class UserShard:
         events about them go in under."""
         await self.ready()
         found: list[str | None] = []
-        for slot in self._slots(account, users):
-            identifiers = slot[0].identifiers(slot[1]) if slot is not None else []
+        for here in self._slots(account, users):
+            identifiers = here[0].identifiers(here[1]) if here is not None else []
             found.append(identifiers[0] if identifiers else None)
         return found
 
@@ -495,10 +498,13 @@ class UserShard:
         time zone and templates, and the name its delivery events go back in under."""
         await self.ready()
         found: list[tuple[dict[str, Any], str] | None] = []
-        for slot in self._slots(account, users):
-            identifiers = slot[0].identifiers(slot[1]) if slot is not None else []
-            found.append((slot[0].profile_properties(slot[1]), identifiers[0]) if slot is not None and identifiers
-                         else None)
+        for here in self._slots(account, users):
+            if here is None:
+                found.append(None)
+                continue
+            store, slot = here
+            identifiers = store.identifiers(slot)
+            found.append((store.profile_properties(slot), identifiers[0]) if identifiers else None)
         return found
 
     async def segment_user_keys(self, account: str, definition: Any, now_ms: int, tz: str,
